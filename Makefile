@@ -1,0 +1,45 @@
+# vl_lab: `make report` and `make test` do all the set-up on a fresh machine (.venv from requirements.lock).
+SHELL := /bin/bash
+.SHELLFLAGS := -euo pipefail -c
+VENV := .venv
+BIN := $(VENV)/bin
+# no hub downloads at run time; figures without a display
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export MPLBACKEND := Agg
+export PYTHONHASHSEED := 0
+
+.PHONY: venv report test check nbtest pytest lab bench lock export clean
+
+venv:
+	@bash tools/bootstrap.sh
+
+report: venv  ## the lab report: reports/index.html (makes data/shapes first if it is missing)
+	$(BIN)/vl-lab report
+
+test: venv  ## every gate: notebooks and package in sync, notebooks clean, notebook tests, pytest
+	$(BIN)/python tools/check_nbdev.py
+	$(BIN)/nbdev_test --n_workers 2 --timing
+	$(BIN)/python -m pytest -q tests
+
+check: venv
+	$(BIN)/python tools/check_nbdev.py
+
+export: venv  ## regenerate vl_lab/ from the notebooks and clean the notebooks
+	$(BIN)/nbdev_export
+	$(BIN)/nbdev_clean
+
+lab: venv  ## JupyterLab on 127.0.0.1 with the project's .venv as the kernel
+	$(BIN)/jupyter lab --ip=127.0.0.1 --no-browser --notebook-dir=.
+
+bench: venv  ## benchmarks (they print ratios and rates; they are not tests)
+	@for b in bench/*.py; do echo "== $$b"; $(BIN)/python $$b; done
+
+lock:  ## re-resolve requirements.in into requirements.lock in a scratch venv
+	rm -rf /tmp/vl_lab-lock && python3 -m venv /tmp/vl_lab-lock
+	/tmp/vl_lab-lock/bin/pip install -q -r requirements.in
+	( echo '# Pinned environment for vl_lab. Regenerate with `make lock` after changing requirements.in.'; \
+	  /tmp/vl_lab-lock/bin/pip freeze --all | grep -v -e '^pip==' ) > requirements.lock
+
+clean:
+	rm -rf $(VENV) _proc _docs

@@ -1,0 +1,47 @@
+"""Bad input to the command line: one line on stderr, a non-zero exit, never a traceback."""
+import pytest
+
+from conftest import run_cli
+
+
+def one_line_error(r):
+    assert r.returncode != 0
+    assert 'Traceback' not in r.stderr
+    lines = [l for l in r.stderr.splitlines() if l.strip()]
+    assert len(lines) == 1 and 'error' in lines[0], r.stderr
+    return lines[0]
+
+
+@pytest.mark.parametrize('value', ['-1', '0', 'ten'])
+def test_bad_n_images(tmp_path, value):
+    line = one_line_error(run_cli('synth', tmp_path / 'c', '--n-images', value))
+    assert '--n-images' in line
+    assert not (tmp_path / 'c').exists()
+
+
+def test_unknown_noise_preset(tmp_path):
+    assert 'invalid choice' in one_line_error(run_cli('synth', tmp_path / 'c', '--noise', 'loud'))
+
+
+def test_bad_rate(tmp_path):
+    assert "unknown config key 'noise.nope'" in one_line_error(run_cli('synth', tmp_path / 'c', '--rate', 'nope=0.1', '--quiet'))
+    assert 'must be in [0, 1]' in one_line_error(run_cli('synth', tmp_path / 'c', '--rate', 'short=2', '--quiet'))
+
+
+def test_unwritable_out_dir(tmp_path):
+    blocker = tmp_path / 'a_file'
+    blocker.write_text('x')
+    assert 'cannot write to' in one_line_error(run_cli('synth', blocker / 'corpus', '--n-images', 3, '--quiet'))
+    assert 'cannot write to' in one_line_error(run_cli('synth', '/proc/vl_lab_corpus', '--n-images', 3, '--quiet'))
+    assert 'it is a file' in one_line_error(run_cli('synth', blocker, '--n-images', 3, '--quiet'))
+
+
+def test_existing_corpus_is_not_overwritten_silently(tmp_path):
+    run_cli('synth', tmp_path / 'c', '--n-images', 3, '--quiet', check=True)
+    assert '--overwrite' in one_line_error(run_cli('synth', tmp_path / 'c', '--n-images', 3, '--quiet'))
+    run_cli('synth', tmp_path / 'c', '--n-images', 4, '--quiet', '--overwrite', check=True)
+    assert len(list((tmp_path / 'c' / 'images').iterdir())) == 4
+
+
+def test_report_on_missing_corpus(tmp_path):
+    assert 'no annotations.json' in one_line_error(run_cli('report', '--data', tmp_path / 'nowhere', '--out', tmp_path / 'r'))
