@@ -34,6 +34,25 @@ def _cmd_synth(args):
     counts = synth(args.out_dir, cfg, overwrite=args.overwrite, progress=not args.quiet)
     print(f"wrote {counts['images']} images, {counts['annotations']} captions, {counts['questions']} questions to {args.out_dir}")
 
+def _cmd_clean(args):
+    from vl_lab.clean import clean_corpus
+    from vl_lab.cleaning import CleanConfig, CLIPScorer
+    from vl_lab.core import update_config
+    over = list(args.set or [])
+    if args.min_size is not None: over.append(f'min_size={args.min_size}')
+    if args.rules is not None: over.append(f'rules={args.rules}')
+    cfg = update_config(CleanConfig(), over)
+    scorer = None
+    if args.scorer:
+        try: scorer = CLIPScorer(args.scorer)
+        except (OSError, ValueError) as e: raise VLLabError(f"cannot load the scorer model {args.scorer}: {str(e).splitlines()[0]}") from None
+        scorer.name = args.scorer
+    s = clean_corpus(args.input, args.out_dir, cfg, format=args.format, image_root=args.image_root, workers=args.workers,
+                     shard_size=args.shard_size, scorer=scorer, overwrite=args.overwrite, progress=not args.quiet)
+    why = ', '.join(f'{k} {v}' for k, v in s['rejected_by_rule'].items()) or 'none'
+    print(f"kept {s['kept_pairs']} of {s['input_pairs']} pairs ({s['kept_images']} images); rejected {s['rejected_pairs']}: {why}")
+    print(f"wrote {args.out_dir}/annotations.json, images/, manifest.jsonl, summary.json")
+
 def _cmd_report(args):
     from vl_lab.report import build_report
     out = build_report(data_dir=args.data, out_dir=args.out)
@@ -54,6 +73,22 @@ def make_parser() -> argparse.ArgumentParser:
     s.add_argument('--overwrite', action='store_true', help='replace OUT_DIR if it holds files')
     s.add_argument('--quiet', action='store_true', help='no progress bar')
     s.set_defaults(func=_cmd_synth)
+    from vl_lab.cleaning import ALL_RULES, DEFAULT_RULES
+    from vl_lab.data import FORMATS
+    c = sub.add_parser('clean', help='clean a corpus: a cleaned COCO corpus, manifest.jsonl (every input pair) and summary.json')
+    c.add_argument('input', type=Path, help='corpus: a folder or annotation/CSV/tar file')
+    c.add_argument('out_dir', type=Path, help='folder for the cleaned corpus')
+    c.add_argument('--format', choices=FORMATS, help='corpus format (default: detected)')
+    c.add_argument('--image-root', type=Path, help='folder the image paths are relative to (default: beside the annotations)')
+    c.add_argument('--min-size', type=_positive_int, help='minimum width and height in pixels (default 224)')
+    c.add_argument('--rules', help=f"comma-separated rules (default {','.join(DEFAULT_RULES)}; all: {','.join(ALL_RULES)})")
+    c.add_argument('--scorer', help='CLIP-style model (name or local path) for the consistency rule')
+    c.add_argument('--set', action='append', metavar='KEY=VALUE', help='any CleanConfig field, e.g. --set phash_radius=4')
+    c.add_argument('--workers', type=int, default=None, help='worker processes (default: the number of CPUs)')
+    c.add_argument('--shard-size', type=_positive_int, default=256, help='records per shard (the unit of resuming)')
+    c.add_argument('--overwrite', action='store_true', help='redo a finished cleaning in OUT_DIR')
+    c.add_argument('--quiet', action='store_true', help='no progress bar')
+    c.set_defaults(func=_cmd_clean)
     r = sub.add_parser('report', help='render the lab report (generating the default corpus if it is missing)')
     r.add_argument('--data', type=Path, default=Path('data/shapes'), help='corpus folder (default %(default)s)')
     r.add_argument('--out', type=Path, default=Path('reports'), help='report folder (default %(default)s)')

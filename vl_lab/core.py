@@ -167,8 +167,8 @@ def package_versions(names=PROVENANCE_PACKAGES) -> dict:
         except metadata.PackageNotFoundError: out[n] = None
     return out
 
-def provenance(data_dir=None, start_time: float | None = None, repo='.') -> dict:
-    "Where a run's numbers came from: code, packages, machine, data, and wall time since `start_time`."
+def provenance(data_dir=None, start_time: float | None = None, repo='.', data_hash: str | None = None) -> dict:
+    "Where a run's numbers came from: code, packages, machine, data (hashed unless `data_hash` is given), wall time."
     import torch
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
     return {
@@ -178,6 +178,6 @@ def provenance(data_dir=None, start_time: float | None = None, repo='.') -> dict
         'platform': platform.platform(),
         'cpu': cpu_model(), 'cpu_count': os.cpu_count(),
         'gpu': gpu,
-        'data_hash': dir_sha256(data_dir) if data_dir else None,
+        'data_hash': data_hash or (dir_sha256(data_dir) if data_dir else None),
         'wall_time_s': round(time.time() - start_time, 3) if start_time else None,
     }
