@@ -21,3 +21,22 @@ def heavy_corpus(tmp_path_factory):
     out = tmp_path_factory.mktemp('heavy') / 'corpus'
     run_cli('synth', out, '--n-images', 1500, '--seed', 11, '--noise', 'heavy', '--quiet', check=True)
     return out
+
+
+def png_of_size(w, h):
+    "A valid 1-bit PNG of w x h blank pixels, written row by row (a few KB on disk, huge when decoded)."
+    import struct, zlib
+    def chunk(t, d): return struct.pack('>I', len(d)) + t + d + struct.pack('>I', zlib.crc32(t + d) & 0xffffffff)
+    z, row, parts = zlib.compressobj(9), b'\x00' * (1 + (w + 7) // 8), []
+    for _ in range(h): parts.append(z.compress(row))
+    parts.append(z.flush())
+    return (b'\x89PNG\r\n\x1a\n' + chunk(b'IHDR', struct.pack('>IIBBBBB', w, h, 1, 0, 0, 0, 0))
+            + chunk(b'IDAT', b''.join(parts)) + chunk(b'IEND', b''))
+
+
+def scene_image(seed):
+    "A drawn shapes scene (PIL RGB) and two of its true captions."
+    import numpy as np
+    from vl_lab.scenes import make_scene, render_scene, scene_captions
+    s = make_scene(np.random.default_rng(seed))
+    return render_scene(s), scene_captions(s, np.random.default_rng(seed), 2)
