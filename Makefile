@@ -19,7 +19,8 @@ report: venv  ## the lab report: reports/index.html (makes data/shapes first if 
 
 test: venv  ## every gate: notebooks and package in sync, notebooks clean, notebook tests, pytest
 	$(BIN)/python tools/check_nbdev.py
-	$(BIN)/nbdev_test --n_workers 2 --timing
+	# two notebooks run at once: one thread each, or their OpenMP threads spin against each other on 2 cores
+	OMP_NUM_THREADS=1 $(BIN)/nbdev_test --n_workers 2 --timing
 	$(BIN)/python -m pytest -q tests
 
 check: venv

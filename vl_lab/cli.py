@@ -53,6 +53,11 @@ def _cmd_clean(args):
     print(f"kept {s['kept_pairs']} of {s['input_pairs']} pairs ({s['kept_images']} images); rejected {s['rejected_pairs']}: {why}")
     print(f"wrote {args.out_dir}/annotations.json, images/, manifest.jsonl, summary.json")
 
+def _cmd_train(args):
+    from vl_lab.train import resolve_config, train
+    cfg = resolve_config(args.config, args.set or [], data=args.data)
+    train(cfg, args.out, resume=args.resume, progress=not args.quiet)
+
 def _cmd_report(args):
     from vl_lab.report import build_report
     out = build_report(data_dir=args.data, out_dir=args.out)
@@ -89,6 +94,15 @@ def make_parser() -> argparse.ArgumentParser:
     c.add_argument('--overwrite', action='store_true', help='redo a finished cleaning in OUT_DIR')
     c.add_argument('--quiet', action='store_true', help='no progress bar')
     c.set_defaults(func=_cmd_clean)
+    from vl_lab.train import PRESETS
+    t = sub.add_parser('train', help='train a model (the one training loop); prints val R@1 at the end')
+    t.add_argument('config', metavar='PRESET_OR_CONFIG', help=f"a preset ({', '.join(PRESETS)}) or a YAML file of overrides")
+    t.add_argument('--data', help='corpus to train on (default: the config\'s data, data/shapes-clean)')
+    t.add_argument('--out', type=Path, required=True, help='run folder (history.csv, metrics.json, checkpoints)')
+    t.add_argument('--set', action='append', metavar='KEY=VALUE', help='override a config value, e.g. --set lr=3e-4 --set model.embed_dim=64')
+    t.add_argument('--resume', action='store_true', help='continue the run in --out from its last checkpoint')
+    t.add_argument('--quiet', action='store_true', help='no progress bar')
+    t.set_defaults(func=_cmd_train)
     r = sub.add_parser('report', help='render the lab report (generating the default corpus if it is missing)')
     r.add_argument('--data', type=Path, default=Path('data/shapes'), help='corpus folder (default %(default)s)')
     r.add_argument('--out', type=Path, default=Path('reports'), help='report folder (default %(default)s)')
