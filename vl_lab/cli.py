@@ -58,6 +58,18 @@ def _cmd_train(args):
     cfg = resolve_config(args.config, args.set or [], data=args.data)
     train(cfg, args.out, resume=args.resume, progress=not args.quiet)
 
+def _cmd_evaluate(args):
+    from vl_lab.evaluate import evaluate_run, summary_line
+    m = evaluate_run(args.run_dir, data=args.data, split=args.split, device=args.device, num_beams=args.beams)
+    print(summary_line(m))
+    print(f"wrote {args.run_dir / 'eval' / args.split}/metrics.json and examples.json")
+
+def _cmd_caption_metrics(args):
+    import json
+    from vl_lab.capmetrics import caption_metrics, load_coco_results
+    refs, hyps = load_coco_results(args.refs, args.hyps)
+    print(json.dumps(caption_metrics(refs, hyps), indent=1))
+
 def _cmd_report(args):
     from vl_lab.report import build_report
     out = build_report(data_dir=args.data, out_dir=args.out)
@@ -103,6 +115,17 @@ def make_parser() -> argparse.ArgumentParser:
     t.add_argument('--resume', action='store_true', help='continue the run in --out from its last checkpoint')
     t.add_argument('--quiet', action='store_true', help='no progress bar')
     t.set_defaults(func=_cmd_train)
+    e = sub.add_parser('evaluate', help='evaluate a trained run on a split: every task its model supports')
+    e.add_argument('run_dir', type=Path, help='a run folder made by vl-lab train')
+    e.add_argument('--data', help="corpus (default: the one the run trained on)")
+    e.add_argument('--split', default='test', help='split to evaluate (default %(default)s)')
+    e.add_argument('--device', default=None, help='cpu, cuda, mps (default: the best available)')
+    e.add_argument('--beams', type=_positive_int, default=3, help='beam width for captioning (default %(default)s)')
+    e.set_defaults(func=_cmd_evaluate)
+    m = sub.add_parser('caption-metrics', help='BLEU-1..4, METEOR, ROUGE-L, CIDEr of COCO-format results (as pycocoevalcap)')
+    m.add_argument('refs', type=Path, help='COCO captions annotation file (the references)')
+    m.add_argument('hyps', type=Path, help='COCO results file: [{"image_id": ..., "caption": ...}]')
+    m.set_defaults(func=_cmd_caption_metrics)
     r = sub.add_parser('report', help='render the lab report (generating the default corpus if it is missing)')
     r.add_argument('--data', type=Path, default=Path('data/shapes'), help='corpus folder (default %(default)s)')
     r.add_argument('--out', type=Path, default=Path('reports'), help='report folder (default %(default)s)')

@@ -189,6 +189,8 @@ def _splits(cfg):
 def _writable_dir(out_dir: Path, overwrite: bool) -> Path:
     "Check OUT_DIR can be made; return a fresh temporary sibling to build into."
     if out_dir.exists() and not out_dir.is_dir(): raise VLLabError(f"cannot write to {out_dir}: it is a file")
+    if blocker := next((p for p in out_dir.parents if p.exists() and not p.is_dir()), None):
+        raise VLLabError(f"cannot write to {out_dir}: {blocker} is a file")
     if out_dir.is_dir() and any(out_dir.iterdir()) and not overwrite:
         raise VLLabError(f"{out_dir} already exists and is not empty (pass --overwrite to replace it)")
     tmp = out_dir.with_name(f".{out_dir.name}.partial-{os.getpid()}")

@@ -1,0 +1,65 @@
+"""`vl-lab evaluate` on a run with every head, and `vl-lab caption-metrics`: numbers, chance levels, bad input."""
+import json
+
+import pytest
+
+from conftest import run_cli
+from vl_lab.synthetic import synth, synth_config
+
+SMALL = ['--set', 'model.conv_channels=16,32,64,64', '--set', 'model.text_width=64', '--set', 'model.text_layers=2',
+         '--set', 'model.text_heads=2', '--set', 'model.embed_dim=32', '--set', 'model.fusion_width=64',
+         '--set', 'model.fusion_layers=1', '--set', 'model.decoder_layers=1', '--set', 'warmup_steps=5', '--set', 'lr=5e-4']
+
+
+@pytest.fixture(scope='module')
+def run(tmp_path_factory):
+    d = tmp_path_factory.mktemp('eval')
+    synth(d / 'shapes', synth_config('none', n_images=200, seed=5), progress=False)
+    run_cli('train', 'cpu-tiny', '--data', d / 'shapes', '--out', d / 'run', '--quiet', '--set', 'epochs=2',
+            '--set', 'model.tasks=contrastive,itm,caption,vqa', *SMALL, check=True)
+    return d
+
+
+def test_evaluate_every_task(run):
+    r = run_cli('evaluate', run / 'run', '--split', 'test', '--beams', 2)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert 'chance' in r.stdout and 't2i R@1' in r.stdout
+    m = json.loads((run / 'run' / 'eval' / 'test' / 'metrics.json').read_text())
+    assert set(m) >= {'retrieval', 'zero_shot', 'itm', 'captioning', 'vqa'}
+    n = m['images']
+    assert m['retrieval']['chance_t2i_R@1'] == pytest.approx(1 / n)
+    for k in ('t2i_R@1', 't2i_R@5', 't2i_R@10', 'i2t_R@1', 't2i_MRR', 't2i_NDCG@10', 'i2t_median_rank'):
+        assert k in m['retrieval']
+    assert m['retrieval']['t2i_R@10'] >= m['retrieval']['t2i_R@5'] >= m['retrieval']['t2i_R@1']
+    assert 0 <= m['zero_shot']['accuracy'] <= 1 and len(m['zero_shot']['confusion']) == len(m['zero_shot']['classes'])
+    assert m['itm']['n'] == 2 * n and m['itm']['chance_accuracy'] == 0.5
+    assert {'Bleu_1', 'Bleu_4', 'METEOR', 'ROUGE_L', 'CIDEr'} <= set(m['captioning'])
+    assert 0 <= m['vqa']['overall'] <= 1 and m['vqa']['questions'] > n
+    ex = json.loads((run / 'run' / 'eval' / 'test' / 'examples.json').read_text())
+    assert len(ex['top5'][0]['top5']) == 5 and ex['hardest_t2i'][0]['rank'] >= ex['hardest_t2i'][-1]['rank'] and ex['captions']
+
+
+def one_line_error(r):
+    assert r.returncode != 0 and 'Traceback' not in r.stderr, r.stderr
+    lines = [l for l in r.stderr.splitlines() if l.strip()]
+    assert len(lines) == 1, r.stderr
+    return lines[0]
+
+
+def test_evaluate_bad_input(run, tmp_path):
+    assert 'not a run folder' in one_line_error(run_cli('evaluate', tmp_path))
+    assert "no records in split 'nope'" in one_line_error(run_cli('evaluate', run / 'run', '--split', 'nope'))
+
+
+def test_caption_metrics_cli(run, tmp_path):
+    ann = json.loads((run / 'shapes' / 'annotations.json').read_text())
+    first = {}
+    for a in ann['annotations']: first.setdefault(a['image_id'], a['caption'])
+    hyps = [{'image_id': i, 'caption': c} for i, c in first.items()]
+    (tmp_path / 'hyps.json').write_text(json.dumps(hyps))
+    r = run_cli('caption-metrics', run / 'shapes' / 'annotations.json', tmp_path / 'hyps.json')
+    assert r.returncode == 0, r.stderr
+    m = json.loads(r.stdout)
+    assert set(m) == {'Bleu_1', 'Bleu_2', 'Bleu_3', 'Bleu_4', 'METEOR', 'ROUGE_L', 'CIDEr'} and m['Bleu_1'] > 0.9
+    (tmp_path / 'bad.json').write_text(json.dumps(hyps[:-3] + [{'image_id': 999999, 'caption': 'a red circle'}]))
+    assert '999999' in one_line_error(run_cli('caption-metrics', run / 'shapes' / 'annotations.json', tmp_path / 'bad.json'))
