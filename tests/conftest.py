@@ -15,6 +15,14 @@ def run_cli(*args, cwd=None, check=False):
     return r
 
 
+def one_line_error(r):
+    "Assert that a CLI run failed with exactly one line on stderr and no traceback; return that line."
+    assert r.returncode != 0 and 'Traceback' not in r.stderr, r.stderr
+    lines = [l for l in r.stderr.splitlines() if l.strip()]
+    assert len(lines) == 1 and 'error' in lines[0], r.stderr
+    return lines[0]
+
+
 @pytest.fixture(scope='session')
 def heavy_corpus(tmp_path_factory):
     "A 1,500-image corpus with the heavy noise preset (enough to measure each noise rate)."

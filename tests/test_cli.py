@@ -1,15 +1,9 @@
 """Bad input to the command line: one line on stderr, a non-zero exit, never a traceback."""
 import pytest
 
-from conftest import run_cli
+from conftest import one_line_error, run_cli
 
 
-def one_line_error(r):
-    assert r.returncode != 0
-    assert 'Traceback' not in r.stderr
-    lines = [l for l in r.stderr.splitlines() if l.strip()]
-    assert len(lines) == 1 and 'error' in lines[0], r.stderr
-    return lines[0]
 
 
 @pytest.mark.parametrize('value', ['-1', '0', 'ten'])

@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from conftest import run_cli
+from conftest import one_line_error, run_cli
 from vl_lab.synthetic import synth, synth_config
 
 SMALL = ['--set', 'model.conv_channels=16,32,64,64', '--set', 'model.text_width=64', '--set', 'model.text_layers=2',
@@ -39,11 +39,6 @@ def test_evaluate_every_task(run):
     assert len(ex['top5'][0]['top5']) == 5 and ex['hardest_t2i'][0]['rank'] >= ex['hardest_t2i'][-1]['rank'] and ex['captions']
 
 
-def one_line_error(r):
-    assert r.returncode != 0 and 'Traceback' not in r.stderr, r.stderr
-    lines = [l for l in r.stderr.splitlines() if l.strip()]
-    assert len(lines) == 1, r.stderr
-    return lines[0]
 
 
 def test_evaluate_bad_input(run, tmp_path):

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import VL_LAB, run_cli
+from conftest import VL_LAB, one_line_error, run_cli
 from vl_lab.synthetic import synth, synth_config
 
 SMALL = ['--set', 'model.conv_channels=16,32,64,64', '--set', 'model.text_width=64', '--set', 'model.text_layers=2',
@@ -61,11 +61,6 @@ def test_ddp_two_processes_match_one(corpus, tmp_path):
     assert abs(one['val_t2i_r1'] - two['val_t2i_r1']) <= 0.05, (one, two)
 
 
-def one_line_error(r):
-    assert r.returncode != 0 and 'Traceback' not in r.stderr, r.stderr
-    lines = [l for l in r.stderr.splitlines() if l.strip()]
-    assert len(lines) == 1, r.stderr
-    return lines[0]
 
 
 def test_bad_input(corpus, tmp_path):
