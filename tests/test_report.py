@@ -20,7 +20,7 @@ def test_report_is_self_contained_and_escaped(tmp_path):
     ann = json.loads((data / 'annotations.json').read_text())
     ann['annotations'][0]['caption'] = '<script>alert(1)</script> & <img src=x onerror=alert(2)>'
     (data / 'annotations.json').write_text(json.dumps(ann))
-    run_cli('report', '--data', data, '--out', tmp_path / 'r', check=True)
+    run_cli('report', '--data', data, '--out', tmp_path / 'r', cwd=tmp_path, check=True)  # no lab.yaml there: the data card only
     html = (tmp_path / 'r' / 'index.html').read_text()
     assert '&lt;script&gt;alert(1)&lt;/script&gt; &amp; &lt;img src=x onerror=alert(2)&gt;' in html
     page = Tags(); page.feed(html)

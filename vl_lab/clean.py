@@ -4,7 +4,7 @@
 
 # %% ../nbs/03a_clean.ipynb #87531366
 from __future__ import annotations
-import json, multiprocessing as mp, os, shutil
+import json, multiprocessing as mp, os, shutil, sys
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import asdict
 from itertools import islice
@@ -107,7 +107,8 @@ def inspect_corpus(records, work: Path, cfg: CleanConfig, rules: set, workers: i
             if not (work / f'shard-{idx:06d}.jsonl').exists(): _run_shard(work, idx, items, cfg, rules)
             bar.update(len(items))
         bar.close(); return n_shards
-    with ProcessPoolExecutor(workers, mp_context=mp.get_context('spawn')) as pool:
+    # fork on Linux (workers use PIL and numpy only): spawn re-imports __main__, which fails for stdin scripts
+    with ProcessPoolExecutor(workers, mp_context=mp.get_context('fork' if sys.platform == 'linux' else 'spawn')) as pool:
         pending = {}
         for idx, items in _shards(records, shard_size):
             n_shards += 1

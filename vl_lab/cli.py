@@ -72,8 +72,15 @@ def _cmd_caption_metrics(args):
 
 def _cmd_report(args):
     from vl_lab.report import build_report
-    out = build_report(data_dir=args.data, out_dir=args.out)
+    runs = None
+    if args.plan.exists():
+        from vl_lab.runner import run_plan
+        runs = run_plan(args.plan, out=args.out, preset=args.preset, only=args.only, force=args.force, jobs=args.jobs, data=args.data)
+    elif args.plan != Path('lab.yaml'): raise VLLabError(f"{args.plan}: no such plan")
+    out = build_report(data_dir=args.data or Path('data/shapes'), out_dir=args.out, runs=runs)
     print(f"report: {out}")
+    if runs and (bad := [r for r in runs if r['status'] == 'failed']):
+        raise VLLabError(f"{len(bad)} run(s) failed: " + ', '.join(f"{r['name']} seed {r['seed']}" for r in bad) + f" (see {out})")
 
 # %% ../nbs/90_cli.ipynb #558b36d2
 def make_parser() -> argparse.ArgumentParser:
@@ -127,8 +134,13 @@ def make_parser() -> argparse.ArgumentParser:
     m.add_argument('hyps', type=Path, help='COCO results file: [{"image_id": ..., "caption": ...}]')
     m.set_defaults(func=_cmd_caption_metrics)
     r = sub.add_parser('report', help='render the lab report (generating the default corpus if it is missing)')
-    r.add_argument('--data', type=Path, default=Path('data/shapes'), help='corpus folder (default %(default)s)')
+    r.add_argument('--plan', type=Path, default=Path('lab.yaml'), help='experiment plan (default %(default)s; none: the data card only)')
+    r.add_argument('--data', type=Path, default=None, help="corpus folder (default: the plan's corpus, data/shapes)")
     r.add_argument('--out', type=Path, default=Path('reports'), help='report folder (default %(default)s)')
+    r.add_argument('--preset', help='run every experiment with this preset (e.g. gpu-base)')
+    r.add_argument('--only', help='run only these experiments (comma-separated names)')
+    r.add_argument('--force', action='store_true', help='execute runs again even when complete')
+    r.add_argument('--jobs', type=_positive_int, default=1, help='runs executed in parallel (default %(default)s)')
     r.set_defaults(func=_cmd_report)
     return p
 
