@@ -61,3 +61,13 @@ def test_changing_a_parameter_reruns_only_what_it_touches(lab):
     r = run_cli('report', '--plan', d / 'plan2.yaml', '--out', d / 'reports', cwd=d)
     assert r.returncode == 0, r.stderr[-2000:]
     assert 'plan: 5 runs, 1 to execute, 4 complete already' in r.stdout
+
+
+def test_two_cold_builds_give_identical_metrics(lab):
+    d, _ = lab
+    r = run_cli('report', '--plan', d / 'plan.yaml', '--out', d / 'reports-again', '--only', 'dual-encoder-clean', cwd=d)
+    assert r.returncode == 0, r.stderr[-2000:]
+    ids = [x['run_id'] for x in json.loads((d / 'reports-again' / 'runs' / 'index.json').read_text())['runs']]
+    assert len(ids) == 2
+    for rid in ids:
+        assert (d / 'reports' / 'runs' / rid / 'metrics.json').read_bytes() == (d / 'reports-again' / 'runs' / rid / 'metrics.json').read_bytes()

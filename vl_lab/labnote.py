@@ -151,10 +151,13 @@ def conclusions_section(runs, clean='dual-encoder-clean', raw='dual-encoder-raw'
         c = compare([_get(r, *metric) for r in g[lit]], [_get(r, *metric) for r in g[clean]])
         items.append(f"A frozen pretrained text tower ({lit}): test {metric[1]} {c['means'][0]:.3f} against {c['means'][1]:.3f} "
                      f"with the from-scratch text tower ({'one seed: not a conclusion' if not c['enough_seeds'] else 'difference ' + format(c['diff'], '+.3f')}).")
-    zs = [(n, _get(rs[0], 'zero_shot', 'accuracy'), _get(rs[0], 'zero_shot', 'chance_accuracy')) for n, rs in g.items() if _get(rs[0], 'zero_shot', 'accuracy') is not None]
-    for n, a, ch in zs[:1]:
-        items.append(f"Zero-shot classification of the largest shape ({n}, seed {g[n][0]['seed']}): accuracy {a:.3f} against {ch:.3f} "
-                     f"for the majority class: {'better than' if a > ch + 0.02 else 'no better than'} guessing.")
+    zs = sorted((n != clean, n) for n, rs in g.items() if _get(rs[0], 'zero_shot', 'accuracy') is not None)
+    if zs:
+        n = zs[0][1]
+        acc, ch = mean_std([_get(r, 'zero_shot', 'accuracy') for r in g[n]]), mean_std([_get(r, 'zero_shot', 'chance_accuracy') for r in g[n]])[0]
+        better = acc[0] - 2 * (acc[1] / math.sqrt(acc[2]) if acc[2] > 1 else 0) > ch
+        items.append(f"Zero-shot classification of the largest shape ({n}): accuracy {fmt_ms(*acc)} against {ch:.3f} for the "
+                     f"majority class: {'better than' if better else 'not measurably better than'} guessing.")
     if not items: items.append('No completed runs to conclude from.')
     return dict(id='conclusions', title='Conclusions', body=render('<ol>{% for i in items %}<li>{{ i }}</li>{% endfor %}</ol>', items=items))
 

@@ -14,8 +14,8 @@ import yaml
 from .core import VLLabError, dir_sha256, write_json
 
 # %% auto #0
-__all__ = ['PLAN_KEYS', 'EXP_KEYS', 'RUN_FILES', 'read_plan', 'PlannedRun', 'code_hash', 'plan_runs', 'is_complete',
-           'notebook_html', 'execute_run', 'run_plan']
+__all__ = ['PLAN_KEYS', 'EXP_KEYS', 'RUN_FILES', 'PRESENTATION', 'read_plan', 'PlannedRun', 'code_hash', 'plan_runs',
+           'is_complete', 'notebook_html', 'execute_run', 'run_plan']
 
 # %% ../nbs/41_runner.ipynb #052d4a8d
 PLAN_KEYS, EXP_KEYS = {'corpus', 'preset', 'experiments', 'timeout'}, {'name', 'notebook', 'seeds', 'params', 'requires', 'preset'}
@@ -51,11 +51,15 @@ class PlannedRun:
     run_dir: Path | None = None
     skip: str = ''                     # why the run is not executed (a missing package), if it is not
 
+# modules that only present results: editing them re-renders the report but changes no run
+PRESENTATION = ('page', 'datacard', 'cleancard', 'report', 'labnote', 'runner', 'cli', '_modidx')
+
 def code_hash() -> str:
-    "sha256 of the library's code (every module of vl_lab)."
+    "sha256 of the library code a run can depend on (every module of vl_lab but the presentation ones)."
     h = hashlib.sha256()
     import vl_lab
-    for p in sorted(Path(vl_lab.__file__).parent.glob('*.py')): h.update(p.name.encode() + p.read_bytes())
+    for p in sorted(Path(vl_lab.__file__).parent.glob('*.py')):
+        if p.stem not in PRESENTATION: h.update(p.name.encode() + p.read_bytes())
     return h.hexdigest()
 
 def plan_runs(plan: dict, raw: Path, clean: Path, out: Path, preset: str | None = None, only: str | None = None) -> list[PlannedRun]:
