@@ -71,3 +71,21 @@ def test_two_cold_builds_give_identical_metrics(lab):
     assert len(ids) == 2
     for rid in ids:
         assert (d / 'reports' / 'runs' / rid / 'metrics.json').read_bytes() == (d / 'reports-again' / 'runs' / rid / 'metrics.json').read_bytes()
+
+
+def test_dead_kernel_and_timeout_are_failed_runs_with_their_cause(lab, tmp_path):
+    from vl_lab.runner import run_plan
+    d, _ = lab
+    cells = {'dies': "import os, signal; os.kill(os.getpid(), signal.SIGKILL)", 'hangs': "import time; time.sleep(600)"}
+    exps = []
+    for name, code in cells.items():
+        nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell('seed = 0', metadata={'tags': ['parameters']}), nbformat.v4.new_code_cell(code)])
+        nbformat.write(nb, tmp_path / f'{name}.ipynb')
+        exps.append(dict(name=name, notebook=str(tmp_path / f'{name}.ipynb'), params=dict(data='raw')))
+    (tmp_path / 'plan.yaml').write_text(yaml.safe_dump(dict(corpus=str(d / 'shapes'), experiments=exps)))
+    t = __import__('time').time()
+    recs = run_plan(tmp_path / 'plan.yaml', out=tmp_path / 'reports', timeout=40, jobs=2, progress=False)
+    assert [r['status'] for r in recs] == ['failed', 'failed']
+    assert recs[0]['cause'] == 'the kernel died (out of memory?)', recs[0]
+    assert recs[1]['cause'] == 'timed out after 40 s', recs[1]
+    assert __import__('time').time() - t < 120  # the hung kernel was killed, not waited for
