@@ -4,7 +4,7 @@
 
 # %% ../nbs/90_cli.ipynb #9896c065
 from __future__ import annotations
-import argparse, sys
+import argparse, os, sys
 from pathlib import Path
 
 from .core import VLLabError
@@ -140,7 +140,7 @@ def make_parser() -> argparse.ArgumentParser:
     r.add_argument('--preset', help='run every experiment with this preset (e.g. gpu-base)')
     r.add_argument('--only', help='run only these experiments (comma-separated names)')
     r.add_argument('--force', action='store_true', help='execute runs again even when complete')
-    r.add_argument('--jobs', type=_positive_int, default=1, help='runs executed in parallel (default %(default)s)')
+    r.add_argument('--jobs', type=_positive_int, default=os.cpu_count() or 1, help='runs executed in parallel, one thread each (default: the CPU count, %(default)s)')
     r.set_defaults(func=_cmd_report)
     return p
 

@@ -140,7 +140,7 @@ def run_plan(plan_path='lab.yaml', out='reports', preset: str | None = None, onl
     clean = ensure_clean(raw, raw.with_name(raw.name + '-clean'), dir_sha256(raw))
     runs = plan_runs(plan, raw, clean, out, preset, only)
     timeout = timeout or plan.get('timeout', 3600)
-    threads = max(1, (os.cpu_count() or 1) // max(1, jobs))
+    threads = 1  # one thread per run whatever --jobs is: a run's numbers must not depend on how many ran beside it
     records, todo = [], []
     for r in runs:
         if r.skip: records.append(dict(name=r.name, seed=r.seed, run_id=r.run_id, status='skipped', cause=r.skip, seconds=0))
