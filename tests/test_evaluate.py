@@ -58,3 +58,13 @@ def test_caption_metrics_cli(run, tmp_path):
     assert set(m) == {'Bleu_1', 'Bleu_2', 'Bleu_3', 'Bleu_4', 'METEOR', 'ROUGE_L', 'CIDEr'} and m['Bleu_1'] > 0.9
     (tmp_path / 'bad.json').write_text(json.dumps(hyps[:-3] + [{'image_id': 999999, 'caption': 'a red circle'}]))
     assert '999999' in one_line_error(run_cli('caption-metrics', run / 'shapes' / 'annotations.json', tmp_path / 'bad.json'))
+
+
+def test_export_and_serve_cli(run, tmp_path):
+    r = run_cli('export', run / 'run', '--onnx', '--int8')
+    assert r.returncode == 0, r.stderr[-2000:]
+    for f in ('image.onnx', 'text.onnx', 'image.int8.onnx', 'text.int8.onnx'):
+        assert (run / 'run' / 'export' / f).stat().st_size > 0
+    assert 'max |torch - onnx|' in r.stdout
+    assert 'not a run folder' in one_line_error(run_cli('serve', tmp_path))
+    assert 'not a run folder' in one_line_error(run_cli('export', tmp_path, '--onnx'))

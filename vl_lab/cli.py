@@ -70,6 +70,21 @@ def _cmd_caption_metrics(args):
     refs, hyps = load_coco_results(args.refs, args.hyps)
     print(json.dumps(caption_metrics(refs, hyps), indent=1))
 
+def _cmd_export(args):
+    from vl_lab.deploy import deployment_table, export_onnx, quantize_int8, table_markdown
+    if not (args.onnx or args.int8 or args.table): args.onnx = args.int8 = True
+    if args.onnx or args.int8:
+        r = export_onnx(args.run_dir)
+        print(f"ONNX: {r['image']}, {r['text']} (max |torch - onnx| image {r['max_abs_diff']['image']:.1e}, text {r['max_abs_diff']['text']:.1e})")
+    if args.int8:
+        print('INT8:', ', '.join(str(quantize_int8(p)) for p in (r['image'], r['text'])))
+    if args.table:
+        print(table_markdown(deployment_table(args.run_dir)))
+
+def _cmd_serve(args):
+    from vl_lab.serve import serve
+    serve(args.run_dir, host=args.host, port=args.port, backend=args.backend)
+
 def _cmd_report(args):
     from vl_lab.report import build_report
     runs = None
@@ -133,6 +148,18 @@ def make_parser() -> argparse.ArgumentParser:
     m.add_argument('refs', type=Path, help='COCO captions annotation file (the references)')
     m.add_argument('hyps', type=Path, help='COCO results file: [{"image_id": ..., "caption": ...}]')
     m.set_defaults(func=_cmd_caption_metrics)
+    x = sub.add_parser('export', help='export a run to ONNX (parity-checked), INT8, and measure size / latency / R@1')
+    x.add_argument('run_dir', type=Path, help='a run folder made by vl-lab train')
+    x.add_argument('--onnx', action='store_true', help='export the image and text encoders to ONNX')
+    x.add_argument('--int8', action='store_true', help='also INT8 dynamic quantization of the ONNX files')
+    x.add_argument('--table', action='store_true', help='fp32 / ONNX / INT8 / pruned: size, latency, test R@1 (export/deployment.json)')
+    x.set_defaults(func=_cmd_export)
+    v = sub.add_parser('serve', help='serve a run over HTTP (FastAPI): /multimodal/inference, /embed/image, /embed/text')
+    v.add_argument('run_dir', type=Path, help='a run folder made by vl-lab train')
+    v.add_argument('--host', default='127.0.0.1', help='address to bind (default %(default)s: this machine only)')
+    v.add_argument('--port', type=int, default=8000, help='port (default %(default)s)')
+    v.add_argument('--backend', choices=['torch', 'onnx', 'onnx-int8'], default='torch', help='encoder backend (default %(default)s)')
+    v.set_defaults(func=_cmd_serve)
     r = sub.add_parser('report', help='render the lab report (generating the default corpus if it is missing)')
     r.add_argument('--plan', type=Path, default=Path('lab.yaml'), help='experiment plan (default %(default)s; none: the data card only)')
     r.add_argument('--data', type=Path, default=None, help="corpus folder (default: the plan's corpus, data/shapes)")
