@@ -4,32 +4,23 @@
 
 # %% ../nbs/05_datacard.ipynb #ab698d67
 from __future__ import annotations
-import json, math
+import math
 from collections import Counter
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image
 
 from .core import VLLabError
+from .data import read_json
 from .page import fig_html, render, table_html, thumb_html
 from .synthetic import CAPTION_NOISE, IMAGE_NOISE
 
 # %% auto #0
-__all__ = ['read_json', 'load_corpus', 'open_image', 'wilson', 'split_rows', 'noise_rows', 'datacard_figures', 'example_cards',
+__all__ = ['load_corpus', 'open_image', 'wilson', 'split_rows', 'noise_rows', 'datacard_figures', 'example_cards',
            'datacard_section']
 
 # %% ../nbs/05_datacard.ipynb #c7736847
-def read_json(path):
-    "Parse the JSON file `path`; a missing or malformed file is a one-line `VLLabError` naming the file and position."
-    path = Path(path)
-    try: text = path.read_text(encoding='utf-8')
-    except FileNotFoundError: raise VLLabError(f"{path}: no such file") from None
-    except (OSError, UnicodeDecodeError) as e: raise VLLabError(f"{path}: cannot read: {e}") from None
-    try: return json.loads(text)
-    except json.JSONDecodeError as e:
-        raise VLLabError(f"{path}: malformed JSON at line {e.lineno}, column {e.colno}: {e.msg}") from None
-
 def load_corpus(data_dir) -> tuple[dict, dict | None]:
     "The COCO annotations of `data_dir` and its noise sidecar (None when there is none)."
     data_dir = Path(data_dir)
@@ -40,13 +31,11 @@ def load_corpus(data_dir) -> tuple[dict, dict | None]:
     return ann, (read_json(side) if side.exists() else None)
 
 def open_image(path) -> Image.Image | None:
-    "The image at `path` upright (EXIF orientation applied) and RGB, or None when it cannot be decoded."
-    try:
-        with Image.open(path) as im:
-            im.load()
-            return ImageOps.exif_transpose(im).convert('RGB')
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
-        return None
+    "The image at `path` upright and RGB (as the cleaning rules decode it), or None when it cannot be decoded."
+    from vl_lab.cleaning import decode_image
+    try: out = decode_image(Path(path).read_bytes())
+    except OSError: return None
+    return out[0] if isinstance(out, tuple) else None
 
 # %% ../nbs/05_datacard.ipynb #648ef858
 def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
