@@ -7,7 +7,8 @@ Backends: torch always; onnx / onnx-int8 when RUN_DIR/export holds their files, 
 
     python bench/bench_serve.py [RUN_DIR] [--requests 2000] [--concurrency 16] [--time-cap 120]
 
-Without RUN_DIR a `cpu-tiny` contrastive run is trained on a 160-image corpus in a temporary folder first.
+Without RUN_DIR a `cpu-tiny` contrastive run is trained on a 160-image corpus in a temporary folder first, and exported
+to ONNX fp32 and INT8, so all three backends are measured.
 """
 import argparse, asyncio, io, os, socket, subprocess, sys, tempfile, time
 from pathlib import Path
@@ -78,7 +79,7 @@ def main():
     ap.add_argument('run_dir', nargs='?')
     ap.add_argument('--requests', type=int, default=2000)
     ap.add_argument('--concurrency', type=int, default=16)
-    ap.add_argument('--time-cap', type=float, default=120, help='seconds per backend')
+    ap.add_argument('--time-cap', type=float, default=600, help='seconds per backend')
     a = ap.parse_args()
     from vl_lab.scenes import make_scene, render_scene, scene_captions
     s = make_scene(np.random.default_rng(0))
@@ -92,6 +93,9 @@ def main():
             synth(Path(d) / 'data', synth_config('none', n_images=160), progress=False)
             run_dir = Path(d) / 'run'
             train(resolve_config('cpu-tiny', {'epochs': 1}, data=Path(d) / 'data'), run_dir, progress=False)
+            from vl_lab.deploy import export_onnx, quantize_int8
+            ex = export_onnx(run_dir)
+            for k in ('image', 'text'): quantize_int8(ex[k])
         print(f'run {run_dir.name}: {a.requests} requests to /multimodal/inference at concurrency {a.concurrency}, '
               f'cap {a.time_cap:.0f} s per backend, {os.cpu_count()} CPU cores')
         ok = bench(run_dir, 'torch', payload, a)

@@ -63,3 +63,30 @@ def test_pretrained_frozen_text_tower_lit_style(corpus, tmp_path):
     w = 'embeddings.word_embeddings.weight'
     assert torch.equal(ck['model'][f'text_tower.model.{w}'], ref[w])  # frozen: the pretrained weights are unchanged
     assert ck['hf_configs']['text']['model_type'] == 'bert' and 0 <= m['final']['val_t2i_r1'] <= 1
+
+
+def test_distillation_from_a_teacher_through_the_one_loop(corpus, tmp_path):
+    "A smaller student learns a trained teacher's similarity logits as a loss term; the teacher stays as it was."
+    teacher = tmp_path / 'teacher'
+    train(resolve_config('cpu-tiny', SMALL | {'epochs': 2, 'lr': 5e-4}, data=corpus), teacher, progress=False)
+    before = (teacher / 'best.pt').read_bytes()
+    student = SMALL | {'model.conv_channels': '8,16,32,32', 'model.text_width': 32, 'model.embed_dim': 16,
+                       'epochs': 2, 'lr': 5e-4, 'teacher': str(teacher), 'loss_weights': 'contrastive=0,distill=1'}
+    m = train(resolve_config('cpu-tiny', student, data=corpus), tmp_path / 'student', progress=False)
+    h = pd.read_csv(tmp_path / 'student' / 'history.csv')
+    steps = h[h.kind == 'step']
+    assert steps.distill.notna().all() and steps.contrastive.notna().all()
+    assert (steps.loss - steps.distill).abs().max() < 1e-5          # contrastive weighted 0: the loss is the distillation term
+    assert steps.distill.iloc[-3:].mean() < steps.distill.iloc[:3].mean()  # the student moves toward its teacher
+    assert (teacher / 'best.pt').read_bytes() == before
+    assert (tmp_path / 'student' / 'tokenizer').is_dir() and m['final']['val_t2i_r1'] >= 0
+    from vl_lab.tokenizer import load_tokenizer
+    assert load_tokenizer(tmp_path / 'student' / 'tokenizer').get_vocab() == load_tokenizer(teacher / 'tokenizer').get_vocab()
+    # the same student without its teacher has no distillation term
+    alone = {k: v for k, v in student.items() if k not in ('teacher', 'loss_weights')} | {'epochs': 1}
+    train(resolve_config('cpu-tiny', alone, data=corpus), tmp_path / 'alone', progress=False)
+    assert pd.read_csv(tmp_path / 'alone' / 'history.csv').distill.isna().all()
+    with pytest.raises(VLLabError, match='sees 64-pixel images, the student 32'):
+        train(resolve_config('cpu-tiny', student | {'transform.size': 32, 'model.image_size': 32}, data=corpus), tmp_path / 's2', progress=False)
+    with pytest.raises(VLLabError, match='not a run folder'):
+        train(resolve_config('cpu-tiny', student | {'teacher': str(tmp_path)}, data=corpus), tmp_path / 's3', progress=False)

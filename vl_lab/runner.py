@@ -5,7 +5,7 @@
 # %% ../nbs/41_runner.ipynb #685618fb
 from __future__ import annotations
 import hashlib, importlib.util, json, os, signal, subprocess, sys, time
-from concurrent.futures import ThreadPoolExecutor, as_completed
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,7 +19,7 @@ __all__ = ['PLAN_KEYS', 'EXP_KEYS', 'RUN_FILES', 'PRESENTATION', 'read_plan', 'P
 
 # %% ../nbs/41_runner.ipynb #052d4a8d
 PLAN_KEYS, EXP_KEYS = {'corpus', 'preset', 'experiments', 'timeout'}, {'name', 'notebook', 'seeds', 'params', 'requires', 'preset'}
-RUN_FILES = ('executed.ipynb', 'run.html', 'params.yaml', 'metrics.json', 'history.csv', 'provenance.json')
+RUN_FILES = ('executed.ipynb', 'run.html', 'params.yaml', 'metrics.json', 'provenance.json')  # and history.csv, from a training run
 
 def read_plan(path) -> dict:
     "A validated plan from a YAML file."
@@ -50,6 +50,7 @@ class PlannedRun:
     run_id: str = ''
     run_dir: Path | None = None
     skip: str = ''                     # why the run is not executed (a missing package), if it is not
+    deps: list = field(default_factory=list)  # run ids of the runs named by its run: / runs: parameters
 
 # modules that only present results: editing them re-renders the report but changes no run
 PRESENTATION = ('page', 'datacard', 'cleancard', 'report', 'labnote', 'runner', 'cli', '_modidx')
@@ -62,11 +63,22 @@ def code_hash() -> str:
         if p.stem not in PRESENTATION: h.update(p.name.encode() + p.read_bytes())
     return h.hexdigest()
 
+def _resolve_runs(params: dict, seed: int, done: dict, name: str) -> tuple[dict, list]:
+    "`params` with each `run:NAME` / `runs:NAME` value replaced by run folders of the earlier experiment NAME; and their run ids."
+    out, deps = {}, []
+    for k, v in params.items():
+        kind, _, ref = v.partition(':') if isinstance(v, str) else ('', '', '')
+        if kind not in ('run', 'runs'): out[k] = v; continue
+        if ref not in done: raise VLLabError(f"experiment {name}: {k}: {v!r} names no earlier experiment of the plan")
+        rs = done[ref] if kind == 'runs' else [next((r for r in done[ref] if r.seed == seed), done[ref][0])]
+        deps += [r.run_id for r in rs]
+        out[k] = [str(r.run_dir.resolve()) for r in rs] if kind == 'runs' else str(rs[0].run_dir.resolve())
+    return out, deps
+
 def plan_runs(plan: dict, raw: Path, clean: Path, out: Path, preset: str | None = None, only: str | None = None) -> list[PlannedRun]:
     "Every run of the plan with its content-hash id: sha256 of notebook, parameters, library code and data."
-    code, data_hashes, runs = code_hash(), {}, []
+    code, data_hashes, runs, by_name = code_hash(), {}, [], {}
     for e in plan['experiments']:
-        if only and e['name'] not in only.split(','): continue
         nb = Path(e['notebook'])
         if not nb.is_file(): raise VLLabError(f"experiment {e['name']}: no notebook {nb}")
         skip = f"needs the package {e['requires']}" if e.get('requires') and importlib.util.find_spec(e['requires']) is None else ''
@@ -76,13 +88,19 @@ def plan_runs(plan: dict, raw: Path, clean: Path, out: Path, preset: str | None 
         params.update(data=str(data), preset=preset or e.get('preset') or plan.get('preset', 'cpu-tiny'))
         if params.get('eval_data'): params['eval_data'] = str(corpus(params['eval_data']))
         for seed in e.get('seeds', [0]):
-            p = dict(params, seed=int(seed))
+            p, deps = _resolve_runs(dict(params, seed=int(seed)), int(seed), by_name, e['name'])
             key = str(data)
             if key not in data_hashes: data_hashes[key] = dir_sha256(data) if Path(data).exists() else 'missing'
             blob = json.dumps(dict(notebook=hashlib.sha256(nb.read_bytes()).hexdigest(), params=p, code=code, data=data_hashes[key]), sort_keys=True)
             rid = hashlib.sha256(blob.encode()).hexdigest()[:12]
-            runs.append(PlannedRun(e['name'], nb, int(seed), p, rid, out / 'runs' / rid, skip))
-    return runs
+            runs.append(PlannedRun(e['name'], nb, int(seed), p, rid, out / 'runs' / rid, skip, deps))
+        by_name[e['name']] = [r for r in runs if r.name == e['name']]
+    if not only: return runs
+    if bad := set(only.split(',')) - set(by_name): raise VLLabError(f"--only: no experiment {', '.join(sorted(bad))} in the plan")
+    ids, keep = {r.run_id: r for r in runs}, {r.run_id for r in runs if r.name in only.split(',')}
+    todo = list(keep)
+    while todo: todo += [d for d in ids[todo.pop()].deps if d not in keep and not keep.add(d)]
+    return [r for r in runs if r.run_id in keep]
 
 def is_complete(run_dir: Path) -> bool:
     "A run is complete when every output file is there and no failure is recorded."
@@ -148,12 +166,29 @@ def run_plan(plan_path='lab.yaml', out='reports', preset: str | None = None, onl
         else: todo.append(r)
     say = (lambda s: print(s, flush=True)) if progress else (lambda s: None)
     say(f"plan: {len(runs)} runs, {len(todo)} to execute, {sum(r['status'] == 'cached' for r in records)} complete already")
+    status, named, k = {r['run_id']: r['status'] for r in records}, {r.run_id: r for r in runs}, 0
+    def finish(rec):
+        nonlocal k
+        k += 1; records.append(rec); status[rec['run_id']] = rec['status']
+        say(f"[{k}/{len(todo)}] {rec['name']} seed {rec['seed']} ({rec['run_id']}): {rec['status']} in {rec['seconds']:.0f} s"
+            + (f" - {rec['cause']}" if rec['cause'] else ''))
     with ThreadPoolExecutor(max(1, jobs)) as pool:
-        futs = {pool.submit(execute_run, r, timeout, threads): r for r in todo}
-        for k, f in enumerate(as_completed(futs), 1):
-            rec = f.result(); records.append(rec)
-            say(f"[{k}/{len(todo)}] {rec['name']} seed {rec['seed']} ({rec['run_id']}): {rec['status']} in {rec['seconds']:.0f} s"
-                + (f" - {rec['cause']}" if rec['cause'] else ''))
+        waiting, running = list(todo), {}
+        while waiting or running:
+            before = len(waiting)
+            for r in list(waiting):  # a run starts once every run it names is complete; it fails when one of them did not
+                dep = [(d, status.get(d)) for d in r.deps]
+                if bad := next(((d, s) for d, s in dep if s in ('failed', 'skipped')), None):
+                    waiting.remove(r); d = named[bad[0]]
+                    finish(dict(name=r.name, seed=r.seed, run_id=r.run_id, status=bad[1], seconds=0,
+                                cause=f"needs the run {d.name} seed {d.seed} ({d.run_id}), which {'failed' if bad[1] == 'failed' else 'was skipped'}"))
+                elif all(s in ('done', 'cached') for _, s in dep):
+                    waiting.remove(r); running[pool.submit(execute_run, r, timeout, threads)] = r
+            if not running:
+                if len(waiting) == before: raise VLLabError('runs wait on runs that are not in the plan: ' + ', '.join(r.name for r in waiting))
+                continue
+            done, _ = wait(running, return_when=FIRST_COMPLETED)
+            for f in done: running.pop(f); finish(f.result())
     order = {r.run_id: i for i, r in enumerate(runs)}
     records.sort(key=lambda r: order[r['run_id']])
     (out / 'runs').mkdir(parents=True, exist_ok=True)

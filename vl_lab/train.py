@@ -24,7 +24,7 @@ from .transforms import TransformConfig
 # %% auto #0
 __all__ = ['PRESETS', 'STAGE_KEYS', 'HISTORY_COLUMNS', 'TrainConfig', 'resolve_config', 'stage_list', 'param_groups',
            'warmup_cosine', 'rng_state', 'set_rng_state', 'save_checkpoint', 'load_checkpoint', 'quick_retrieval',
-           'split_records', 'write_history', 'evaluate_val', 'train']
+           'split_records', 'load_teacher', 'write_history', 'evaluate_val', 'train']
 
 # %% ../nbs/20_train.ipynb #6c58edd5
 @dataclass
@@ -56,6 +56,8 @@ class TrainConfig:
     vocab_size: int = 5000             # word-level tokenizer size
     max_val: int = 0                   # evaluate on at most this many val images (0: all)
     num_workers: int = 0               # DataLoader workers
+    teacher: str = ''                  # distillation: a trained run folder whose similarity logits this student learns (term 'distill')
+    distill_temperature: float = 1.0   # softens teacher and student logits alike in the distillation term
 
 PRESETS = {
     'cpu-tiny': {},  # the defaults: conv image tower at 64 px, 4-layer text transformer, the lab notes' optimizer
@@ -173,7 +175,7 @@ def quick_retrieval(model, ds: PairDataset, tokenizer, max_len: int, device, bat
     return dict(val_t2i_r1=t2i, val_i2t_r1=i2t, val_images=len(img), val_captions=len(caps), chance_r1=1 / len(img))
 
 # %% ../nbs/20_train.ipynb #2164e0a6
-HISTORY_COLUMNS = ('kind', 'stage', 'epoch', 'step', 'lr', 'loss', 'contrastive', 'itm', 'caption', 'vqa',
+HISTORY_COLUMNS = ('kind', 'stage', 'epoch', 'step', 'lr', 'loss', 'contrastive', 'itm', 'caption', 'vqa', 'distill',
                    'val_loss', 'val_t2i_r1', 'val_i2t_r1')
 
 def split_records(records, name: str) -> list:
@@ -189,8 +191,22 @@ def _weights(s: str) -> dict:
         k, _, v = item.partition('=')
         try: out[k.strip()] = float(v)
         except ValueError: raise VLLabError(f"loss_weights: cannot read {item!r} as task=weight") from None
-    task_list(','.join(out))
+    if rest := [k for k in out if k != 'distill']: task_list(','.join(rest))
     return out
+
+def load_teacher(cfg: TrainConfig, tasks: list):
+    "(teacher model in eval mode, its tokenizer) for distillation, checked against the student's config; (None, None) without one."
+    if not cfg.teacher: return None, None
+    from vl_lab.evaluate import load_run  # evaluate builds on this module: imported here, not at the top
+    teacher, tok, tcfg, _ = load_run(cfg.teacher, 'cpu')
+    if 'contrastive' not in tasks: raise VLLabError('distillation from a teacher needs the contrastive task in the student')
+    if tcfg.transform.size != cfg.transform.size:
+        raise VLLabError(f"teacher {cfg.teacher} sees {tcfg.transform.size}-pixel images, the student {cfg.transform.size}: they must match")
+    if cfg.tokenizer or cfg.model.text_model:
+        raise VLLabError('a distilled student uses its teacher\'s tokenizer: leave tokenizer and model.text_model empty')
+    if cfg.model.max_len > tcfg.model.max_len:
+        raise VLLabError(f"model.max_len {cfg.model.max_len} is longer than the teacher's ({tcfg.model.max_len})")
+    return teacher.requires_grad_(False), tok
 
 def _special_ids(tok) -> tuple:
     pick = lambda *xs: next(x for x in xs + (0,) if x is not None)
@@ -246,7 +262,9 @@ def train(cfg: TrainConfig, out_dir, resume: bool = False, progress: bool = True
     train_recs, val_recs = split_records(records, 'train'), split_records(records, 'val')
     if not train_recs or not val_recs: raise VLLabError(f"{cfg.data}: needs train and val records (found {len(train_recs)} and {len(val_recs)})")
     if cfg.max_val: val_recs = val_recs[:cfg.max_val]
+    teacher, teacher_tok = load_teacher(cfg, tasks_all)
     if ck is not None: tok = load_tokenizer(out_dir / 'tokenizer')
+    elif teacher is not None: tok = teacher_tok  # the teacher must read the student's token ids
     elif cfg.tokenizer or cfg.model.text_model: tok = load_tokenizer(cfg.tokenizer or cfg.model.text_model)
     else: tok = train_word_tokenizer([c for r in train_recs for c in r.captions] + [q['question'] for r in train_recs for q in r.extra.get('questions', [])], cfg.vocab_size)
     answers = answer_vocabulary(train_recs) if 'vqa' in tasks_all else []
@@ -259,6 +277,7 @@ def train(cfg: TrainConfig, out_dir, resume: bool = False, progress: bool = True
     model = acc.prepare(model)
     core = acc.unwrap_model(model)
     dev = acc.device
+    if teacher is not None: teacher.to(dev)
     st = dict(stage=0, epoch=0, step=0, best=-math.inf, best_epoch=None, bad=0, stopped=False)
     history, loop_s, steps_timed = [], 0.0, 0  # seconds in (and steps of) this process's step loops: for provenance.json, not history
     if ck is not None: st, history = dict(ck['state']), list(ck['history'])
@@ -300,7 +319,12 @@ def train(cfg: TrainConfig, out_dir, resume: bool = False, progress: bool = True
                     mb = {key: v[k * micro:(k + 1) * micro] for key, v in batch.items()}
                     sync = acc.no_sync(model) if k < cfg.grad_accum - 1 else torch.enable_grad()
                     with sync, acc.autocast():
-                        total, terms = compute_losses(model(mb, tasks), weights, pad_id, cfg.label_smoothing)
+                        out = model(mb, tasks)
+                        if teacher is not None and 'contrastive' in tasks:
+                            with torch.no_grad():  # the teacher's view of the same augmented batch
+                                out.update(teacher_image_emb=teacher.encode_image(mb['pixels'])[0], teacher_logit_scale=teacher.scale(),
+                                           teacher_text_emb=teacher.encode_text(mb['ids'], mb['mask'])[0])
+                        total, terms = compute_losses(out, weights, pad_id, cfg.label_smoothing, distill_temperature=cfg.distill_temperature)
                     if not torch.isfinite(total).all():
                         raise VLLabError(f"the loss became {total.item()} at stage {stage['name']}, epoch {epoch + 1}, step {st['step'] + 1}; "
                                          f"the last good checkpoint is {out_dir / 'last.pt'}")
