@@ -20,7 +20,8 @@ from .train import split_records
 
 # %% auto #0
 __all__ = ['ImageEncoder', 'TextEncoder', 'eval_split', 'sample_batch', 'ort_session', 'OrtEncoders', 'max_abs_diff',
-           'export_onnx', 'quantize_int8', 'weight_sparsity', 'prune', 'deployment_table', 'table_markdown']
+           'export_onnx', 'quantize_int8', 'weight_sparsity', 'prune', 'encoder_params', 'run_row', 'deployment_table',
+           'table_markdown']
 
 # %% ../nbs/50_deploy.ipynb #875fd43b
 class ImageEncoder(nn.Module):
@@ -167,28 +168,40 @@ def _measure(enc, ds, tok, L, n_latency: int, ref=None) -> dict:
             row[f'{k}_b{b}_median_ms'], row[f'{k}_b{b}_p99_ms'] = _latency(fn, n_latency)
     img, txt, owner, _ = embed_split(enc, tok, ds, L, 'cpu')
     row['t2i_R@1'] = retrieval_metrics(img, txt, owner)['t2i_R@1']
-    row['min_cosine_vs_fp32'] = 1.0 if ref is None else float(min((img * ref[0]).sum(1).min(), (txt * ref[1]).sum(1).min()))
+    row['min_cosine_vs_fp32'] = None if ref is None else float(min((img * ref[0]).sum(1).min(), (txt * ref[1]).sum(1).min()))
     return row, (img, txt)
 
-def deployment_table(run_dir, sparsities=(0.3, 0.6), n_latency: int = 50, opset: int = 17) -> list[dict]:
-    "Size, latency and test t2i R@1 of each deployment variant of a run; writes RUN_DIR/export/deployment.json."
+def encoder_params(model) -> int:
+    "Number of parameters of the image and text encoders (towers and projections)."
+    return sum(p.numel() for m in (ImageEncoder(model), TextEncoder(model)) for p in m.parameters())
+
+def run_row(run_dir, variant: str, n_latency: int = 50) -> dict:
+    "The torch fp32 row of a run as `variant` (a student beside its teacher's variants, say)."
+    model, tok, cfg, _ = load_run(run_dir)
+    row, _ = _measure(model, eval_split(cfg), tok, cfg.model.max_len, n_latency)
+    return dict(variant=variant, format='torch', run=Path(run_dir).name, params=encoder_params(model), **_sizes(state=model),
+                weight_sparsity=weight_sparsity(model), **row)
+
+def deployment_table(run_dir, sparsities=(0.3, 0.6), n_latency: int = 50, opset: int = 17, out_dir=None) -> list[dict]:
+    "Size, latency and test t2i R@1 of each deployment variant of a run; exports to and writes deployment.json in OUT_DIR (default RUN_DIR/export)."
     run_dir = Path(run_dir)
-    ex = export_onnx(run_dir, opset=opset)
+    out = Path(out_dir or run_dir / 'export')
+    ex = export_onnx(run_dir, out, opset=opset)
     q = {k: quantize_int8(ex[k]) for k in ('image', 'text')}
     model, tok, cfg, _ = load_run(run_dir)
-    ds, L = eval_split(cfg), cfg.model.max_len
+    ds, L, n = eval_split(cfg), cfg.model.max_len, encoder_params(model)
     row, ref = _measure(model, ds, tok, L, n_latency)
-    rows = [dict(variant='torch fp32', format='torch', **_sizes(state=model), weight_sparsity=weight_sparsity(model), **row)]
+    rows = [dict(variant='torch fp32', format='torch', params=n, **_sizes(state=model), weight_sparsity=weight_sparsity(model), **row | {'min_cosine_vs_fp32': 1.0})]
     for name, files in (('onnx fp32', ex), ('onnx int8', q)):
         enc = OrtEncoders(files['image'], files['text'])
-        rows.append(dict(variant=name, format='onnx', **_sizes(paths=[files['image'], files['text']]), weight_sparsity=None,
+        rows.append(dict(variant=name, format='onnx', params=n, **_sizes(paths=[files['image'], files['text']]), weight_sparsity=None,
                          **_measure(enc, ds, tok, L, n_latency, ref)[0]))
     for s in sparsities:
         p = prune(model, s)
-        rows.append(dict(variant=f'torch pruned {s:.0%}', format='torch', **_sizes(state=p), weight_sparsity=weight_sparsity(p),
+        rows.append(dict(variant=f'torch pruned {s:.0%}', format='torch', params=n, **_sizes(state=p), weight_sparsity=weight_sparsity(p),
                          **_measure(p, ds, tok, L, n_latency, ref)[0]))
-    for r in rows: r['t2i_R@1_delta'] = r['t2i_R@1'] - rows[0]['t2i_R@1']
-    write_json(run_dir / 'export' / 'deployment.json', dict(
+    for r in rows: r.update(run=run_dir.name, **{'t2i_R@1_delta': r['t2i_R@1'] - rows[0]['t2i_R@1']})
+    write_json(out / 'deployment.json', dict(
         rows=rows, test_images=len(ds), threads=torch.get_num_threads(), n_latency=n_latency,
         latency='milliseconds per call, image and text encoders timed separately, batch 1 and 32, after 5 warm-up calls'))
     return rows
@@ -200,5 +213,5 @@ def table_markdown(rows: list[dict]) -> str:
         sp = '' if r['weight_sparsity'] is None else f"{r['weight_sparsity']:.2f}"
         lines.append(f"| {r['variant']} | {r['size_mb']:.2f} | {r['size_zlib_mb']:.2f} | {sp} | {r['image_b1_median_ms']:.2f} / "
                      f"{r['image_b32_median_ms']:.1f} | {r['text_b1_median_ms']:.2f} / {r['text_b32_median_ms']:.1f} | "
-                     f"{r['t2i_R@1']:.3f} | {r['t2i_R@1_delta']:+.3f} | {r['min_cosine_vs_fp32']:.3f} |")
+                     f"{r['t2i_R@1']:.3f} | {r.get('t2i_R@1_delta', 0):+.3f} | {'' if r['min_cosine_vs_fp32'] is None else format(r['min_cosine_vs_fp32'], '.3f')} |")
     return '\n'.join(lines)

@@ -26,8 +26,9 @@ def load_runs(out_dir, records: list[dict]) -> list[dict]:
         r = dict(rec, dir=d)
         if (d / 'failed.json').exists(): r['failure'] = json.loads((d / 'failed.json').read_text())
         if rec['status'] in ('done', 'cached') and (d / 'metrics.json').exists():
-            r.update(params=yaml.safe_load((d / 'params.yaml').read_text()), metrics=json.loads((d / 'metrics.json').read_text()),
-                     history=pd.read_csv(d / 'history.csv'))
+            m = json.loads((d / 'metrics.json').read_text())
+            if 'deployment' in m: r['deployment'] = m['deployment']  # a deployment run: measurements of other runs, no training
+            else: r.update(params=yaml.safe_load((d / 'params.yaml').read_text()), metrics=m, history=pd.read_csv(d / 'history.csv'))
         runs.append(r)
     return runs
 

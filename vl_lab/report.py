@@ -68,6 +68,8 @@ def build_report(data_dir=DEFAULT_DATA, out_dir='reports', clean_dir=None, runs:
         loaded = load_runs(out_dir, runs)
         if any('metrics' in r for r in loaded):
             sections += [training_section(loaded), evaluation_section(loaded), conclusions_section(loaded)]
+        from vl_lab.deploynote import deployment_section
+        if dep := deployment_section(loaded): sections.append(dep)
         sections += [next_steps_section(loaded), runs_section(loaded)]
     sections.append(provenance_section(provenance(start_time=t0, data_hash=data_hash)))
     html = page_html('vl_lab lab report', sections, subtitle=f'data: {data_dir}')

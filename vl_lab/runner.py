@@ -53,7 +53,7 @@ class PlannedRun:
     deps: list = field(default_factory=list)  # run ids of the runs named by its run: / runs: parameters
 
 # modules that only present results: editing them re-renders the report but changes no run
-PRESENTATION = ('page', 'datacard', 'cleancard', 'report', 'labnote', 'runner', 'cli', '_modidx')
+PRESENTATION = ('page', 'datacard', 'cleancard', 'report', 'labnote', 'deploynote', 'runner', 'cli', '_modidx')
 
 def code_hash() -> str:
     "sha256 of the library code a run can depend on (every module of vl_lab but the presentation ones)."
