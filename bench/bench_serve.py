@@ -5,7 +5,7 @@ Starts the service (a subprocess on a free 127.0.0.1 port) for each backend, the
 semaphore), stopping early at a total time cap. Prints the zero-error check, throughput (req/s) and p50/p99 latency.
 Backends: torch always; onnx / onnx-int8 when RUN_DIR/export holds their files, else says why they were skipped.
 
-    python bench/bench_serve.py [RUN_DIR] [--requests 2000] [--concurrency 16] [--time-cap 120]
+    python bench/bench_serve.py [RUN_DIR] [--requests 2000] [--concurrency 16] [--time-cap 600]
 
 Without RUN_DIR a `cpu-tiny` contrastive run is trained on a 160-image corpus in a temporary folder first, and exported
 to ONNX fp32 and INT8, so all three backends are measured.

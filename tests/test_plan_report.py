@@ -2,6 +2,7 @@
 import json
 
 import nbformat
+import pandas as pd
 import pytest
 import yaml
 
@@ -10,6 +11,7 @@ from vl_lab.synthetic import synth, synth_config
 
 TINY = ['epochs=2', 'model.conv_channels=16,32,64,64', 'model.text_width=64', 'model.text_layers=2', 'model.embed_dim=32',
         'model.fusion_width=64', 'model.fusion_layers=1', 'model.decoder_layers=1']
+STUDENT = TINY + ['model.conv_channels=8,16,32,32', 'model.text_width=32', 'model.embed_dim=16', 'loss_weights=contrastive=1,distill=1']
 
 
 @pytest.fixture(scope='module')
@@ -24,7 +26,12 @@ def lab(tmp_path_factory):
         dict(name='dual-encoder-clean', notebook=nb, seeds=[0, 1], params=dict(data='clean', eval_data='clean', overrides=TINY)),
         dict(name='dual-encoder-raw', notebook=nb, seeds=[0, 1], params=dict(data='raw', eval_data='clean', overrides=TINY)),
         dict(name='fusion', notebook=nb, seeds=[0], params=dict(data='clean', overrides=TINY + ['model.tasks=contrastive,itm'])),
-        dict(name='broken', notebook=str(d / 'failing.ipynb'), params=dict(data='raw'))])
+        dict(name='broken', notebook=str(d / 'failing.ipynb'), params=dict(data='raw')),
+        dict(name='needs-broken', notebook=str(d / 'failing.ipynb'), params=dict(data='raw', teacher='run:broken')),
+        dict(name='student-distilled', notebook=nb, seeds=[0, 1], params=dict(data='clean', teacher='run:dual-encoder-clean', overrides=STUDENT)),
+        dict(name='student-alone', notebook=nb, seeds=[0, 1], params=dict(data='clean', overrides=STUDENT)),
+        dict(name='deployment', notebook=str(ROOT / 'nbs' / 'experiments' / 'deploy.ipynb'), params=dict(
+            runs='runs:dual-encoder-clean', distilled='runs:student-distilled', alone='runs:student-alone', n_latency=5))])
     (d / 'plan.yaml').write_text(yaml.safe_dump(plan))
     first = run_cli('report', '--plan', d / 'plan.yaml', '--out', d / 'reports', '--jobs', 2, cwd=d)
     return d, first
@@ -32,10 +39,12 @@ def lab(tmp_path_factory):
 
 def test_plan_runs_and_failure_is_reported(lab):
     d, r = lab
-    assert r.returncode == 1 and "1 run(s) failed: broken seed 0" in r.stderr and 'Traceback' not in r.stderr
+    assert r.returncode == 1 and "2 run(s) failed: broken seed 0" in r.stderr and 'Traceback' not in r.stderr
     index = json.loads((d / 'reports' / 'runs' / 'index.json').read_text())
-    assert [x['status'] for x in index['runs']] == ['done'] * 5 + ['failed']
-    assert 'this notebook fails on purpose' in index['runs'][-1]['cause']
+    assert [x['status'] for x in index['runs']] == ['done'] * 5 + ['failed'] * 2 + ['done'] * 5
+    assert 'this notebook fails on purpose' in index['runs'][5]['cause']
+    broken = index['runs'][5]['run_id']
+    assert index['runs'][6]['cause'] == f'needs the run broken seed 0 ({broken}), which failed'  # never executed
     for x in index['runs'][:5]:
         run = d / 'reports' / 'runs' / x['run_id']
         assert all((run / f).exists() for f in ('executed.ipynb', 'run.html', 'params.yaml', 'metrics.json', 'history.csv', 'provenance.json'))
@@ -46,10 +55,36 @@ def test_plan_runs_and_failure_is_reported(lab):
     assert 'n=2' in html and 'chance' in html
 
 
+def test_distilled_students_and_the_deployment_table(lab):
+    d, _ = lab
+    runs = {(x['name'], x['seed']): d / 'reports' / 'runs' / x['run_id'] for x in json.loads((d / 'reports' / 'runs' / 'index.json').read_text())['runs']}
+    for seed in (0, 1):  # each student learned from the teacher of its seed, through the loss term 'distill'
+        student = yaml.safe_load((runs['student-distilled', seed] / 'params.yaml').read_text())
+        assert student['teacher'] == str(runs['dual-encoder-clean', seed].resolve())
+        h = pd.read_csv(runs['student-distilled', seed] / 'history.csv')
+        assert h[h.kind == 'step'].distill.notna().all() and pd.read_csv(runs['student-alone', seed] / 'history.csv').distill.isna().all()
+    dep = json.loads((runs['deployment', 0] / 'metrics.json').read_text())['deployment']
+    variants = [(r['variant'], r['seed']) for r in dep['rows']]
+    for seed in (0, 1):
+        for v in ('torch fp32', 'onnx fp32', 'onnx int8', 'torch pruned 30%', 'torch pruned 60%', 'distilled student', 'student alone'):
+            assert (v, seed) in variants, (v, seed)
+    fp32 = {r['seed']: r for r in dep['rows'] if r['variant'] == 'torch fp32'}
+    for r in dep['rows']:
+        if r['variant'] == 'onnx fp32': assert abs(r['t2i_R@1'] - fp32[r['seed']]['t2i_R@1']) < 1e-9
+        if r['variant'] == 'onnx int8': assert r['size_mb'] < fp32[r['seed']]['size_mb'] / 2
+        if r['variant'].startswith('student') or r['variant'].startswith('distilled'): assert r['params'] < fp32[r['seed']]['params'] / 2
+    # the deployment measured the students' test R@1 as their own evaluation did
+    ev = json.loads((runs['student-alone', 0] / 'metrics.json').read_text())['eval']['retrieval']['t2i_R@1']
+    assert abs(next(r['t2i_R@1'] for r in dep['rows'] if r['variant'] == 'student alone' and r['seed'] == 0) - ev) < 1e-6
+    html = (d / 'reports' / 'index.html').read_text()
+    assert '<h2>Deployment</h2>' in html and 'Findings (computed from the table)' in html
+    assert 'INT8 (dynamic, ONNX Runtime): the files are' in html and 'Distillation: the student has' in html
+
+
 def test_second_report_executes_nothing(lab):
     d, _ = lab
     r = run_cli('report', '--plan', d / 'plan.yaml', '--out', d / 'reports', cwd=d)
-    assert 'plan: 6 runs, 1 to execute, 5 complete already' in r.stdout  # only the failing run is tried again
+    assert 'plan: 12 runs, 2 to execute, 10 complete already' in r.stdout  # only the failed runs are tried again
 
 
 def test_changing_a_parameter_reruns_only_what_it_touches(lab):
