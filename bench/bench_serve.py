@@ -4,6 +4,7 @@ Starts the service (a subprocess on a free 127.0.0.1 port) for each backend, the
 `POST /multimodal/inference` (one shapes scene + 3 texts) at CONCURRENCY in flight (httpx.AsyncClient and a
 semaphore), stopping early at a total time cap. Prints the zero-error check, throughput (req/s) and p50/p99 latency.
 Backends: torch always; onnx / onnx-int8 when RUN_DIR/export holds their files, else says why they were skipped.
+Each backend is measured without batching (--max-batch 1, the baseline) and with it (32), and the ratio printed.
 
     python bench/bench_serve.py [RUN_DIR] [--requests 2000] [--concurrency 16] [--time-cap 600]
 
@@ -24,8 +25,8 @@ def free_port():
         s.bind(('127.0.0.1', 0)); return s.getsockname()[1]
 
 
-def start(run_dir, backend, port):
-    code = f"from vl_lab.serve import serve; serve({str(run_dir)!r}, host='127.0.0.1', port={port}, backend={backend!r})"
+def start(run_dir, backend, port, max_batch):
+    code = f"from vl_lab.serve import serve; serve({str(run_dir)!r}, host='127.0.0.1', port={port}, backend={backend!r}, max_batch={max_batch})"
     p = subprocess.Popen([sys.executable, '-c', code], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     url, t0 = f'http://127.0.0.1:{port}', time.time()
     while time.time() - t0 < 120:
@@ -58,20 +59,22 @@ async def load(url, payload, n, concurrency, cap):
     return done, errors, wall, np.array(lat)
 
 
-def bench(run_dir, backend, payload, a):
+def bench(run_dir, backend, payload, a, max_batch):
     port = free_port()
-    p, url = start(run_dir, backend, port)
+    p, url = start(run_dir, backend, port, max_batch)
     try:
         asyncio.run(load(url, payload, min(a.concurrency * 2, a.requests), a.concurrency, a.time_cap))  # warm-up
         done, errors, wall, lat = asyncio.run(load(url, payload, a.requests, a.concurrency, a.time_cap))
         alive = httpx.get(url + '/health', timeout=5).json() == {'status': 'ok'}
+        b = httpx.get(url + '/model', timeout=5).json()['batching']
     finally:
         p.terminate(); p.wait(10)
     capped = f' (time cap {a.time_cap:.0f} s reached)' if done < a.requests else ''
-    print(f'{backend:10s} {done:5d}/{a.requests} requests{capped}; errors {len(errors)} ({"OK: zero errors" if not errors else errors[:3]}); '
+    label = f'{backend} batch<={max_batch}'
+    print(f'{label:22s} {done:5d}/{a.requests} requests{capped}; errors {len(errors)} ({"OK: zero errors" if not errors else errors[:3]}); '
           f'{done / wall:7.1f} req/s; p50 {1e3 * np.percentile(lat, 50):7.1f} ms, p99 {1e3 * np.percentile(lat, 99):7.1f} ms; '
-          f'health after: {"ok" if alive else "FAILED"}')
-    return not errors and alive
+          f'{b["image_items"] / max(b["image_batches"], 1):4.1f} images per forward pass; health after: {"ok" if alive else "FAILED"}')
+    return not errors and alive, done / wall
 
 
 def main():
@@ -98,11 +101,16 @@ def main():
             for k in ('image', 'text'): quantize_int8(ex[k])
         print(f'run {run_dir.name}: {a.requests} requests to /multimodal/inference at concurrency {a.concurrency}, '
               f'cap {a.time_cap:.0f} s per backend, {os.cpu_count()} CPU cores')
-        ok = bench(run_dir, 'torch', payload, a)
-        for backend, files in ONNX_FILES.items():
-            missing = [f for f in files if not (run_dir / 'export' / f).is_file()]
-            if missing: print(f'{backend:10s} skipped: no {", ".join(missing)} in {run_dir / "export"} (run `vl-lab export RUN_DIR --onnx` first)')
-            else: ok = bench(run_dir, backend, payload, a) and ok
+        ok = True
+        for backend in ('torch', *ONNX_FILES):
+            missing = [f for f in ONNX_FILES.get(backend, ()) if not (run_dir / 'export' / f).is_file()]
+            if missing:
+                print(f'{backend:10s} skipped: no {", ".join(missing)} in {run_dir / "export"} (run `vl-lab export RUN_DIR --onnx` first)')
+                continue
+            ok1, one = bench(run_dir, backend, payload, a, 1)  # the baseline: every request its own forward pass
+            ok2, many = bench(run_dir, backend, payload, a, 32)
+            ok = ok and ok1 and ok2
+            print(f'{backend:10s} throughput with batching / without: {many / one:.2f}x')
     sys.exit(0 if ok else 1)
 
 

@@ -62,6 +62,7 @@ def test_health_and_model(client, run):
     m = client.get('/model').json()
     assert m['run_id'] == run.name and m['backend'] == 'torch' and m['test_metrics'] == {'retrieval': {'t2i_R@1': 0.25}}
     assert m['config']['model']['embed_dim'] == 32 and m['config']['epochs'] == 1
+    assert m['batching']['max_batch'] == 32 and m['batching']['image_items'] >= m['batching']['image_batches']
     assert '/embed/text' in client.get('/openapi.json').json()['paths']
 
 
@@ -87,6 +88,29 @@ def test_embeddings_match_similarity(client):
     cos = sum(a * b for a, b in zip(e['embedding'], t['embeddings'][0]))
     r = client.post('/multimodal/inference', files={'image': ('s.png', data)}, data={'texts': caps[:1]}).json()
     assert r['results'][0]['score'] == pytest.approx(cos, abs=1e-4)
+
+
+def test_concurrent_requests_are_batched_and_answered_alike(url, client):
+    "16 requests at once: each gets what it gets alone, and some of them shared a forward pass."
+    import asyncio
+    scenes = [scene_image(10 + i) for i in range(16)]
+    reqs = [dict(files={'image': ('s.png', png_bytes(img))}, data={'texts': [c[:100] for c in caps[:2]] + ['a tiny purple hexagon']}) for img, caps in scenes]
+    alone = [client.post('/multimodal/inference', **r) for r in reqs]
+    assert all(a.status_code == 200 for a in alone)
+    alone = [a.json() for a in alone]
+    before = client.get('/model').json()['batching']
+
+    async def burst():
+        async with httpx.AsyncClient(base_url=url, timeout=60) as c:
+            return await asyncio.gather(*(c.post('/multimodal/inference', **r) for r in reqs))
+    together = asyncio.run(burst())
+    after = client.get('/model').json()['batching']
+    for a, t in zip(alone, together):
+        assert t.status_code == 200, t.text
+        got = {x['text']: x['score'] for x in t.json()['results']}
+        assert all(abs(got[x['text']] - x['score']) < 1e-4 for x in a['results'])  # padding to a longer batch changes nothing
+    images, batches = after['image_items'] - before['image_items'], after['image_batches'] - before['image_batches']
+    assert images == 16 and batches < 16, after  # fewer forward passes than requests
 
 
 def _multipart(parts, boundary='b0undary'):

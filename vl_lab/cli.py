@@ -83,7 +83,7 @@ def _cmd_export(args):
 
 def _cmd_serve(args):
     from vl_lab.serve import serve
-    serve(args.run_dir, host=args.host, port=args.port, backend=args.backend)
+    serve(args.run_dir, host=args.host, port=args.port, backend=args.backend, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms)
 
 def _cmd_report(args):
     from vl_lab.report import build_report
@@ -159,6 +159,8 @@ def make_parser() -> argparse.ArgumentParser:
     v.add_argument('--host', default='127.0.0.1', help='address to bind (default %(default)s: this machine only)')
     v.add_argument('--port', type=int, default=8000, help='port (default %(default)s)')
     v.add_argument('--backend', choices=['torch', 'onnx', 'onnx-int8'], default='torch', help='encoder backend (default %(default)s)')
+    v.add_argument('--max-batch', type=_positive_int, default=32, help='items per batched forward pass of concurrent requests (1: no batching; default %(default)s)')
+    v.add_argument('--max-wait-ms', type=float, default=2.0, help='longest wait for concurrent requests to join a batch (default %(default)s)')
     v.set_defaults(func=_cmd_serve)
     r = sub.add_parser('report', help='render the lab report (generating the default corpus if it is missing)')
     r.add_argument('--plan', type=Path, default=Path('lab.yaml'), help='experiment plan (default %(default)s; none: the data card only)')

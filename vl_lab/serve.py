@@ -4,7 +4,8 @@
 
 # %% ../nbs/51_serve.ipynb #bd7663ba
 from __future__ import annotations
-import json, threading
+import json, queue, threading, time
+from concurrent.futures import Future
 from pathlib import Path
 
 import numpy as np
@@ -22,8 +23,8 @@ from .evaluate import load_run
 from .transforms import PairTransform
 
 # %% auto #0
-__all__ = ['MiB', 'ONNX_FILES', 'load_pixels', 'check_texts', 'TooLarge', 'BodyLimit', 'read_upload', 'Engine', 'TextsIn',
-           'make_app', 'serve']
+__all__ = ['MiB', 'ONNX_FILES', 'load_pixels', 'check_texts', 'TooLarge', 'BodyLimit', 'read_upload', 'Batcher', 'Engine',
+           'TextsIn', 'make_app', 'serve']
 
 # %% ../nbs/51_serve.ipynb #82e68585
 MiB = 1 << 20
@@ -90,12 +91,50 @@ async def read_upload(f: UploadFile, limit: int) -> bytes:
     if len(data) > limit: raise HTTPException(413, f"The upload is larger than the limit of {limit:,} bytes.")
     return data
 
+# %% ../nbs/51_serve.ipynb #db100eb9
+class Batcher:
+    "Runs `fn(items) -> rows` over the items of concurrent calls at once (at most `max_batch` items, waiting at most `max_wait_ms`)."
+    def __init__(self, fn, max_batch: int = 32, max_wait_ms: float = 2.0, expected=None):
+        if max_batch < 1: raise VLLabError(f"max_batch {max_batch}: must be at least 1")
+        self.fn, self.max_batch, self.wait = fn, max_batch, max_wait_ms / 1e3
+        self.expected = expected or (lambda: max_batch)
+        self.q, self.batches, self.items = queue.Queue(), 0, 0
+        threading.Thread(target=self._loop, daemon=True, name='vl_lab-batcher').start()
+
+    def __call__(self, items: list):
+        "The rows of `fn` for `items`, computed in a batch with whatever other calls arrive meanwhile."
+        fut = Future(); self.q.put((list(items), fut))
+        return fut.result()
+
+    def _gather(self) -> list:
+        jobs = [self.q.get()]
+        n, deadline = len(jobs[0][0]), time.monotonic() + self.wait
+        while n < self.max_batch:
+            try: job = self.q.get_nowait()
+            except queue.Empty:
+                left = deadline - time.monotonic()
+                if len(jobs) >= self.expected() or left <= 0: break
+                try: job = self.q.get(timeout=left)
+                except queue.Empty: break
+            jobs.append(job); n += len(job[0])
+        return jobs
+
+    def _loop(self):
+        while True:
+            jobs = self._gather()
+            try:
+                rows, k = self.fn([x for items, _ in jobs for x in items]), 0
+                self.batches += 1; self.items += sum(len(items) for items, _ in jobs)
+                for items, fut in jobs: fut.set_result(rows[k:k + len(items)]); k += len(items)
+            except Exception as e:
+                for _, fut in jobs: fut.set_exception(e)
+
 # %% ../nbs/51_serve.ipynb #b6378359
 ONNX_FILES = {'onnx': ('image.onnx', 'text.onnx'), 'onnx-int8': ('image.int8.onnx', 'text.int8.onnx')}
 
 class Engine:
-    "A run's model (torch or onnx encoders) behind a lock."
-    def __init__(self, run_dir, backend: str = 'torch', device: str = 'cpu'):
+    "A run's model (torch or onnx encoders) behind a lock; concurrent embedding calls are batched."
+    def __init__(self, run_dir, backend: str = 'torch', device: str = 'cpu', max_batch: int = 32, max_wait_ms: float = 2.0):
         if backend not in ('torch', *ONNX_FILES): raise VLLabError(f"unknown backend {backend!r} (torch, onnx, onnx-int8)")
         self.run_dir, self.backend, self.device = Path(run_dir).resolve(), backend, device
         self.sessions = None
@@ -108,20 +147,30 @@ class Engine:
         if backend != 'torch': self.sessions = OrtEncoders(*paths)  # onnxruntime sessions are thread-safe: no lock
         self.tfm, self.lock = PairTransform(self.cfg.transform, train=False), threading.Lock()
         self.has_caption = 'caption' in self.model.tasks
+        self.in_flight = 0  # requests being served: how many calls a batch may still wait for
+        self.images = Batcher(self._images, max_batch, max_wait_ms, lambda: self.in_flight)
+        self.texts = Batcher(self._texts, max_batch, max_wait_ms, lambda: self.in_flight)
 
     @torch.no_grad()
-    def embed_images(self, pixels: torch.Tensor) -> torch.Tensor:
-        "(N, D) normalised embeddings of a (N, C, H, W) batch."
-        if self.sessions: return self.sessions.encode_image(pixels.float())[0]
-        with self.lock: return self.model.encode_image(pixels.to(self.device))[0].float().cpu()
+    def _images(self, pixels: list) -> torch.Tensor:
+        px = torch.stack(pixels)
+        if self.sessions: return self.sessions.encode_image(px.float())[0]
+        with self.lock: return self.model.encode_image(px.to(self.device))[0].float().cpu()
 
     @torch.no_grad()
-    def embed_texts(self, texts: list[str]) -> torch.Tensor:
-        "(M, D) normalised embeddings of texts."
+    def _texts(self, texts: list) -> torch.Tensor:
         t = self.tok(list(texts), padding='longest', truncation=True, max_length=self.cfg.model.max_len, return_tensors='pt')
         if self.sessions:
             return self.sessions.encode_text(t['input_ids'].long(), t['attention_mask'].long())[0]
         with self.lock: return self.model.encode_text(t['input_ids'].to(self.device), t['attention_mask'].to(self.device))[0].float().cpu()
+
+    def embed_images(self, pixels: torch.Tensor) -> torch.Tensor:
+        "(N, D) normalised embeddings of a (N, C, H, W) batch (batched with concurrent calls)."
+        return self.images(list(pixels))
+
+    def embed_texts(self, texts: list[str]) -> torch.Tensor:
+        "(M, D) normalised embeddings of texts (batched with concurrent calls)."
+        return self.texts(list(texts))
 
     @torch.no_grad()
     def caption(self, pixels: torch.Tensor, num_beams: int = 3) -> str | None:
@@ -143,8 +192,10 @@ class TextsIn(BaseModel):
 
 def _model_card(eng: Engine) -> dict:
     m = eng.run_dir / 'eval' / 'test' / 'metrics.json'
+    batching = dict(max_batch=eng.images.max_batch, max_wait_ms=eng.images.wait * 1e3, image_batches=eng.images.batches,
+                    image_items=eng.images.items, text_batches=eng.texts.batches, text_items=eng.texts.items)
     return dict(run_id=eng.run_dir.name, config=config_to_dict(eng.cfg), backend=eng.backend, tasks=list(eng.model.tasks),
-                test_metrics=json.loads(m.read_text()) if m.is_file() else None)
+                test_metrics=json.loads(m.read_text()) if m.is_file() else None, batching=batching)
 
 def _one_sentence(request: Request, exc: RequestValidationError):
     e = (exc.errors() or [{}])[0]
@@ -154,14 +205,20 @@ def _one_sentence(request: Request, exc: RequestValidationError):
 
 # %% ../nbs/51_serve.ipynb #dbbf4795
 def make_app(run_dir, backend: str = 'torch', max_upload_mb: float = 10, max_texts: int = 32, max_text_chars: int = 500,
-             max_pixels: int = 40_000_000, device: str = 'cpu', num_beams: int = 3) -> FastAPI:
+             max_pixels: int = 40_000_000, device: str = 'cpu', num_beams: int = 3, max_batch: int = 32, max_wait_ms: float = 2.0) -> FastAPI:
     "The FastAPI service over the run in `run_dir`."
-    eng = Engine(run_dir, backend, device)
+    eng = Engine(run_dir, backend, device, max_batch, max_wait_ms)
     limit = int(max_upload_mb * MiB)
     app = FastAPI(title='vl_lab', description=f'run {eng.run_dir.name}', docs_url=None, redoc_url=None)
     app.add_exception_handler(RequestValidationError, _one_sentence)
     app.add_middleware(BodyLimit, max_bytes=limit + max_texts * (4 * max_text_chars + 256) + 64 * 1024)  # + texts, multipart overhead
     app.state.engine = eng
+
+    @app.middleware('http')
+    async def count_in_flight(request: Request, call_next):  # the batchers wait only for requests that exist
+        eng.in_flight += 1
+        try: return await call_next(request)
+        finally: eng.in_flight -= 1
 
     def multipart_only(request: Request):
         if not request.headers.get('content-type', '').startswith('multipart/form-data'):
