@@ -175,12 +175,15 @@ def encoder_params(model) -> int:
     "Number of parameters of the image and text encoders (towers and projections)."
     return sum(p.numel() for m in (ImageEncoder(model), TextEncoder(model)) for p in m.parameters())
 
+def _torch_row(variant: str, model, ds, tok, L, n_latency: int, ref=None) -> tuple[dict, tuple]:
+    "The row of a torch model (size of its encoders' state, sparsity, latency, retrieval) and its test embeddings."
+    row, emb = _measure(model, ds, tok, L, n_latency, ref)
+    return dict(variant=variant, format='torch', params=encoder_params(model), **_sizes(state=model), weight_sparsity=weight_sparsity(model), **row), emb
+
 def run_row(run_dir, variant: str, n_latency: int = 50) -> dict:
     "The torch fp32 row of a run as `variant` (a student beside its teacher's variants, say)."
     model, tok, cfg, _ = load_run(run_dir)
-    row, _ = _measure(model, eval_split(cfg), tok, cfg.model.max_len, n_latency)
-    return dict(variant=variant, format='torch', run=Path(run_dir).name, params=encoder_params(model), **_sizes(state=model),
-                weight_sparsity=weight_sparsity(model), **row)
+    return dict(_torch_row(variant, model, eval_split(cfg), tok, cfg.model.max_len, n_latency)[0], run=Path(run_dir).name)
 
 def deployment_table(run_dir, sparsities=(0.3, 0.6), n_latency: int = 50, opset: int = 17, out_dir=None) -> list[dict]:
     "Size, latency and test t2i R@1 of each deployment variant of a run; exports to and writes deployment.json in OUT_DIR (default RUN_DIR/export)."
@@ -190,16 +193,13 @@ def deployment_table(run_dir, sparsities=(0.3, 0.6), n_latency: int = 50, opset:
     q = {k: quantize_int8(ex[k]) for k in ('image', 'text')}
     model, tok, cfg, _ = load_run(run_dir)
     ds, L, n = eval_split(cfg), cfg.model.max_len, encoder_params(model)
-    row, ref = _measure(model, ds, tok, L, n_latency)
-    rows = [dict(variant='torch fp32', format='torch', params=n, **_sizes(state=model), weight_sparsity=weight_sparsity(model), **row | {'min_cosine_vs_fp32': 1.0})]
+    row, ref = _torch_row('torch fp32', model, ds, tok, L, n_latency)
+    rows = [row | {'min_cosine_vs_fp32': 1.0}]
     for name, files in (('onnx fp32', ex), ('onnx int8', q)):
         enc = OrtEncoders(files['image'], files['text'])
         rows.append(dict(variant=name, format='onnx', params=n, **_sizes(paths=[files['image'], files['text']]), weight_sparsity=None,
                          **_measure(enc, ds, tok, L, n_latency, ref)[0]))
-    for s in sparsities:
-        p = prune(model, s)
-        rows.append(dict(variant=f'torch pruned {s:.0%}', format='torch', params=n, **_sizes(state=p), weight_sparsity=weight_sparsity(p),
-                         **_measure(p, ds, tok, L, n_latency, ref)[0]))
+    rows += [_torch_row(f'torch pruned {s:.0%}', prune(model, s), ds, tok, L, n_latency, ref)[0] for s in sparsities]
     for r in rows: r.update(run=run_dir.name, **{'t2i_R@1_delta': r['t2i_R@1'] - rows[0]['t2i_R@1']})
     write_json(out / 'deployment.json', dict(
         rows=rows, test_images=len(ds), threads=torch.get_num_threads(), n_latency=n_latency,

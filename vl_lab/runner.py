@@ -99,7 +99,9 @@ def plan_runs(plan: dict, raw: Path, clean: Path, out: Path, preset: str | None 
     if bad := set(only.split(',')) - set(by_name): raise VLLabError(f"--only: no experiment {', '.join(sorted(bad))} in the plan")
     ids, keep = {r.run_id: r for r in runs}, {r.run_id for r in runs if r.name in only.split(',')}
     todo = list(keep)
-    while todo: todo += [d for d in ids[todo.pop()].deps if d not in keep and not keep.add(d)]
+    while todo:  # the runs the chosen ones need, and the runs those need
+        for d in ids[todo.pop()].deps:
+            if d not in keep: keep.add(d); todo.append(d)
     return [r for r in runs if r.run_id in keep]
 
 def is_complete(run_dir: Path) -> bool:
