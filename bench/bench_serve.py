@@ -3,13 +3,13 @@
 Starts the service (a subprocess on a free 127.0.0.1 port) for each backend, then sends REQUESTS requests to
 `POST /multimodal/inference` (one shapes scene + 3 texts) at CONCURRENCY in flight (httpx.AsyncClient and a
 semaphore), stopping early at a total time cap. Prints the zero-error check, throughput (req/s) and p50/p99 latency.
-Backends: torch always; onnx / onnx-int8 when RUN_DIR/export holds their files, else says why they were skipped.
+Backends: torch always; onnx / onnx-int8 / onnx-int8-static when RUN_DIR/export holds their files, else says why they were skipped.
 Each backend is measured without batching (--max-batch 1, the baseline) and with it (32), and the ratio printed.
 
     python bench/bench_serve.py [RUN_DIR] [--requests 2000] [--concurrency 16] [--time-cap 600]
 
 Without RUN_DIR a `cpu-tiny` contrastive run is trained on a 160-image corpus in a temporary folder first, and exported
-to ONNX fp32 and INT8, so all three backends are measured.
+to ONNX fp32 and INT8 (dynamic, and static for the image encoder), so all four backends are measured.
 """
 import argparse, asyncio, io, os, socket, subprocess, sys, tempfile, time
 from pathlib import Path
@@ -96,21 +96,22 @@ def main():
             synth(Path(d) / 'data', synth_config('none', n_images=160), progress=False)
             run_dir = Path(d) / 'run'
             train(resolve_config('cpu-tiny', {'epochs': 1}, data=Path(d) / 'data'), run_dir, progress=False)
-            from vl_lab.deploy import export_onnx, quantize_int8
-            ex = export_onnx(run_dir)
-            for k in ('image', 'text'): quantize_int8(ex[k])
+            from vl_lab.deploy import export_onnx, quantize_encoders
+            from vl_lab.evaluate import load_run
+            _, tok, cfg, _ = load_run(run_dir)
+            quantize_encoders(export_onnx(run_dir), cfg, tok)
         print(f'run {run_dir.name}: {a.requests} requests to /multimodal/inference at concurrency {a.concurrency}, '
               f'cap {a.time_cap:.0f} s per backend, {os.cpu_count()} CPU cores')
         ok = True
         for backend in ('torch', *ONNX_FILES):
             missing = [f for f in ONNX_FILES.get(backend, ()) if not (run_dir / 'export' / f).is_file()]
             if missing:
-                print(f'{backend:10s} skipped: no {", ".join(missing)} in {run_dir / "export"} (run `vl-lab export RUN_DIR --onnx` first)')
+                print(f'{backend:16s} skipped: no {", ".join(missing)} in {run_dir / "export"} (run `vl-lab export RUN_DIR --onnx --int8` first)')
                 continue
             ok1, one = bench(run_dir, backend, payload, a, 1)  # the baseline: every request its own forward pass
             ok2, many = bench(run_dir, backend, payload, a, 32)
             ok = ok and ok1 and ok2
-            print(f'{backend:10s} throughput with batching / without: {many / one:.2f}x')
+            print(f'{backend:16s} throughput with batching / without: {many / one:.2f}x')
     sys.exit(0 if ok else 1)
 
 

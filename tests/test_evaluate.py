@@ -63,8 +63,8 @@ def test_caption_metrics_cli(run, tmp_path):
 def test_export_and_serve_cli(run, tmp_path):
     r = run_cli('export', run / 'run', '--onnx', '--int8')
     assert r.returncode == 0, r.stderr[-2000:]
-    for f in ('image.onnx', 'text.onnx', 'image.int8.onnx', 'text.int8.onnx'):
+    for f in ('image.onnx', 'text.onnx', 'image.int8.onnx', 'text.int8.onnx', 'image.int8-static.onnx'):
         assert (run / 'run' / 'export' / f).stat().st_size > 0
-    assert 'max |torch - onnx|' in r.stdout
+    assert 'max |torch - onnx|' in r.stdout and 'image.int8-static.onnx (static, calibrated on 256 validation images)' in r.stdout
     assert 'not a run folder' in one_line_error(run_cli('serve', tmp_path))
     assert 'not a run folder' in one_line_error(run_cli('export', tmp_path, '--onnx'))

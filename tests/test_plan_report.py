@@ -66,19 +66,19 @@ def test_distilled_students_and_the_deployment_table(lab):
     dep = json.loads((runs['deployment', 0] / 'metrics.json').read_text())['deployment']
     variants = [(r['variant'], r['seed']) for r in dep['rows']]
     for seed in (0, 1):
-        for v in ('torch fp32', 'onnx fp32', 'onnx int8', 'torch pruned 30%', 'torch pruned 60%', 'distilled student', 'student alone'):
+        for v in ('torch fp32', 'onnx fp32', 'onnx int8', 'onnx int8 static', 'torch pruned 30%', 'torch pruned 60%', 'distilled student', 'student alone'):
             assert (v, seed) in variants, (v, seed)
     fp32 = {r['seed']: r for r in dep['rows'] if r['variant'] == 'torch fp32'}
     for r in dep['rows']:
         if r['variant'] == 'onnx fp32': assert abs(r['t2i_R@1'] - fp32[r['seed']]['t2i_R@1']) < 1e-9
-        if r['variant'] == 'onnx int8': assert r['size_mb'] < fp32[r['seed']]['size_mb'] / 2
+        if r['variant'] in ('onnx int8', 'onnx int8 static'): assert r['size_mb'] < fp32[r['seed']]['size_mb'] / 2
         if r['variant'].startswith('student') or r['variant'].startswith('distilled'): assert r['params'] < fp32[r['seed']]['params'] / 2
     # the deployment measured the students' test R@1 as their own evaluation did
     ev = json.loads((runs['student-alone', 0] / 'metrics.json').read_text())['eval']['retrieval']['t2i_R@1']
     assert abs(next(r['t2i_R@1'] for r in dep['rows'] if r['variant'] == 'student alone' and r['seed'] == 0) - ev) < 1e-6
     html = (d / 'reports' / 'index.html').read_text()
     assert '<h2>Deployment</h2>' in html and 'Findings (computed from the table)' in html
-    assert 'INT8 (dynamic, ONNX Runtime): the files are' in html and 'Distillation: the student has' in html
+    assert 'INT8 (dynamic, ONNX Runtime): the files are' in html and 'INT8 static (image encoder static' in html and 'Distillation: the student has' in html
 
 
 def test_second_report_executes_nothing(lab):

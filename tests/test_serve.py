@@ -163,8 +163,9 @@ def test_still_answers_after_bad_input(client):
 def test_onnx_backend_needs_export(run):
     from vl_lab.core import VLLabError
     from vl_lab.serve import make_app
-    for b in ('onnx', 'onnx-int8'):
-        with pytest.raises(VLLabError, match='vl-lab export RUN_DIR --onnx'): make_app(run, backend=b)
+    for b, flags in (('onnx', '--onnx`'), ('onnx-int8', '--onnx --int8`'), ('onnx-int8-static', '--onnx --int8`')):
+        with pytest.raises(VLLabError, match=f'vl-lab export RUN_DIR {flags}'): make_app(run, backend=b)
+    with pytest.raises(VLLabError, match='unknown backend .* onnx-int8-static'): make_app(run, backend='tensorrt')
 
 
 def _export_onnx(run, dest):
@@ -204,3 +205,13 @@ def test_onnx_backend_matches_torch(run, tmp_path):
     assert [x['score'] for x in a['results']] == pytest.approx([x['score'] for x in b['results']], abs=1e-4)
     assert a['caption'] == b['caption'] and c.get('/model').json()['backend'] == 'onnx'
     assert c.post('/embed/text', json={'texts': caps}).json()['dim'] == 32
+    # INT8 files beside them (dynamic, and the image encoder static): the int8 backends serve scores close to torch's
+    from vl_lab.deploy import quantize_encoders
+    from vl_lab.evaluate import load_run
+    _, tok, cfg, _ = load_run(r2)
+    quantize_encoders({k: r2 / 'export' / f'{k}.onnx' for k in ('image', 'text')}, cfg, tok, n_calibration=32)
+    for backend in ('onnx-int8', 'onnx-int8-static'):
+        c8 = TestClient(make_app(r2, backend=backend, num_beams=1))
+        s8 = {x['text']: x['score'] for x in c8.post('/multimodal/inference', **req).json()['results']}
+        assert [s8[x['text']] for x in a['results']] == pytest.approx([x['score'] for x in a['results']], abs=0.1), backend
+        assert c8.get('/model').json()['backend'] == backend

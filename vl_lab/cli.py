@@ -71,13 +71,16 @@ def _cmd_caption_metrics(args):
     print(json.dumps(caption_metrics(refs, hyps), indent=1))
 
 def _cmd_export(args):
-    from vl_lab.deploy import deployment_table, export_onnx, quantize_int8, table_markdown
+    from vl_lab.deploy import deployment_table, export_onnx, quantize_encoders, table_markdown
+    from vl_lab.evaluate import load_run
     if not (args.onnx or args.int8 or args.table): args.onnx = args.int8 = True
     if args.onnx or args.int8:
         r = export_onnx(args.run_dir)
         print(f"ONNX: {r['image']}, {r['text']} (max |torch - onnx| image {r['max_abs_diff']['image']:.1e}, text {r['max_abs_diff']['text']:.1e})")
     if args.int8:
-        print('INT8:', ', '.join(str(quantize_int8(p)) for p in (r['image'], r['text'])))
+        _, tok, cfg, _ = load_run(args.run_dir)
+        q = quantize_encoders(r, cfg, tok)
+        print(f"INT8: {q['image']}, {q['text']} (dynamic); {q['image_static']} (static, calibrated on 256 validation images)")
     if args.table:
         print(table_markdown(deployment_table(args.run_dir)))
 
@@ -151,14 +154,14 @@ def make_parser() -> argparse.ArgumentParser:
     x = sub.add_parser('export', help='export a run to ONNX (parity-checked), INT8, and measure size / latency / R@1')
     x.add_argument('run_dir', type=Path, help='a run folder made by vl-lab train')
     x.add_argument('--onnx', action='store_true', help='export the image and text encoders to ONNX')
-    x.add_argument('--int8', action='store_true', help='also INT8 dynamic quantization of the ONNX files')
-    x.add_argument('--table', action='store_true', help='fp32 / ONNX / INT8 / pruned: size, latency, test R@1 (export/deployment.json)')
+    x.add_argument('--int8', action='store_true', help='also INT8 of the ONNX files: dynamic, and the image encoder static (calibrated on validation images)')
+    x.add_argument('--table', action='store_true', help='fp32 / ONNX / INT8 dynamic and static / pruned: size, latency, test R@1 (export/deployment.json)')
     x.set_defaults(func=_cmd_export)
     v = sub.add_parser('serve', help='serve a run over HTTP (FastAPI): /multimodal/inference, /embed/image, /embed/text')
     v.add_argument('run_dir', type=Path, help='a run folder made by vl-lab train')
     v.add_argument('--host', default='127.0.0.1', help='address to bind (default %(default)s: this machine only)')
     v.add_argument('--port', type=int, default=8000, help='port (default %(default)s)')
-    v.add_argument('--backend', choices=['torch', 'onnx', 'onnx-int8'], default='torch', help='encoder backend (default %(default)s)')
+    v.add_argument('--backend', choices=['torch', 'onnx', 'onnx-int8', 'onnx-int8-static'], default='torch', help='encoder backend (default %(default)s)')
     v.add_argument('--max-batch', type=_positive_int, default=32, help='items per batched forward pass of concurrent requests (1: no batching; default %(default)s)')
     v.add_argument('--max-wait-ms', type=float, default=2.0, help='longest wait for concurrent requests to join a batch (default %(default)s)')
     v.set_defaults(func=_cmd_serve)

@@ -130,18 +130,19 @@ class Batcher:
                 for _, fut in jobs: fut.set_exception(e)
 
 # %% ../nbs/51_serve.ipynb #b6378359
-ONNX_FILES = {'onnx': ('image.onnx', 'text.onnx'), 'onnx-int8': ('image.int8.onnx', 'text.int8.onnx')}
+ONNX_FILES = {'onnx': ('image.onnx', 'text.onnx'), 'onnx-int8': ('image.int8.onnx', 'text.int8.onnx'),
+              'onnx-int8-static': ('image.int8-static.onnx', 'text.int8.onnx')}
 
 class Engine:
     "A run's model (torch or onnx encoders) behind a lock; concurrent embedding calls are batched."
     def __init__(self, run_dir, backend: str = 'torch', device: str = 'cpu', max_batch: int = 32, max_wait_ms: float = 2.0):
-        if backend not in ('torch', *ONNX_FILES): raise VLLabError(f"unknown backend {backend!r} (torch, onnx, onnx-int8)")
+        if backend not in ('torch', *ONNX_FILES): raise VLLabError(f"unknown backend {backend!r} ({', '.join(('torch', *ONNX_FILES))})")
         self.run_dir, self.backend, self.device = Path(run_dir).resolve(), backend, device
         self.sessions = None
         if backend != 'torch':
             paths = [self.run_dir / 'export' / f for f in ONNX_FILES[backend]]
             if not paths[0].is_file():
-                raise VLLabError(f"backend {backend} needs `vl-lab export RUN_DIR --onnx` first (no {paths[0]})")
+                raise VLLabError(f"backend {backend} needs `vl-lab export RUN_DIR --onnx{' --int8' if 'int8' in backend else ''}` first (no {paths[0]})")
             if not paths[1].is_file(): raise VLLabError(f"backend {backend}: {paths[1]} is missing (re-run the export)")
         self.model, self.tok, self.cfg, _ = load_run(self.run_dir, device)
         if backend != 'torch': self.sessions = OrtEncoders(*paths)  # onnxruntime sessions are thread-safe: no lock
