@@ -71,7 +71,7 @@ def bench(run_dir, backend, payload, a, max_batch):
         p.terminate(); p.wait(10)
     capped = f' (time cap {a.time_cap:.0f} s reached)' if done < a.requests else ''
     label = f'{backend} batch<={max_batch}'
-    print(f'{label:22s} {done:5d}/{a.requests} requests{capped}; errors {len(errors)} ({"OK: zero errors" if not errors else errors[:3]}); '
+    print(f'{label:26s} {done:5d}/{a.requests} requests{capped}; errors {len(errors)} ({"OK: zero errors" if not errors else errors[:3]}); '
           f'{done / wall:7.1f} req/s; p50 {1e3 * np.percentile(lat, 50):7.1f} ms, p99 {1e3 * np.percentile(lat, 99):7.1f} ms; '
           f'{b["image_items"] / max(b["image_batches"], 1):4.1f} images per forward pass; health after: {"ok" if alive else "FAILED"}')
     return not errors and alive, done / wall
@@ -106,12 +106,12 @@ def main():
         for backend in ('torch', *ONNX_FILES):
             missing = [f for f in ONNX_FILES.get(backend, ()) if not (run_dir / 'export' / f).is_file()]
             if missing:
-                print(f'{backend:16s} skipped: no {", ".join(missing)} in {run_dir / "export"} (run `vl-lab export RUN_DIR --onnx --int8` first)')
+                print(f'{backend:26s} skipped: no {", ".join(missing)} in {run_dir / "export"} (run `vl-lab export RUN_DIR --onnx --int8` first)')
                 continue
             ok1, one = bench(run_dir, backend, payload, a, 1)  # the baseline: every request its own forward pass
             ok2, many = bench(run_dir, backend, payload, a, 32)
             ok = ok and ok1 and ok2
-            print(f'{backend:16s} throughput with batching / without: {many / one:.2f}x')
+            print(f'{backend:26s} throughput with batching / without: {many / one:.2f}x')
     sys.exit(0 if ok else 1)
 
 
