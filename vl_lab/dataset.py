@@ -27,8 +27,9 @@ def answer_vocabulary(records, min_count: int = 1) -> list[str]:
 class PairDataset(torch.utils.data.Dataset):
     "Image-caption pairs of `records`, decoded once, transformed per `(epoch, index)`."
     def __init__(self, records: list[Record], transform: TransformConfig, train: bool, seed: int = 0,
-                 answers: list[str] | None = None, cache_limit: int = 20000):
+                 answers: list[str] | None = None, cache_limit: int = 20000, captions_per_item: int = 1):
         self.train, self.seed, self.tf = train, seed, PairTransform(transform, train)
+        self.k = captions_per_item if train else 1  # evaluation: each image's first caption
         self.answer_id = {a: i for i, a in enumerate(answers or [])}
         self.records, self.images, self.skipped = [], [], Counter()
         random_tf = train and (transform.random_resized_crop or transform.hflip_p > 0 or transform.color_jitter or transform.synonym_p > 0)
@@ -61,10 +62,15 @@ class PairDataset(torch.utils.data.Dataset):
     def __getitem__(self, key):
         epoch, i = key
         r, rng = self.records[i], np.random.default_rng([self.seed, epoch, i])
-        cap = r.captions[int(rng.integers(len(r.captions)))] if self.train else r.captions[0]
-        if self.fixed: pixels = self.image(i, rng)
-        else: pixels, cap = self.tf(self.images[i] if self.cache else self._decode(self.records[i]), cap, rng)
-        item = dict(pixels=pixels, caption=cap)
+        j = int(rng.integers(len(r.captions))) if self.train else 0
+        caps = [r.captions[(j + s) % len(r.captions)] for s in range(self.k)]  # distinct while the image has k
+        if self.fixed:
+            pixels = self.image(i, rng)
+        else:
+            pixels, caps = self.tf(self.images[i] if self.cache else self._decode(self.records[i]), caps, rng)
+        item = dict(pixels=pixels, caption=caps[0])
+        if self.k > 1:
+            item['extra_captions'] = caps[1:]
         qs = r.extra.get('questions', [])
         if self.answer_id:
             q = qs[int(rng.integers(len(qs)))] if qs and self.train else (qs[0] if qs else None)
@@ -80,6 +86,10 @@ def make_collate(tokenizer, max_len: int):
     def collate(items):
         b = dict(pixels=torch.stack([x['pixels'] for x in items]), captions=[x['caption'] for x in items])
         b['ids'], b['mask'] = tok(b['captions'])
+        if 'extra_captions' in items[0]:  # (B, K-1, T): more captions of each image, for more InfoNCE terms
+            k1 = len(items[0]['extra_captions'])
+            ids, mask = tok([c for x in items for c in x['extra_captions']])
+            b['extra_ids'], b['extra_mask'] = ids.reshape(len(items), k1, -1), mask.reshape(len(items), k1, -1)
         if 'question' in items[0]:
             b['q_ids'], b['q_mask'] = tok([x['question'] for x in items])
             b['answer'] = torch.tensor([x['answer'] for x in items])

@@ -78,9 +78,10 @@ def itm_eval(model, tok, ds, max_len, device, seed: int = 0) -> dict:
     for s in range(0, 2 * n, 64):
         px = torch.stack([ds.image(i, rng) for i in idx[s:s + 64]]).to(device)
         t = tok(caps[s:s + 64], padding='longest', truncation=True, max_length=max_len, return_tensors='pt')
-        _, ttok = model.text_tower(t['input_ids'].to(device), t['attention_mask'].to(device))
-        _, itok = model.image_tower(px)
-        logits.append(model.itm_logits(ttok, t['attention_mask'].to(device), itok).cpu())
+        ids, mask = t['input_ids'].to(device), t['attention_mask'].to(device)
+        temb, ttok = model.encode_text(ids, mask)
+        iemb, itok = model.encode_image(px)
+        logits.append(model.itm_logits(temb, ttok, mask, iemb, itok).cpu())
     return itm_accuracy(torch.cat(logits), torch.tensor([1] * n + [0] * n)) | dict(chance_accuracy=0.5)
 
 @torch.no_grad()

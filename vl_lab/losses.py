@@ -18,13 +18,21 @@ def gather_features(*xs):
     import torch.distributed.nn.functional as dnn
     return tuple(torch.cat(dnn.all_gather(x), 0) for x in xs)
 
-def contrastive_loss(image_emb, text_emb, logit_scale, gather: bool = True) -> dict:
-    "Symmetric InfoNCE over the global batch (`gather`) or this process's; embeddings are L2-normalised here."
-    image_emb, text_emb = F.normalize(image_emb, dim=-1), F.normalize(text_emb, dim=-1)
-    if gather: image_emb, text_emb = gather_features(image_emb, text_emb)
-    logits = logit_scale * image_emb @ text_emb.t()
-    labels = torch.arange(len(logits), device=logits.device)
-    return {'contrastive': (F.cross_entropy(logits, labels) + F.cross_entropy(logits.t(), labels)) / 2}
+def contrastive_loss(image_emb, text_emb, logit_scale, gather: bool = True, extra_text_emb=None) -> dict:
+    """Symmetric InfoNCE over the global batch (`gather`) or this process's; embeddings are L2-normalised here.
+    `extra_text_emb` (B, K-1, D): more captions of each image; the loss is then the mean of K InfoNCE terms, one per
+    caption slot, all against the same image embeddings."""
+    slots = [text_emb] + ([] if extra_text_emb is None else list(extra_text_emb.unbind(1)))
+    image_emb = F.normalize(image_emb, dim=-1)
+    if gather: image_emb = gather_features(image_emb)[0]
+    labels = torch.arange(len(image_emb), device=image_emb.device)
+    total = 0.0
+    for t in slots:
+        t = F.normalize(t, dim=-1)
+        if gather: t = gather_features(t)[0]
+        logits = logit_scale * image_emb @ t.t()
+        total = total + (F.cross_entropy(logits, labels) + F.cross_entropy(logits.t(), labels)) / 2
+    return {'contrastive': total / len(slots)}
 
 # %% ../nbs/11_losses.ipynb #bdea4ec2
 def distill_loss(image_emb, text_emb, logit_scale, t_image_emb, t_text_emb, t_logit_scale, temperature: float = 1.0, gather: bool = True) -> dict:
@@ -40,8 +48,12 @@ def distill_loss(image_emb, text_emb, logit_scale, t_image_emb, t_text_emb, t_lo
 
 # %% ../nbs/11_losses.ipynb #c705c609
 def itm_loss(logits, labels) -> dict:
-    "Image-text matching: cross-entropy of match / no-match logits (positives and in-batch hard negatives)."
-    return {'itm': F.cross_entropy(logits.float(), labels)}
+    """Image-text matching: cross-entropy of match / no-match logits, each class weighted by the inverse of its share
+    of the batch. A batch holds one positive for two negatives; unweighted, a head that has learned nothing yet sits
+    at the prior (1/3 match), and on balanced pairs its argmax says "no match" every time."""
+    counts = torch.bincount(labels, minlength=2).clamp(min=1).float()
+    weight = len(labels) / (2 * counts)
+    return {'itm': F.cross_entropy(logits.float(), labels, weight=weight.to(logits.device))}
 
 def caption_loss(logits, targets, pad_id: int = 0, label_smoothing: float = 0.0) -> dict:
     "Next-token cross-entropy of the caption decoder, padding ignored, optional label smoothing."
@@ -57,7 +69,8 @@ def compute_losses(out: dict, weights: dict, pad_id: int = 0, label_smoothing: f
                    distill_temperature: float = 1.0) -> tuple[torch.Tensor, dict]:
     "The weighted total and every named term for the model outputs `out` (only the tasks present; `distill` when a teacher's embeddings are)."
     terms = {}
-    if 'image_emb' in out: terms.update(contrastive_loss(out['image_emb'], out['text_emb'], out['logit_scale'], gather))
+    if 'image_emb' in out:
+        terms.update(contrastive_loss(out['image_emb'], out['text_emb'], out['logit_scale'], gather, out.get('extra_text_emb')))
     if 'teacher_image_emb' in out:
         terms.update(distill_loss(out['image_emb'], out['text_emb'], out['logit_scale'], out['teacher_image_emb'],
                                   out['teacher_text_emb'], out['teacher_logit_scale'], distill_temperature, gather))

@@ -15,8 +15,8 @@ from .core import VLLabError
 from .decoder import CaptionDecoder, DecoderConfig
 
 # %% auto #0
-__all__ = ['TASKS', 'ModelConfig', 'task_list', 'ConvTower', 'HFVisionTower', 'HFTextTower', 'build_towers', 'FusionLayer',
-           'FusionEncoder', 'VLModel']
+__all__ = ['TASKS', 'ITM_FEATURES', 'ITM_NEGATIVES', 'IMAGE_POOLS', 'ModelConfig', 'check_model_config', 'task_list', 'ConvTower',
+           'HFVisionTower', 'HFTextTower', 'build_towers', 'FusionLayer', 'FusionEncoder', 'VLModel']
 
 # %% ../nbs/10_models.ipynb #fcf64577
 TASKS = ('contrastive', 'itm', 'caption', 'vqa')
@@ -28,6 +28,7 @@ class ModelConfig:
     image_model: str = ''              # hf: name or local path for from_pretrained ('' = a ViT built from the sizes below)
     image_size: int = 64               # input side in pixels
     conv_channels: str = '32,64,128,192'  # conv: widths of the stride-2 blocks
+    image_pool: str = 'mean'           # conv: pooling of the final grid, mean | attn (a learned attention pool)
     vit_width: int = 192               # hf from scratch: ViT width / layers / heads / patch
     vit_layers: int = 4
     vit_heads: int = 4
@@ -45,10 +46,26 @@ class ModelConfig:
     fusion_layers: int = 2
     fusion_heads: int = 4
     fusion_dropout: float = 0.1
+    itm_features: str = 'fusion,product'  # what the ITM head reads: fusion (the fused first token), product
+                                          # (image_emb * text_emb: the pair's contrastive agreement, per dimension)
+    itm_negatives: str = 'sampled'     # in-batch ITM negatives: hard (the most similar other), sampled (drawn in
+                                       # proportion to similarity, as ALBEF), random
     decoder_layers: int = 2            # caption decoder: layers / heads / dropout
     decoder_heads: int = 4
     decoder_dropout: float = 0.1
     tasks: str = 'contrastive'         # heads to build, comma-separated: contrastive, itm, caption, vqa
+
+ITM_FEATURES, ITM_NEGATIVES, IMAGE_POOLS = ('fusion', 'product'), ('hard', 'sampled', 'random'), ('mean', 'attn')
+
+def check_model_config(cfg: ModelConfig):
+    "Raise a `VLLabError` naming the first unknown choice in `cfg`."
+    feats = [f.strip() for f in cfg.itm_features.split(',') if f.strip()]
+    if not feats or set(feats) - set(ITM_FEATURES):
+        raise VLLabError(f"itm_features {cfg.itm_features!r}: name one or both of {', '.join(ITM_FEATURES)}")
+    if cfg.itm_negatives not in ITM_NEGATIVES:
+        raise VLLabError(f"itm_negatives {cfg.itm_negatives!r} unknown (known: {', '.join(ITM_NEGATIVES)})")
+    if cfg.image_pool not in IMAGE_POOLS:
+        raise VLLabError(f"image_pool {cfg.image_pool!r} unknown (known: {', '.join(IMAGE_POOLS)})")
 
 def task_list(tasks: str) -> list[str]:
     "The tasks named in a comma-separated string; unknown ones are an error."
@@ -59,18 +76,26 @@ def task_list(tasks: str) -> list[str]:
 
 # %% ../nbs/10_models.ipynb #5e4a8d93
 class ConvTower(nn.Module):
-    "Stride-2 conv blocks (GroupNorm: no batch statistics, so DDP matches one process); tokens are the final grid."
-    def __init__(self, channels=(32, 64, 128, 192)):
+    """Stride-2 conv blocks (GroupNorm: no batch statistics, so DDP matches one process); tokens are the final grid,
+    pooled by their mean or by a learned attention pool (a score per grid cell, softmax over the cells)."""
+    def __init__(self, channels=(32, 64, 128, 192), pool: str = 'mean'):
         super().__init__()
         layers, c_in = [], 3
         for c in channels:
             layers += [nn.Conv2d(c_in, c, 3, stride=2, padding=1), nn.GroupNorm(min(8, c // 4), c), nn.GELU()]
             c_in = c
         self.body, self.width = nn.Sequential(*layers), c_in
+        self.score = nn.Linear(c_in, 1) if pool == 'attn' else None
+
+    def pool(self, tokens):
+        "One vector per image from its grid tokens (B, h*w, C)."
+        if self.score is None:
+            return tokens.mean(1)
+        return (self.score(tokens).softmax(1) * tokens).sum(1)
 
     def forward(self, pixels):
         tokens = self.body(pixels).flatten(2).transpose(1, 2)  # (B, h*w, C)
-        return tokens.mean(1), tokens
+        return self.pool(tokens), tokens
 
 class HFVisionTower(nn.Module):
     "A transformers vision model: tokens = last hidden state, pooled = its pooler output (CLIP) or first token."
@@ -118,7 +143,7 @@ def build_towers(cfg: ModelConfig, vocab_size: int, hf_configs: dict | None = No
     "Image and text towers for `cfg`, and the transformers configs to rebuild them."
     from transformers import BertConfig, BertModel, ViTConfig, ViTModel
     hf_configs = dict(hf_configs or {})
-    if cfg.image_tower == 'conv': image = ConvTower(tuple(int(c) for c in cfg.conv_channels.split(',')))
+    if cfg.image_tower == 'conv': image = ConvTower(tuple(int(c) for c in cfg.conv_channels.split(',')), cfg.image_pool)
     elif cfg.image_tower == 'hf':
         if cfg.image_model or 'image' in hf_configs: m = _hf_from(cfg.image_model, hf_configs.get('image'), 'image')
         else:
@@ -171,6 +196,7 @@ class VLModel(nn.Module):
     def __init__(self, cfg: ModelConfig, vocab_size: int, n_answers: int = 0, hf_configs: dict | None = None,
                  special_ids: tuple = (0, 2, 3)):
         super().__init__()
+        check_model_config(cfg)
         self.cfg, self.tasks = cfg, task_list(cfg.tasks)
         self.image_tower, self.text_tower, self.hf_configs = build_towers(cfg, vocab_size, hf_configs)
         iw, tw = self.image_tower.width, self.text_tower.width
@@ -179,7 +205,9 @@ class VLModel(nn.Module):
         self.logit_scale = nn.Parameter(torch.tensor(math.log(cfg.logit_scale_init)))
         if 'itm' in self.tasks or 'vqa' in self.tasks:
             self.fusion = FusionEncoder(tw, iw, cfg.fusion_width, cfg.fusion_layers, cfg.fusion_heads, cfg.fusion_dropout)
-            self.itm_head = nn.Linear(cfg.fusion_width, 2)
+            self.itm_features = [f.strip() for f in cfg.itm_features.split(',') if f.strip()]
+            width = cfg.fusion_width * ('fusion' in self.itm_features) + cfg.embed_dim * ('product' in self.itm_features)
+            self.itm_head = nn.Linear(width, 2)
         if 'vqa' in self.tasks:
             if n_answers < 1: raise VLLabError('the vqa task needs an answer vocabulary (a corpus with questions)')
             self.vqa_head = nn.Sequential(nn.Linear(cfg.fusion_width, 2 * cfg.fusion_width), nn.GELU(), nn.Linear(2 * cfg.fusion_width, n_answers))
@@ -203,9 +231,31 @@ class VLModel(nn.Module):
         pooled, tokens = self.text_tower(ids, mask)
         return F.normalize(self.text_proj(pooled), dim=-1), tokens
 
-    def itm_logits(self, text_tokens, text_mask, image_tokens):
-        "Match / no-match logits of (text, image) pairs."
-        return self.itm_head(self.fusion(text_tokens, text_mask, image_tokens))
+    def itm_logits(self, text_emb, text_tokens, text_mask, image_emb, image_tokens):
+        "Match / no-match logits of (text, image) pairs, from the fusion of their tokens and/or their embeddings' product."
+        feats = []
+        if 'fusion' in self.itm_features:
+            feats.append(self.fusion(text_tokens, text_mask, image_tokens))
+        if 'product' in self.itm_features:
+            feats.append(image_emb * text_emb * math.sqrt(image_emb.shape[-1]))  # unit vectors: O(1) entries
+        return self.itm_head(torch.cat(feats, -1))
+
+    def itm_negatives(self, img_emb, txt_emb, ids):
+        "In-batch negatives (a caption for each image, an image for each caption), chosen as `cfg.itm_negatives` says."
+        n, how = len(img_emb), self.cfg.itm_negatives
+        if how == 'random':  # any other member of the batch
+            shift = lambda: (torch.arange(n, device=ids.device) + torch.randint(1, n, (n,), device=ids.device)) % n
+            return shift(), shift()
+        sim = (img_emb @ txt_emb.t()).float()
+        # a caption with the same tokens as the positive is a positive too: never a negative
+        same = (ids[:, None, :] == ids[None, :, :]).all(-1) if ids.shape[0] == n else torch.eye(n, dtype=torch.bool)
+        same |= torch.eye(n, dtype=torch.bool, device=sim.device)
+        if how == 'hard':
+            sim = sim.masked_fill(same, -math.inf)
+            return sim.argmax(1), sim.argmax(0)
+        w = (sim * self.scale().detach().float()).masked_fill(same, -math.inf)
+        w = torch.where(same.all(1, keepdim=True), torch.zeros_like(w), w)  # a batch of copies: any other row
+        return torch.multinomial(w.softmax(1) + 1e-12, 1)[:, 0], torch.multinomial(w.t().softmax(1) + 1e-12, 1)[:, 0]
 
     def forward(self, batch: dict, tasks=None) -> dict:
         "Features and logits for the given tasks (default: all the model has) on a batch from `vl_lab.dataset`."
@@ -213,17 +263,23 @@ class VLModel(nn.Module):
         out = {}
         img_emb, img_tok = self.encode_image(batch['pixels'])
         txt_emb, txt_tok = self.encode_text(batch['ids'], batch['mask'])
-        if 'contrastive' in tasks: out.update(image_emb=img_emb, text_emb=txt_emb, logit_scale=self.scale())
+        if 'contrastive' in tasks:
+            out.update(image_emb=img_emb, text_emb=txt_emb, logit_scale=self.scale())
+            if 'extra_ids' in batch:  # more captions of each image: (B, K-1, T) -> embeddings (B, K-1, D)
+                B, K1, T = batch['extra_ids'].shape
+                e, _ = self.encode_text(batch['extra_ids'].reshape(B * K1, T), batch['extra_mask'].reshape(B * K1, T))
+                out['extra_text_emb'] = e.reshape(B, K1, -1)
         if 'itm' in tasks:
-            # in-batch hard negatives: for each image the most similar other caption, for each caption the most similar other image
+            # each image with its caption, with a negative caption, and each caption with a negative image
             with torch.no_grad():
-                sim = img_emb @ txt_emb.t()
-                sim.fill_diagonal_(-float('inf'))
-                neg_txt, neg_img = sim.argmax(1), sim.argmax(0)
-            t = torch.cat([txt_tok, txt_tok[neg_txt], txt_tok]); m = torch.cat([batch['mask'], batch['mask'][neg_txt], batch['mask']])
+                neg_txt, neg_img = self.itm_negatives(img_emb, txt_emb, batch['ids'])
+            te = torch.cat([txt_emb, txt_emb[neg_txt], txt_emb])
+            t = torch.cat([txt_tok, txt_tok[neg_txt], txt_tok])
+            m = torch.cat([batch['mask'], batch['mask'][neg_txt], batch['mask']])
+            ie = torch.cat([img_emb, img_emb, img_emb[neg_img]])
             i = torch.cat([img_tok, img_tok, img_tok[neg_img]])
             n = len(img_tok)
-            out['itm_logits'] = self.itm_logits(t, m, i)
+            out['itm_logits'] = self.itm_logits(te, t, m, ie, i)
             out['itm_labels'] = torch.cat([torch.ones(n), torch.zeros(2 * n)]).long().to(img_tok.device)
         if 'caption' in tasks:
             out['caption_logits'] = self.decoder(img_tok, batch['ids'][:, :-1])

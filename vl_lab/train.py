@@ -36,6 +36,7 @@ class TrainConfig:
     seed: int = 0                      # one seed: identical history and metrics on a CPU
     epochs: int = 10                   # lab notes: 10
     batch_size: int = 32               # lab notes: 32 (the global batch, over all processes)
+    captions_per_image: int = 1        # captions of each image per step: one InfoNCE term per caption, one image forward
     lr: float = 1e-4                   # lab notes: 1e-4 (AdamW)
     image_lr_mult: float = 1.0         # per-modality learning rates: image tower lr = lr * this
     text_lr_mult: float = 1.0          # text tower lr = lr * this
@@ -268,7 +269,7 @@ def train(cfg: TrainConfig, out_dir, resume: bool = False, progress: bool = True
     elif cfg.tokenizer or cfg.model.text_model: tok = load_tokenizer(cfg.tokenizer or cfg.model.text_model)
     else: tok = train_word_tokenizer([c for r in train_recs for c in r.captions] + [q['question'] for r in train_recs for q in r.extra.get('questions', [])], cfg.vocab_size)
     answers = answer_vocabulary(train_recs) if 'vqa' in tasks_all else []
-    train_ds = PairDataset(train_recs, cfg.transform, True, cfg.seed, answers)
+    train_ds = PairDataset(train_recs, cfg.transform, True, cfg.seed, answers, captions_per_item=cfg.captions_per_image)
     val_ds = PairDataset(val_recs, cfg.transform, False, cfg.seed, answers)
     pad_id = _special_ids(tok)[0]
     mcfg = update_config(cfg.model, {'tasks': ','.join(tasks_all)})

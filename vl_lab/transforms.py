@@ -136,6 +136,11 @@ def _crop_box(H, W, scale, rng):
     else: w, h = W, H
     return (H - h) // 2, (W - w) // 2, h, w
 
+def _each(caption, fn):
+    "`fn` of a caption, of each of a list of captions (of one image), or None."
+    if caption is None: return None
+    return [fn(t) for t in caption] if isinstance(caption, list) else fn(caption)
+
 class PairTransform:
     "Preprocess (eval) or augment (train) an (image, caption) pair with the randomness of a given generator."
     def __init__(self, cfg: TransformConfig = None, train: bool = False):
@@ -153,7 +158,7 @@ class PairTransform:
             x = fn(x, float(factor))
         return x
 
-    def __call__(self, img, caption: str | None, rng: np.random.Generator | None = None):
+    def __call__(self, img, caption: str | list[str] | None, rng: np.random.Generator | None = None):
         c, x = self.cfg, to_tensor_image(img)
         if self.train and rng is None: raise VLLabError("a training transform needs a numpy Generator (e.g. pair_rng(seed, epoch, index))")
         if self.train and c.random_resized_crop:
@@ -164,8 +169,8 @@ class PairTransform:
         if self.train:
             if c.hflip_p > 0 and rng.random() < c.hflip_p:
                 x = F.horizontal_flip(x)
-                if caption is not None: caption = flip_caption(caption)
+                caption = _each(caption, flip_caption)
             if c.color_jitter: x = self._jitter(x, rng)
-            if c.synonym_p > 0 and caption is not None: caption = synonym_replace(caption, rng, c.synonym_p)
+            if c.synonym_p > 0: caption = _each(caption, lambda t: synonym_replace(t, rng, c.synonym_p))
         x = F.normalize(F.to_dtype(x, torch.float32, scale=True), *NORMALIZE[c.mean_std])
         return x.contiguous(), caption
