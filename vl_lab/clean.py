@@ -161,18 +161,55 @@ def _pair_rows(r: dict) -> list[dict]:
                          caption_before=c['before'], caption_after=c['after'], transforms=transforms, checks=c['checks']))
     return rows
 
-def score_consistency(results: list[dict], scorer, cfg: CleanConfig, img_dir: Path, batch: int = 256) -> None:
-    "Score every still-kept pair with `scorer` and reject by `consistency_verdicts` (in place)."
+def _null_pairing(ids: list, folds: list, seed: int = 0) -> list[int]:
+    "For each pair, another pair of the same fold whose image is another image: its caption makes a shuffled pair."
+    rng, out = np.random.default_rng(seed), [None] * len(ids)
+    for f in sorted(set(folds)):
+        idx = [i for i, g in enumerate(folds) if g == f]
+        order = [idx[j] for j in rng.permutation(len(idx))]
+        for t, i in enumerate(order):
+            for step in range(len(order) // 2, len(order) // 2 + len(order)):  # the first one of another image
+                j = order[(t + step) % len(order)]
+                if ids[j] != ids[i] or step == len(order) // 2 + len(order) - 1:
+                    out[i] = j
+                    break
+    return out
+
+def score_consistency(results: list[dict], scorer, cfg: CleanConfig, img_dir: Path, batch: int = 256) -> dict:
+    """Score every still-kept pair with `scorer` and reject by `consistency_verdicts` (in place). A scorer with `fit`
+    (cross-fitted, `vl_lab.selfscore`) first trains on the pairs, and scores each pair with a model that never saw it.
+    Returns what the summary records: pairs scored, the cut and how it was set, and what the scorer reports of itself."""
     pairs = [(r, c) for r in results if r['image']['verdict'] is None and 'file' in r['image']
              for c in r['captions'] if c['verdict'] is None]
-    scores = []
-    for i in range(0, len(pairs), batch):
-        chunk = pairs[i:i + batch]
-        imgs = [Image.open(img_dir / r['image']['file']).convert('RGB') for r, _ in chunk]
-        scores.extend(np.asarray(scorer.score(imgs, [c['after'] for _, c in chunk]), dtype=np.float64).tolist())
-    for (r, c), v, s in zip(pairs, consistency_verdicts(scores, cfg), scores):
+    ids = [str(r['id']) for r, _ in pairs]
+    if hasattr(scorer, 'fit'):
+        scorer.fit([(k, img_dir / r['image']['file'], c['after']) for k, (r, c) in zip(ids, pairs)])
+    fold = getattr(scorer, 'fold_of', lambda key: 0)
+    folds = [fold(k) for k in ids]
+    def score(idx, caps):
+        out = []
+        for i in range(0, len(idx), batch):
+            chunk = idx[i:i + batch]
+            imgs = [Image.open(img_dir / pairs[j][0]['image']['file']).convert('RGB') for j in chunk]
+            kw = dict(keys=[ids[j] for j in chunk]) if hasattr(scorer, 'fit') else {}
+            out.extend(np.asarray(scorer.score(imgs, caps[i:i + batch], **kw), dtype=np.float64).tolist())
+        return out
+    everyone = list(range(len(pairs)))
+    scores = score(everyone, [c['after'] for _, c in pairs])
+    null = None
+    if cfg.consistency_threshold <= -1 and cfg.consistency_fraction <= -1:  # the cut comes from shuffled pairs
+        other = _null_pairing(ids, folds)
+        null = score(everyone, [pairs[j][1]['after'] for j in other])
+    verdicts = consistency_verdicts(scores, cfg, null)
+    for (r, c), v, s in zip(pairs, verdicts, scores):
         c['score'] = s
         if not v.keep: c['consistency'] = asdict(v)
+    how = 'threshold' if cfg.consistency_threshold > -1 else 'fraction' if cfg.consistency_fraction > -1 else 'null_quantile'
+    cut = None
+    if how == 'null_quantile': cut = float(np.quantile(null, cfg.consistency_null_quantile))
+    elif how == 'threshold': cut = cfg.consistency_threshold
+    return dict(scored_pairs=len(pairs), rejected=sum(not v.keep for v in verdicts), cut_rule=how, cut=cut,
+                null_median=float(np.median(null)) if null else None, scorer=getattr(scorer, 'info', {}))
 
 def write_outputs(results: list[dict], work: Path, out_dir: Path, meta: dict) -> dict:
     "The cleaned COCO corpus, manifest.jsonl and summary.json; checks kept + rejected = input."
@@ -235,7 +272,7 @@ def clean_corpus(input, out_dir, cfg: CleanConfig | None = None, format: str | N
     n = inspect_corpus(records, work, cfg, rules, workers, shard_size, progress)
     results = [json.loads(l) for i in range(n) for l in (work / f'shard-{i:06d}.jsonl').read_text().splitlines()]
     mark_duplicates(results, cfg, rules)
-    if 'consistency' in rules: score_consistency(results, scorer, cfg, work / 'images')
+    if 'consistency' in rules: meta = dict(meta, consistency=score_consistency(results, scorer, cfg, work / 'images'))
     summary = write_outputs(results, work, out_dir, meta)
     shutil.rmtree(work)
     return summary

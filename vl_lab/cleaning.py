@@ -34,8 +34,9 @@ class CleanConfig:
     min_words: int = 3                 # ... and at least this many words
     phash_radius: int = 6              # near duplicates: 64-bit perceptual hashes within this Hamming distance
     near_dup_min_corr: float = 0.95    # ... confirmed when the correlation of their 32x32 RGB thumbnails is above this
-    consistency_threshold: float = -1.0  # consistency: reject pairs scoring below this (-1: use the fraction instead)
-    consistency_fraction: float = 0.1  # consistency: else reject this lowest-scoring fraction (DataComp-style)
+    consistency_threshold: float = -1.0  # consistency: reject pairs scoring below this (-1: off)
+    consistency_fraction: float = -1.0   # consistency: else reject this lowest-scoring fraction (DataComp-style; -1: off)
+    consistency_null_quantile: float = 0.85  # else: reject pairs scoring below this quantile of shuffled pairs' scores
     rules: str = ','.join(DEFAULT_RULES)  # rules to apply, comma-separated
 
 @dataclass
@@ -181,15 +182,20 @@ def check_length(text: str, cfg: CleanConfig) -> Verdict:
     return ok('caption_length')
 
 # %% ../nbs/03_cleaning.ipynb #027319fa
-def consistency_verdicts(scores, cfg: CleanConfig) -> list[Verdict]:
-    "Verdicts for pairs with alignment `scores`: below the threshold, or in the lowest fraction, are rejected."
+def consistency_verdicts(scores, cfg: CleanConfig, null_scores=None) -> list[Verdict]:
+    """Verdicts for pairs with alignment `scores`: below the threshold, in the lowest fraction, or (by default) below
+    the `consistency_null_quantile` of `null_scores` (shuffled pairs' scores) are rejected."""
     s = np.asarray(scores, dtype=np.float64)
     if len(s) == 0: return []
     if np.isnan(s).any(): raise ValueError('consistency scores contain NaN')
-    if cfg.consistency_threshold > -1: cut = cfg.consistency_threshold
-    else:
+    if cfg.consistency_threshold > -1:
+        cut = cfg.consistency_threshold
+    elif cfg.consistency_fraction > -1:
         k = int(np.floor(cfg.consistency_fraction * len(s)))
         cut = np.sort(s)[k] if k < len(s) else np.inf
+    else:
+        if null_scores is None or len(null_scores) == 0: raise ValueError('the null-quantile cut needs shuffled pairs\' scores')
+        cut = float(np.quantile(np.asarray(null_scores, dtype=np.float64), cfg.consistency_null_quantile))
     return [Verdict(bool(x >= cut), 'consistency', f'score {x:.3f} (cut {cut:.3f})') for x in s]
 
 class CLIPScorer:

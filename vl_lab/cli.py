@@ -43,7 +43,10 @@ def _cmd_clean(args):
     if args.rules is not None: over.append(f'rules={args.rules}')
     cfg = update_config(CleanConfig(), over)
     scorer = None
-    if args.scorer:
+    if args.scorer == 'self':  # the lab's own dual encoder, trained on this corpus, cross-fitted
+        from vl_lab.selfscore import SelfScorer
+        scorer = SelfScorer(progress=not args.quiet)
+    elif args.scorer:
         try: scorer = CLIPScorer(args.scorer)
         except (OSError, ValueError) as e: raise VLLabError(f"cannot load the scorer model {args.scorer}: {str(e).splitlines()[0]}") from None
         scorer.name = args.scorer
@@ -90,12 +93,14 @@ def _cmd_serve(args):
 
 def _cmd_report(args):
     from vl_lab.report import build_report
-    runs = None
+    runs, corpora = None, None
     if args.plan.exists():
-        from vl_lab.runner import run_plan
-        runs = run_plan(args.plan, out=args.out, preset=args.preset, only=args.only, force=args.force, jobs=args.jobs, data=args.data)
+        from vl_lab.runner import plan_corpora, read_plan, run_plan
+        corpora = plan_corpora(read_plan(args.plan), args.data)  # prepared once, for the runs and the page alike
+        runs = run_plan(args.plan, out=args.out, preset=args.preset, only=args.only, force=args.force, jobs=args.jobs,
+                        corpora=corpora)
     elif args.plan != Path('lab.yaml'): raise VLLabError(f"{args.plan}: no such plan")
-    out = build_report(data_dir=args.data or Path('data/shapes'), out_dir=args.out, runs=runs)
+    out = build_report(data_dir=args.data or Path('data/shapes'), out_dir=args.out, runs=runs, corpora=corpora)
     print(f"report: {out}")
     if runs and (bad := [r for r in runs if r['status'] == 'failed']):
         raise VLLabError(f"{len(bad)} run(s) failed: " + ', '.join(f"{r['name']} seed {r['seed']}" for r in bad) + f" (see {out})")
@@ -124,7 +129,8 @@ def make_parser() -> argparse.ArgumentParser:
     c.add_argument('--image-root', type=Path, help='folder the image paths are relative to (default: beside the annotations)')
     c.add_argument('--min-size', type=_positive_int, help='minimum width and height in pixels (default 224)')
     c.add_argument('--rules', help=f"comma-separated rules (default {','.join(DEFAULT_RULES)}; all: {','.join(ALL_RULES)})")
-    c.add_argument('--scorer', help='CLIP-style model (name or local path) for the consistency rule')
+    c.add_argument('--scorer', help="for the consistency rule: a CLIP-style model (name or local path), or 'self' (a dual "
+                   "encoder trained on this corpus, cross-fitted)")
     c.add_argument('--set', action='append', metavar='KEY=VALUE', help='any CleanConfig field, e.g. --set phash_radius=4')
     c.add_argument('--workers', type=int, default=None, help='worker processes (default: the number of CPUs)')
     c.add_argument('--shard-size', type=_positive_int, default=256, help='records per shard (the unit of resuming)')

@@ -38,6 +38,7 @@ class CaptionDecoder(nn.Module):
         self.wte = nn.Embedding(cfg.vocab_size, cfg.d_model)  # token embedding, shared with the LM head
         self.wpe = nn.Embedding(cfg.max_len, cfg.d_model)     # learned positions
         self.mem_proj = nn.Linear(memory_dim, cfg.d_model)    # image tokens -> decoder width
+        self.mem_norm = nn.LayerNorm(cfg.d_model)             # memory normalised, as an encoder's output is
         self.drop = nn.Dropout(cfg.dropout)
         layer = nn.TransformerDecoderLayer(cfg.d_model, cfg.n_heads, 4 * cfg.d_model, cfg.dropout, activation='gelu',
                                            batch_first=True, norm_first=True)
@@ -55,7 +56,7 @@ class CaptionDecoder(nn.Module):
         pos = torch.arange(T, device=input_ids.device)
         x = self.drop(self.wte(input_ids) + self.wpe(pos))
         causal = torch.ones(T, T, dtype=torch.bool, device=input_ids.device).triu(1)  # True: a later position, hidden
-        x = self.layers(x, self.mem_proj(memory), tgt_mask=causal, tgt_is_causal=True,
+        x = self.layers(x, self.mem_norm(self.mem_proj(memory)), tgt_mask=causal, tgt_is_causal=True,
                         tgt_key_padding_mask=input_ids == self.cfg.pad_id, memory_key_padding_mask=memory_pad_mask)
         return self.lm_head(self.ln_f(x))
 

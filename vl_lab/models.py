@@ -183,10 +183,10 @@ class FusionEncoder(nn.Module):
         super().__init__()
         self.text_in, self.image_in = nn.Linear(text_width, width), nn.Linear(image_width, width)
         self.layers = nn.ModuleList(FusionLayer(width, heads, dropout) for _ in range(layers))
-        self.norm = nn.LayerNorm(width)
+        self.image_norm, self.norm = nn.LayerNorm(width), nn.LayerNorm(width)
 
     def forward(self, text_tokens, text_mask, image_tokens):
-        x, img, pad = self.text_in(text_tokens), self.image_in(image_tokens), text_mask == 0
+        x, img, pad = self.text_in(text_tokens), self.image_norm(self.image_in(image_tokens)), text_mask == 0
         for layer in self.layers: x = layer(x, pad, img)
         return self.norm(x[:, 0])
 

@@ -14,8 +14,8 @@ import yaml
 from .core import VLLabError, dir_sha256, write_json
 
 # %% auto #0
-__all__ = ['PLAN_KEYS', 'EXP_KEYS', 'RUN_FILES', 'PRESENTATION', 'read_plan', 'PlannedRun', 'code_hash', 'plan_runs',
-           'is_complete', 'notebook_html', 'execute_run', 'run_plan']
+__all__ = ['PLAN_KEYS', 'EXP_KEYS', 'RUN_FILES', 'PRESENTATION', 'read_plan', 'PlannedRun', 'code_hash', 'corpus_kinds',
+           'plan_runs', 'is_complete', 'notebook_html', 'execute_run', 'plan_corpora', 'run_plan']
 
 # %% ../nbs/41_runner.ipynb #052d4a8d
 PLAN_KEYS, EXP_KEYS = {'corpus', 'preset', 'experiments', 'timeout'}, {'name', 'notebook', 'seeds', 'params', 'requires', 'preset'}
@@ -75,7 +75,15 @@ def _resolve_runs(params: dict, seed: int, done: dict, name: str) -> tuple[dict,
         out[k] = [str(r.run_dir.resolve()) for r in rs] if kind == 'runs' else str(rs[0].run_dir.resolve())
     return out, deps
 
-def plan_runs(plan: dict, raw: Path, clean: Path, out: Path, preset: str | None = None, only: str | None = None) -> list[PlannedRun]:
+def corpus_kinds(plan: dict) -> list[str]:
+    "The corpus kinds (raw, clean, consistent) the plan's experiments train or evaluate on."
+    kinds = {'raw'}
+    for e in plan['experiments']:
+        p = e.get('params') or {}
+        kinds |= {v for v in (p.get('data', 'clean'), p.get('eval_data')) if v in ('raw', 'clean', 'consistent')}
+    return sorted(kinds)
+
+def plan_runs(plan: dict, corpora: dict, out: Path, preset: str | None = None, only: str | None = None) -> list[PlannedRun]:
     "Every run of the plan with its content-hash id: sha256 of notebook, parameters, library code and data."
     code, data_hashes, runs, by_name = code_hash(), {}, [], {}
     for e in plan['experiments']:
@@ -83,15 +91,17 @@ def plan_runs(plan: dict, raw: Path, clean: Path, out: Path, preset: str | None 
         if not nb.is_file(): raise VLLabError(f"experiment {e['name']}: no notebook {nb}")
         skip = f"needs the package {e['requires']}" if e.get('requires') and importlib.util.find_spec(e['requires']) is None else ''
         params = dict(e.get('params') or {})
-        corpus = lambda v: Path({'raw': raw, 'clean': clean}.get(v, v)).resolve()
+        corpus = lambda v: Path(corpora.get(v, v)).resolve()
         data = corpus(params.get('data', 'clean'))
         params.update(data=str(data), preset=preset or e.get('preset') or plan.get('preset', 'cpu-tiny'))
         if params.get('eval_data'): params['eval_data'] = str(corpus(params['eval_data']))
         for seed in e.get('seeds', [0]):
             p, deps = _resolve_runs(dict(params, seed=int(seed)), int(seed), by_name, e['name'])
-            key = str(data)
-            if key not in data_hashes: data_hashes[key] = dir_sha256(data) if Path(data).exists() else 'missing'
-            blob = json.dumps(dict(notebook=hashlib.sha256(nb.read_bytes()).hexdigest(), params=p, code=code, data=data_hashes[key]), sort_keys=True)
+            for key in {str(data), params.get('eval_data') or str(data)}:
+                if key not in data_hashes: data_hashes[key] = dir_sha256(key) if Path(key).exists() else 'missing'
+            hashes = [data_hashes[str(data)], data_hashes[params.get('eval_data') or str(data)]]
+            blob = json.dumps(dict(notebook=hashlib.sha256(nb.read_bytes()).hexdigest(), params=p, code=code, data=hashes),
+                              sort_keys=True)
             rid = hashlib.sha256(blob.encode()).hexdigest()[:12]
             runs.append(PlannedRun(e['name'], nb, int(seed), p, rid, out / 'runs' / rid, skip, deps))
         by_name[e['name']] = [r for r in runs if r.name == e['name']]
@@ -148,23 +158,30 @@ def execute_run(run: PlannedRun, timeout: float, threads: int = 0) -> dict:
         status, cause = 'failed', 'the notebook did not write ' + ', '.join(f for f in RUN_FILES if not (d / f).exists())
     rec = dict(name=run.name, seed=run.seed, run_id=run.run_id, status=status, cause=cause, seconds=round(time.time() - t0, 1))
     if status == 'failed': write_json(d / 'failed.json', rec | dict(stderr_tail=err.splitlines()[-15:]))
+    else: write_json(d / 'record.json', rec)  # its execution time, for the report once the run is cached
     return rec
 
 # %% ../nbs/41_runner.ipynb #6dc70788
+def plan_corpora(plan: dict, data=None) -> dict:
+    "The corpora the plan needs, made where missing or stale: its `corpus` (or `data`), cleaned as its runs ask."
+    from vl_lab.corpus import DEFAULT_DATA, prepare_corpora
+    return prepare_corpora(Path(data or plan.get('corpus', DEFAULT_DATA)), corpus_kinds(plan))
+
 def run_plan(plan_path='lab.yaml', out='reports', preset: str | None = None, only: str | None = None, force: bool = False,
-             jobs: int = 1, timeout: float | None = None, data=None, progress: bool = True) -> list[dict]:
-    "Execute every run of the plan that is not complete (all with `force`); returns a record per run."
-    from vl_lab.report import DEFAULT_DATA, ensure_clean, ensure_corpus
+             jobs: int = 1, timeout: float | None = None, data=None, progress: bool = True, corpora: dict | None = None) -> list[dict]:
+    """Execute every run of the plan that is not complete (all with `force`); returns a record per run. `corpora`
+    ({kind: folder}, from `plan_corpora`) are made here when not given."""
     plan, out = read_plan(plan_path), Path(out)
-    raw = ensure_corpus(Path(data or plan.get('corpus', DEFAULT_DATA)))
-    clean = ensure_clean(raw, raw.with_name(raw.name + '-clean'), dir_sha256(raw))
-    runs = plan_runs(plan, raw, clean, out, preset, only)
+    corpora = corpora or plan_corpora(plan, data)
+    runs = plan_runs(plan, corpora, out, preset, only)
     timeout = timeout or plan.get('timeout', 3600)
     threads = 1  # one thread per run whatever --jobs is: a run's numbers must not depend on how many ran beside it
     records, todo = [], []
     for r in runs:
         if r.skip: records.append(dict(name=r.name, seed=r.seed, run_id=r.run_id, status='skipped', cause=r.skip, seconds=0))
-        elif is_complete(r.run_dir) and not force: records.append(dict(name=r.name, seed=r.seed, run_id=r.run_id, status='cached', cause=None, seconds=0))
+        elif is_complete(r.run_dir) and not force:
+            done = json.loads((r.run_dir / 'record.json').read_text()) if (r.run_dir / 'record.json').exists() else {}
+            records.append(dict(name=r.name, seed=r.seed, run_id=r.run_id, status='cached', cause=None, seconds=done.get('seconds', 0)))
         else: todo.append(r)
     say = (lambda s: print(s, flush=True)) if progress else (lambda s: None)
     say(f"plan: {len(runs)} runs, {len(todo)} to execute, {sum(r['status'] == 'cached' for r in records)} complete already")

@@ -202,13 +202,16 @@ def _writable_dir(out_dir: Path, overwrite: bool) -> Path:
         raise VLLabError(f"cannot write to {out_dir}: {e.strerror or e}") from None
     return tmp
 
-def synth(out_dir, cfg: SynthConfig | None = None, overwrite: bool = False, progress: bool = True) -> dict:
-    "Write the shapes corpus to `out_dir`: annotations.json, images/ and the noise_labels.json sidecar. Returns counts."
+def synth(out_dir, cfg: SynthConfig | None = None, overwrite: bool = False, progress: bool = True,
+          workers: int | None = None) -> dict:
+    """Write the shapes corpus to `out_dir`: annotations.json, images/ and the noise_labels.json sidecar. Returns counts.
+    Images are drawn by `workers` processes (default: one per CPU for 512 images or more); the bytes do not depend on it."""
     cfg = cfg or synth_config()
+    if workers is None: workers = (os.cpu_count() or 1) if cfg.n_images >= 512 else 1
     out_dir = Path(out_dir)
     tmp = _writable_dir(out_dir, overwrite)
     try:
-        counts = _write_corpus(tmp, cfg, progress)
+        counts = _write_corpus(tmp, cfg, progress, workers)
         if out_dir.exists(): shutil.rmtree(out_dir)
         os.replace(tmp, out_dir)
     except OSError as e:
@@ -218,43 +221,68 @@ def synth(out_dir, cfg: SynthConfig | None = None, overwrite: bool = False, prog
         shutil.rmtree(tmp, ignore_errors=True); raise
     return counts
 
-def _write_corpus(root: Path, cfg: SynthConfig, progress: bool) -> dict:
+def _make_item(cfg: SynthConfig, i: int, kind: str, src, cap_kinds: list, split: str) -> dict:
+    "Everything about image `i`: its encoded bytes, COCO records, noise labels and questions (a pure function of the seed)."
+    img_id = i + 1
+    scene = _scene(cfg.seed, i if src is None else src)
+    img = render_scene(scene)
+    if kind == 'duplicate':  # the source's own encoding, from the source's own stream: the same bytes
+        data, ext, detail = encode_image(img, 'clean', _rng(cfg.seed, src, 1), cfg)
+    else:
+        data, ext, detail = encode_image(img, kind, _rng(cfg.seed, i, 1), cfg)
+    if src is not None: detail = {**detail, 'source_id': src + 1}
+    W, H = (img.width, img.height) if kind != 'low_res' else tuple(detail['size'])
+    label = class_label(scene)
+    objects = [{k: o[k] for k in ('shape', 'color', 'size')} |
+               {'bbox': [round(o['cx'] - o['r'], 1), round(o['cy'] - o['r'], 1), round(2 * o['r'], 1), round(2 * o['r'], 1)]}
+               for o in scene['objects']]
+    fname = f'{img_id:06d}.{ext}'
+    image = dict(id=img_id, file_name=fname, width=W, height=H, split=split, class_name=label,
+                 class_id=SHAPES.index(label), n_objects=len(scene['objects']), objects=objects)
+    anns, ann_labels = [], []
+    crng = _rng(cfg.seed, i, 3)
+    for c, (cap, ckind) in enumerate(zip(scene_captions(scene, crng, cfg.captions_per_image), cap_kinds)):
+        ann_id = i * cfg.captions_per_image + c + 1
+        lab = dict(id=ann_id, image_id=img_id, kind=ckind, clean_caption=cap)
+        if ckind == 'text_noise': cap, lab['detail'] = noisy_caption(cap, crng)
+        elif ckind == 'short': cap = short_caption(scene, crng)
+        elif ckind == 'mismatch':
+            cap = mismatched_caption(cfg, i, scene, crng)
+            lab['clean_caption'] = None
+        anns.append(dict(id=ann_id, image_id=img_id, caption=cap))
+        ann_labels.append(lab)
+    questions = [dict(question_id=img_id * 100 + q, image_id=img_id, **qa)
+                 for q, qa in enumerate(scene_questions(scene, _rng(cfg.seed, i, 6)))]
+    return dict(fname=fname, data=data, image=image, img_label=dict(image_id=img_id, kind=kind, detail=detail),
+                anns=anns, ann_labels=ann_labels, questions=questions)
+
+def _make_chunk(args) -> list[dict]:
+    cfg, items = args
+    return [_make_item(cfg, *it) for it in items]
+
+def _write_corpus(root: Path, cfg: SynthConfig, progress: bool, workers: int = 1) -> dict:
     img_kinds, cap_kinds, sources = plan_noise(cfg)
     splits = _splits(cfg)
+    todo = [(i, img_kinds[i], sources.get(i), cap_kinds[i], splits[i]) for i in range(cfg.n_images)]
+    chunks = [(cfg, todo[s:s + 16]) for s in range(0, len(todo), 16)]
     images, anns, questions, img_labels, ann_labels = [], [], [], [], []
-    for i in tqdm(range(cfg.n_images), desc='synth', disable=not progress, mininterval=1):
-        kind, img_id = img_kinds[i], i + 1
-        src = sources.get(i)
-        scene = _scene(cfg.seed, i if src is None else src)
-        img = render_scene(scene)
-        if kind == 'duplicate':  # the source's own encoding, from the source's own stream: the same bytes
-            data, ext, detail = encode_image(img, 'clean', _rng(cfg.seed, src, 1), cfg)
-        else:
-            data, ext, detail = encode_image(img, kind, _rng(cfg.seed, i, 1), cfg)
-        if src is not None: detail = {**detail, 'source_id': src + 1}
-        fname = f'{img_id:06d}.{ext}'
-        (root / 'images' / fname).write_bytes(data)
-        W, H = (img.width, img.height) if kind != 'low_res' else tuple(detail['size'])
-        label = class_label(scene)
-        images.append(dict(id=img_id, file_name=fname, width=W, height=H, split=splits[i], class_name=label,
-                           class_id=SHAPES.index(label), n_objects=len(scene['objects']),
-                           objects=[{k: o[k] for k in ('shape', 'color', 'size')} |
-                                    {'bbox': [round(o['cx'] - o['r'], 1), round(o['cy'] - o['r'], 1), round(2 * o['r'], 1), round(2 * o['r'], 1)]}
-                                    for o in scene['objects']]))
-        img_labels.append(dict(image_id=img_id, kind=kind, detail=detail))
-        crng = _rng(cfg.seed, i, 3)
-        for c, (cap, ckind) in enumerate(zip(scene_captions(scene, crng, cfg.captions_per_image), cap_kinds[i])):
-            ann_id = i * cfg.captions_per_image + c + 1
-            lab = dict(id=ann_id, image_id=img_id, kind=ckind, clean_caption=cap)
-            if ckind == 'text_noise': cap, lab['detail'] = noisy_caption(cap, crng)
-            elif ckind == 'short': cap = short_caption(scene, crng)
-            elif ckind == 'mismatch':
-                cap = mismatched_caption(cfg, i, scene, crng)
-                lab['clean_caption'] = None
-            anns.append(dict(id=ann_id, image_id=img_id, caption=cap))
-            ann_labels.append(lab)
-        for q, qa in enumerate(scene_questions(scene, _rng(cfg.seed, i, 6))):
-            questions.append(dict(question_id=img_id * 100 + q, image_id=img_id, **qa))
+    bar = tqdm(total=cfg.n_images, desc='synth', disable=not progress, mininterval=1)
+    def keep(items):
+        for it in items:
+            (root / 'images' / it['fname']).write_bytes(it['data'])
+            images.append(it['image'])
+            img_labels.append(it['img_label'])
+            anns.extend(it['anns'])
+            ann_labels.extend(it['ann_labels'])
+            questions.extend(it['questions'])
+        bar.update(len(items))
+    if workers > 1 and len(chunks) > 1:  # images are independent: drawn in parallel, written in order
+        import multiprocessing as mp
+        with mp.get_context('spawn').Pool(workers) as pool:
+            for items in pool.imap(_make_chunk, chunks): keep(items)
+    else:
+        for c in chunks: keep(_make_chunk(c))
+    bar.close()
     info = dict(description='vl_lab synthetic shapes corpus', version='1', generator='vl_lab.synthetic.synth',
                 config=config_to_dict(cfg))
     classes = [dict(id=k, name=s) for k, s in enumerate(SHAPES)]
@@ -262,3 +290,4 @@ def _write_corpus(root: Path, cfg: SynthConfig, progress: bool) -> dict:
                                               questions=questions, classes=classes))
     write_json(root / 'noise_labels.json', dict(config=config_to_dict(cfg), images=img_labels, annotations=ann_labels))
     return dict(images=len(images), annotations=len(anns), questions=len(questions))
+
