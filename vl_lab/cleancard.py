@@ -43,6 +43,8 @@ def measure_cleaning(rows: list[dict], noise: dict, summary: dict | None = None)
     out = []
     for rule, level, kind in RULE_TRUTH:
         truth = {i for i, k in (img_kind.items() if level == 'image' else cap_kind.items()) if k == kind}
+        if rule == 'consistency':  # it scores only the pairs every other rule kept: its recall is over those
+            truth &= {(r['id'], r['caption_index']) for r in rows if r['rule'] in (None, 'consistency')}
         if ran is not None and rule not in ran:
             out.append(dict(rule=rule, finds=kind, level=level, flagged=None, noisy=len(truth), correct=None, precision=None, recall=None)); continue
         flagged = _flagged(rule, level, rows)
@@ -84,10 +86,21 @@ def cleaning_section(clean_dir, raw_dir=None, per_rule: int = 3) -> dict:
     if side and side.exists():
         q = measure_cleaning(rows, read_json(side), summary)
         parts.append(table_html(q, caption='Each rule against the true noise labels (image rules per image, caption rules per caption; '
+                                'consistency over the pairs that reached it, the ones every other rule kept; '
                                 '– where the rule did not run or flagged nothing)'))
         if not any(r['rule'] == 'consistency' and r['flagged'] is not None for r in q):
-            parts.append(render('<p class="muted">The image-text consistency rule did not run: it needs a scorer model '
-                                '(<code>vl-lab clean --rules ...,consistency --scorer PATH</code>), such as a trained run.</p>'))
+            parts.append(render('<p class="muted">The image-text consistency rule did not run: it needs a scorer '
+                                '(<code>vl-lab clean --rules ...,consistency --scorer self</code>, or a CLIP model).</p>'))
+    if c := summary.get('consistency'):
+        folds = c.get('scorer', {}).get('folds', [])
+        parts.append(render(
+            "<p>Image-text consistency: {{ c.scored_pairs }} pairs scored{% if folds %} by {{ folds | length }} dual encoders "
+            "trained on this corpus, cross-fitted (each scores the pairs of the images it never saw; their validation "
+            "text-to-image R@1: {{ r1 }}){% endif %}; {{ c.rejected }} rejected, below the cut {{ '%.3f' % c.cut if c.cut is not none else '–' }} "
+            "({{ how }}).</p>", c=c, folds=folds, r1=', '.join(f"{f['val_t2i_r1']:.2f}" for f in folds),
+            how={'null_quantile': f"the {100 * summary['config'].get('consistency_null_quantile', 0):.0f}% quantile of the scores "
+                                  f"of shuffled pairs, each image with another image's caption; their median {c.get('null_median') or 0:.3f}",
+                 'threshold': 'a fixed threshold', 'fraction': 'the lowest-scoring fraction'}[c['cut_rule']]))
     examples, per = [], {}
     for r in rows:
         if r['kept'] or per.get(r['rule'], 0) >= per_rule or r['caption_index'] > 0 and r['rule'] in ('corrupt', 'resolution', 'duplicate', 'near_duplicate'): continue

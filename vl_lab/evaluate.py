@@ -19,8 +19,8 @@ from .tokenizer import load_tokenizer
 from .train import TrainConfig, _special_ids, load_checkpoint, split_records
 
 # %% auto #0
-__all__ = ['load_run', 'embed_split', 'encode_texts', 'zero_shot', 'itm_eval', 'generate_captions', 'vqa_eval', 'evaluate_run',
-           'summary_line']
+__all__ = ['load_run', 'embed_split', 'encode_texts', 'zero_shot_tasks', 'zero_shot', 'itm_eval', 'generate_captions',
+           'vqa_prior', 'vqa_eval', 'evaluate_run', 'summary_line']
 
 # %% ../nbs/31_evaluate.ipynb #5fed8b99
 def load_run(run_dir, device: str = 'cpu', which: str = 'best.pt'):
@@ -57,14 +57,38 @@ def encode_texts(model, tok, texts, max_len, device):
     return model.encode_text(t['input_ids'].to(device), t['attention_mask'].to(device))[0].cpu()
 
 # %% ../nbs/31_evaluate.ipynb #454de3cd
-def zero_shot(model, tok, img_emb, labels: list[str], max_len, device) -> dict:
-    "Zero-shot classification of images into `labels`' classes from prompt templates."
-    classes = sorted(set(labels))
-    emb = torch.stack([torch.nn.functional.normalize(encode_texts(model, tok, [t.format(c) for t in PROMPT_TEMPLATES], max_len, device).mean(0), dim=-1)
-                       for c in classes])
-    pred = (img_emb @ emb.t()).argmax(1).tolist()
+def zero_shot_tasks(records) -> dict:
+    "The zero-shot tasks a split supports: {name: dict(what, index, labels, prompts={class: [prompt, ...]})}."
+    from vl_lab.scenes import COLORS, SHAPE_WORDS
+    objs = [r.extra.get('objects') for r in records]
+    if all(isinstance(o, list) and o and all('shape' in x and 'color' in x for x in o) for o in objs):
+        single = [i for i, o in enumerate(objs) if len(o) == 1]
+        words = {s: [w for w in ws] for s, ws in SHAPE_WORDS.items()}
+        shape = {s: [f"A {c} {w}." for c in COLORS for w in words[s]] for s in SHAPE_WORDS}
+        colour = {c: [f"A {c} {w}." for ws in words.values() for w in ws] for c in COLORS}
+        count = {'1': [f"A single {c} {w}." for c in COLORS for ws in words.values() for w in ws],
+                 '2': ['Two shapes side by side.', 'Two shapes one above the other.'],
+                 '3': ['Three shapes in a row.', 'Three shapes in a column.']}
+        return {'shape': dict(what='the shape of the lone object (single-object images)', index=single,
+                              labels=[objs[i][0]['shape'] for i in single], prompts=shape),
+                'colour': dict(what='the colour of the lone object (single-object images)', index=single,
+                               labels=[objs[i][0]['color'] for i in single], prompts=colour),
+                'count': dict(what='the number of objects (every image)', index=list(range(len(objs))),
+                              labels=[str(len(o)) for o in objs], prompts=count)}
+    labels = [r.extra.get('class_name') for r in records]
+    if not all(labels): return {}
+    return {'class': dict(what='the class name, generic templates', index=list(range(len(labels))), labels=labels,
+                          prompts={c: [t.format(c) for t in PROMPT_TEMPLATES] for c in sorted(set(labels))})}
+
+def zero_shot(model, tok, img_emb, task: dict, max_len, device) -> dict:
+    "Zero-shot classification of the images of `task` (from `zero_shot_tasks`) by their nearest prompt ensemble."
+    classes = [c for c in task['prompts'] if c in set(task['labels'])]
+    emb = torch.stack([torch.nn.functional.normalize(torch.nn.functional.normalize(
+        encode_texts(model, tok, task['prompts'][c], max_len, device), dim=-1).mean(0), dim=-1) for c in classes])
+    pred = (img_emb[task['index']] @ emb.t()).argmax(1).tolist()
+    labels = task['labels']
     m = classification_metrics([classes.index(l) for l in labels], pred, labels=list(range(len(classes))))
-    return m | dict(classes=classes, chance_accuracy=max(labels.count(c) for c in classes) / len(labels))
+    return m | dict(what=task['what'], classes=classes, chance_accuracy=max(labels.count(c) for c in classes) / len(labels))
 
 @torch.no_grad()
 def itm_eval(model, tok, ds, max_len, device, seed: int = 0) -> dict:
@@ -82,7 +106,10 @@ def itm_eval(model, tok, ds, max_len, device, seed: int = 0) -> dict:
         temb, ttok = model.encode_text(ids, mask)
         iemb, itok = model.encode_image(px)
         logits.append(model.itm_logits(temb, ttok, mask, iemb, itok).cpu())
-    return itm_accuracy(torch.cat(logits), torch.tensor([1] * n + [0] * n)) | dict(chance_accuracy=0.5)
+    from sklearn.metrics import roc_auc_score
+    logits, y = torch.cat(logits), [1] * n + [0] * n
+    auc = roc_auc_score(y, logits.float().softmax(1)[:, 1].numpy())
+    return itm_accuracy(logits, torch.tensor(y)) | dict(chance_accuracy=0.5, auc=float(auc))
 
 @torch.no_grad()
 def generate_captions(model, tok, ds, device, num_beams: int = 3, batch: int = 64) -> list[str]:
@@ -95,9 +122,26 @@ def generate_captions(model, tok, ds, device, num_beams: int = 3, batch: int = 6
         out += tok.batch_decode(ids, skip_special_tokens=True)
     return [c.strip() for c in out]
 
+def vqa_prior(train_records, questions: list[str]) -> list[str]:
+    "The question-only baseline's answers: the most frequent training answer to the same question (see above)."
+    from collections import Counter
+    by_q, by_start, every = {}, {}, Counter()
+    for r in train_records:
+        for q in r.extra.get('questions', []):
+            by_q.setdefault(q['question'], Counter())[q['answer']] += 1
+            by_start.setdefault(' '.join(q['question'].split()[:3]), Counter())[q['answer']] += 1
+            every[q['answer']] += 1
+    top = lambda c: min(c.items(), key=lambda kv: (-kv[1], kv[0]))[0]  # ties: the first in alphabetical order
+    fallback = top(every) if every else ''
+    out = []
+    for q in questions:
+        c = by_q.get(q) or by_start.get(' '.join(q.split()[:3]))
+        out.append(top(c) if c else fallback)
+    return out
+
 @torch.no_grad()
-def vqa_eval(model, tok, ds, answers, max_len, device) -> dict:
-    "VQA accuracy over every question of the split's images."
+def vqa_eval(model, tok, ds, answers, max_len, device, train_records=None) -> dict:
+    "VQA accuracy over every question of the split's images, with the majority and question-only baselines."
     items = [(i, q) for i, r in enumerate(ds.records) for q in r.extra.get('questions', [])]
     if not items: return {}
     rng, preds = np.random.default_rng(0), []
@@ -108,10 +152,14 @@ def vqa_eval(model, tok, ds, answers, max_len, device) -> dict:
         _, qtok = model.text_tower(t['input_ids'].to(device), t['attention_mask'].to(device))
         _, itok = model.image_tower(px)
         preds += [answers[k] for k in model.vqa_head(model.fusion(qtok, t['attention_mask'].to(device), itok)).argmax(1).tolist()]
-    res = vqa_accuracy(preds, [q.get('answers') or [q['answer']] * 10 for _, q in items],
-                       answer_types=[q.get('answer_type', 'all') for _, q in items])
+    gts, types = [q.get('answers') or [q['answer']] * 10 for _, q in items], [q.get('answer_type', 'all') for _, q in items]
+    res = vqa_accuracy(preds, gts, answer_types=types)
     top = max(sum(q['answer'] == a for _, q in items) for a in set(q['answer'] for _, q in items)) / len(items)
-    return res | dict(chance_accuracy_majority_answer=top, questions=len(items))
+    res |= dict(chance_accuracy_majority_answer=top, questions=len(items), predictions=preds)
+    if train_records:
+        prior = vqa_accuracy(vqa_prior(train_records, [q['question'] for _, q in items]), gts, answer_types=types)
+        res |= dict(question_only_accuracy=prior['overall'], question_only_per_answer_type=prior['per_answer_type'])
+    return res
 
 # %% ../nbs/31_evaluate.ipynb #adfd330e
 def _examples(sim_t2i, owner, caps, ds, n: int = 8) -> dict:
@@ -123,7 +171,10 @@ def _examples(sim_t2i, owner, caps, ds, n: int = 8) -> dict:
     rank = 1 + (sim_t2i > own[:, None]).sum(1)
     worst = rank.argsort(descending=True)[:n].tolist()
     hard = [dict(caption=caps[j], image=src[int(owner[j])], rank=int(rank[j]), retrieved=src[int(sim_t2i[j].argmax())]) for j in worst]
-    return dict(top5=top, hardest_t2i=hard)
+    first = [int((owner == i).nonzero()[0]) for i in range(min(n, len(ds)))]  # the first caption of the first images
+    t2i = [dict(caption=caps[j], image=src[int(owner[j])], rank=int(rank[j]),
+                top5=[src[k] for k in sim_t2i[j].topk(min(5, len(src))).indices.tolist()]) for j in first]
+    return dict(top5=top, hardest_t2i=hard, t2i_top5=t2i)
 
 def evaluate_run(run_dir, data=None, split: str = 'test', device: str | None = None, num_beams: int = 3) -> dict:
     "Every task the run supports on `split` of `data` (default: the data it trained on); writes RUN_DIR/eval/SPLIT/."
@@ -140,15 +191,22 @@ def evaluate_run(run_dir, data=None, split: str = 'test', device: str | None = N
     if 'contrastive' in model.tasks:
         out['retrieval'] = retrieval_metrics(img, txt, owner)
         examples.update(_examples(txt @ img.t(), owner, caps, ds))
-        labels = [r.extra.get('class_name') for r in ds.records]
-        if all(labels): out['zero_shot'] = zero_shot(model, tok, img, labels, L, device)
+        if tasks := zero_shot_tasks(ds.records):
+            out['zero_shot'] = {k: zero_shot(model, tok, img, t, L, device) for k, t in tasks.items()}
     if 'itm' in model.tasks: out['itm'] = itm_eval(model, tok, ds, L, device, cfg.seed)
     if 'caption' in model.tasks:
         from vl_lab.capmetrics import caption_metrics
         hyps = generate_captions(model, tok, ds, device, num_beams)
         out['captioning'] = caption_metrics({i: r.captions for i, r in enumerate(ds.records)}, dict(enumerate(hyps))) | dict(num_beams=num_beams)
         examples['captions'] = [dict(image=r.image.source, generated=h, references=r.captions) for r, h in list(zip(ds.records, hyps))[:8]]
-    if 'vqa' in model.tasks and (v := vqa_eval(model, tok, ds, answers, L, device)): out['vqa'] = v
+    if 'vqa' in model.tasks:
+        train_recs = split_records(list(load_records(cfg.data)), 'train')
+        if v := vqa_eval(model, tok, ds, answers, L, device, train_recs):
+            preds = v.pop('predictions')
+            items = [(r, q) for r in ds.records for q in r.extra.get('questions', [])]
+            examples['vqa'] = [dict(image=r.image.source, question=q['question'], predicted=p, answer=q['answer'])
+                               for (r, q), p in list(zip(items, preds))[:12]]
+            out['vqa'] = v
     dest = run_dir / 'eval' / split
     dest.mkdir(parents=True, exist_ok=True)
     write_json(dest / 'metrics.json', out)
@@ -159,8 +217,11 @@ def summary_line(m: dict) -> str:
     "One line of the headline numbers, each with its chance level."
     parts = []
     if r := m.get('retrieval'): parts.append(f"t2i R@1 {r['t2i_R@1']:.3f} (chance {r['chance_t2i_R@1']:.4f}), i2t R@1 {r['i2t_R@1']:.3f} (chance {r['chance_i2t_R@1']:.4f})")
-    if z := m.get('zero_shot'): parts.append(f"zero-shot accuracy {z['accuracy']:.3f} (majority class {z['chance_accuracy']:.3f})")
-    if i := m.get('itm'): parts.append(f"ITM accuracy {i['accuracy']:.3f} (chance 0.5)")
+    for k, z in (m.get('zero_shot') or {}).items():
+        parts.append(f"zero-shot {k} accuracy {z['accuracy']:.3f} (majority class {z['chance_accuracy']:.3f})")
+    if i := m.get('itm'): parts.append(f"ITM accuracy {i['accuracy']:.3f} (chance 0.5), AUC {i.get('auc', float('nan')):.3f}")
     if c := m.get('captioning'): parts.append(f"BLEU-4 {c['Bleu_4']:.3f}, CIDEr {c['CIDEr']:.3f}, METEOR {c['METEOR']:.3f}")
-    if v := m.get('vqa'): parts.append(f"VQA accuracy {v['overall']:.3f} (majority answer {v['chance_accuracy_majority_answer']:.3f})")
+    if v := m.get('vqa'):
+        prior = f", question only {v['question_only_accuracy']:.3f}" if 'question_only_accuracy' in v else ''
+        parts.append(f"VQA accuracy {v['overall']:.3f} (majority answer {v['chance_accuracy_majority_answer']:.3f}{prior})")
     return f"{m['split']}: {m['images']} images; " + '; '.join(parts)

@@ -34,13 +34,14 @@ class NoiseConfig:
     near_duplicate: float = 0.02  # re-encoded, slightly altered copy of an earlier image
     text_noise: float = 0.08      # HTML, entities, URLs, e-mail, emoji, control chars, punctuation, whitespace
     short: float = 0.04           # caption too short to be useful
-    mismatch: float = 0.05        # caption of another image
+    mismatch: float = 0.20        # caption of another image: 20%, the top of the 3-20% that Huang et al. (NeurIPS 2021,
+                                  # "Learning with Noisy Correspondence") estimate for Conceptual Captions' web alt-text
 
 NOISE_PRESETS = {
     'none': {k: 0.0 for k in IMAGE_NOISE + CAPTION_NOISE},
     'default': {},  # the NoiseConfig defaults above
     'heavy': dict(low_res=0.10, corrupt=0.04, unusual_mode=0.06, exif_rotated=0.05, duplicate=0.04,
-                  near_duplicate=0.04, text_noise=0.15, short=0.08, mismatch=0.12),
+                  near_duplicate=0.04, text_noise=0.15, short=0.08, mismatch=0.30),
 }
 
 @dataclass

@@ -22,7 +22,7 @@ from .tokenizer import load_tokenizer, save_tokenizer, train_word_tokenizer
 from .transforms import TransformConfig
 
 # %% auto #0
-__all__ = ['PRESETS', 'STAGE_KEYS', 'HISTORY_COLUMNS', 'TrainConfig', 'resolve_config', 'stage_list', 'param_groups',
+__all__ = ['CPU_TINY', 'PRESETS', 'STAGE_KEYS', 'HISTORY_COLUMNS', 'TrainConfig', 'resolve_config', 'stage_list', 'param_groups',
            'warmup_cosine', 'rng_state', 'set_rng_state', 'save_checkpoint', 'load_checkpoint', 'quick_retrieval',
            'split_records', 'load_teacher', 'write_history', 'evaluate_val', 'train']
 
@@ -60,12 +60,32 @@ class TrainConfig:
     teacher: str = ''                  # distillation: a trained run folder whose similarity logits this student learns (term 'distill')
     distill_temperature: float = 1.0   # softens teacher and student logits alike in the distillation term
 
+# cpu-tiny: towers trained from scratch on a CPU, the recipe chosen by the sweep in sweep.yaml (its table: SWEEP.md)
+CPU_TINY = {
+    'model.conv_channels': '16,32,64,128', 'model.image_pool': 'attn',     # narrow conv tower, attention pool
+    'model.text_width': 128, 'model.text_layers': 0, 'model.text_heads': 4,  # word + position embeddings, mean-pooled
+    'model.fusion_width': 128, 'model.fusion_layers': 1, 'model.decoder_layers': 2, 'model.itm_negatives': 'random',
+    'lr': 1e-3, 'warmup_steps': 40, 'batch_size': 32, 'epochs': 8, 'captions_per_image': 3,
+}
 PRESETS = {
-    'cpu-tiny': {},  # the defaults: conv image tower at 64 px, 4-layer text transformer, the lab notes' optimizer
+    'lab-notes': {},  # the TrainConfig defaults, the lab notes' recipe (AdamW 1e-4, batch 32, 10 epochs): for fine-tuning
+                      # pretrained towers (model.text_model / model.image_model); from scratch it barely learns
+    'cpu-tiny': CPU_TINY,
+    'cpu-student': CPU_TINY | {'model.conv_channels': '8,16,32,64', 'model.text_width': 64, 'model.text_heads': 2,
+                               'model.embed_dim': 64},  # a quarter of cpu-tiny's parameters, for distillation
+    'cpu-micro': CPU_TINY | {'epochs': 1, 'model.conv_channels': '8,16,16,32', 'model.text_width': 32,
+                             'model.text_heads': 2, 'model.embed_dim': 32, 'model.fusion_width': 32,
+                             'model.fusion_heads': 2, 'model.decoder_layers': 1, 'model.decoder_heads': 2},  # tests
     'gpu-base': {'model.image_tower': 'hf', 'model.image_size': 224, 'model.vit_patch': 16, 'model.vit_width': 384,
                  'model.vit_layers': 6, 'model.vit_heads': 6, 'model.text_width': 384, 'model.text_layers': 6,
                  'model.text_heads': 6, 'model.embed_dim': 256, 'transform.size': 224, 'batch_size': 128,
-                 'precision': 'bf16', 'num_workers': 4},
+                 'precision': 'bf16', 'num_workers': 4,
+                 # from scratch, like cpu-tiny: a from-scratch rate and more epochs (not yet measured on a GPU)
+                 'lr': 5e-4, 'warmup_steps': 500, 'epochs': 20, 'captions_per_image': 3},
+    'gpu-pretrained': {'model.image_tower': 'hf', 'model.image_model': 'openai/clip-vit-base-patch32',
+                       'model.text_model': 'openai/clip-vit-base-patch32', 'model.image_size': 224,
+                       'transform.size': 224, 'model.embed_dim': 512, 'precision': 'bf16', 'num_workers': 4},
+                       # a CLIP checkpoint's towers, fine-tuned with the lab notes' recipe (the defaults)
 }
 
 def resolve_config(preset_or_path: str, overrides=None, data: str | None = None) -> TrainConfig:
