@@ -15,20 +15,25 @@ from .page import fig_html, render, table_html
 
 # %% auto #0
 __all__ = ['HEADLINE', 'CHANCE', 'load_runs', 'mean_std', 'fmt_ms', 'curve_observations', 'training_section',
-           'evaluation_section', 'compare', 'conclusions_section', 'next_steps_section', 'runs_section']
+           'evaluation_section', 'compare', 'data_ablations', 'cleaning_conclusions', 'conclusions_section',
+           'next_steps_section', 'runs_section']
 
 # %% ../nbs/42_labnote.ipynb #6f8cee7a
 def load_runs(out_dir, records: list[dict]) -> list[dict]:
-    "Each run record with its params, history and metrics (complete runs) or its failure (failed runs)."
+    "Each run record with its plan parameters, config, history and metrics (complete runs) or its failure (failed runs)."
     runs = []
     for rec in records:
         d = Path(out_dir) / 'runs' / rec['run_id']
         r = dict(rec, dir=d)
         if (d / 'failed.json').exists(): r['failure'] = json.loads((d / 'failed.json').read_text())
+        if (d / 'run.json').exists(): r['plan_params'] = json.loads((d / 'run.json').read_text()).get('params', {})
         if rec['status'] in ('done', 'cached') and (d / 'metrics.json').exists():
             m = json.loads((d / 'metrics.json').read_text())
-            if 'deployment' in m: r['deployment'] = m['deployment']  # a deployment run: measurements of other runs, no training
-            else: r.update(params=yaml.safe_load((d / 'params.yaml').read_text()), metrics=m, history=pd.read_csv(d / 'history.csv'))
+            if 'deployment' in m:  # a deployment run: measurements of other runs, no training
+                r['deployment'] = m['deployment']
+            else:
+                r.update(params=yaml.safe_load((d / 'params.yaml').read_text()), metrics=m,
+                         history=pd.read_csv(d / 'history.csv'))
         runs.append(r)
     return runs
 
@@ -39,27 +44,34 @@ def mean_std(xs) -> tuple[float, float, int]:
     return (float(np.mean(xs)), float(np.std(xs, ddof=1)) if len(xs) > 1 else 0.0, len(xs))
 
 def fmt_ms(m, s, n, digits=3) -> str:
-    return '–' if n == 0 else f"{m:.{digits}f} ± {s:.{digits}f} (n={n})" if n > 1 else f"{m:.{digits}f} (n=1)"
+    if n == 0: return '–'
+    return f"{m:.{digits}f} ± {s:.{digits}f} (n={n})" if n > 1 else f"{m:.{digits}f} (n=1)"
 
 # %% ../nbs/42_labnote.ipynb #11355cb3
 def curve_observations(h: pd.DataFrame, tol: float = 0.05) -> dict:
-    "Facts about one run's epoch curves: first and last train loss, share of the fall in the first 3 epochs, stable epoch."
+    """Facts about one run's epoch curves: first and last train loss, the share of its fall in the first 3 epochs, the
+    epoch from which the validation loss stabilised (None when it was still falling at the end)."""
     ep = h[h.kind == 'epoch'].reset_index(drop=True)
     if ep.empty: return {}
     loss, val = ep['loss'].to_numpy(), ep['val_loss'].to_numpy()
     fall = loss[0] - loss[-1]
     first3 = (loss[0] - loss[min(2, len(loss) - 1)]) / fall if fall > 0 else math.nan
     total = val[0] - val.min()
-    stable = next((int(ep.epoch[i]) for i in range(len(val)) if total <= 0 or val[i:].min() >= val[i] - tol * total), int(ep.epoch.iloc[-1]))
+    falling = bool(len(val) > 1 and val[-1] < val[-2] - tol * max(total, 1e-12))
+    stable = None
+    if not falling:
+        ok = [i for i in range(len(val)) if total <= 0 or val[i:].min() >= val[i] - tol * total]
+        stable = int(ep.epoch[ok[0]]) if ok else int(ep.epoch.iloc[-1])
     return dict(first_loss=float(loss[0]), last_loss=float(loss[-1]), share_first3=float(first3), stable_epoch=stable,
-                last_epoch=int(ep.epoch.iloc[-1]), still_falling=bool(len(val) > 1 and val[-1] < val[-2] - tol * max(total, 1e-12)))
+                last_epoch=int(ep.epoch.iloc[-1]), still_falling=falling)
 
 # %% ../nbs/42_labnote.ipynb #ea9a6aed
-HEADLINE = (('retrieval', 't2i_R@1'), ('retrieval', 'i2t_R@1'), ('retrieval', 't2i_MRR'), ('zero_shot', 'accuracy'),
-            ('itm', 'accuracy'), ('captioning', 'Bleu_4'), ('captioning', 'CIDEr'), ('captioning', 'METEOR'),
+HEADLINE = (('retrieval', 't2i_R@1'), ('retrieval', 'i2t_R@1'), ('retrieval', 't2i_MRR'), ('itm', 'accuracy'),
+            ('itm', 'auc'), ('captioning', 'Bleu_4'), ('captioning', 'CIDEr'), ('captioning', 'METEOR'),
             ('captioning', 'ROUGE_L'), ('vqa', 'overall'))
 CHANCE = {('retrieval', 't2i_R@1'): ('retrieval', 'chance_t2i_R@1'), ('retrieval', 'i2t_R@1'): ('retrieval', 'chance_i2t_R@1'),
-          ('zero_shot', 'accuracy'): ('zero_shot', 'chance_accuracy'), ('itm', 'accuracy'): ('itm', 'chance_accuracy')}
+          ('itm', 'accuracy'): ('itm', 'chance_accuracy'), ('itm', 'auc'): ('itm', 'chance_accuracy'),
+          ('vqa', 'overall'): ('vqa', 'chance_accuracy_majority_answer')}
 
 def _groups(runs):
     g = {}
@@ -70,32 +82,49 @@ def _groups(runs):
 def _get(r, task, key):
     return r['metrics'].get('eval', {}).get(task, {}).get(key)
 
+def _zs(r, task, key):
+    return (r['metrics'].get('eval', {}).get('zero_shot') or {}).get(task, {}).get(key)
+
+def _epochs(p: dict) -> int:
+    "Epochs of a run's config: the sum over its stages when it has stages."
+    return sum(int(s.get('epochs', p['epochs'])) for s in p['stages']) if p.get('stages') else p['epochs']
+
 def training_section(runs) -> dict:
     "Configuration table, curves (mean over seeds) and observations per experiment."
     import matplotlib; matplotlib.use('Agg')
     import matplotlib.pyplot as plt
     groups, rows, obs = _groups(runs), [], []
     for name, rs in groups.items():
-        p = rs[0]['params']
-        rows.append({'experiment': name, 'seeds': len(rs), 'optimizer': 'AdamW', 'learning rate': p['lr'], 'batch size': p['batch_size'],
-                     'epochs': p['epochs'], 'tasks': p['model']['tasks'], 'image tower': f"{p['model']['image_tower']} {p['model']['image_size']} px",
-                     'text tower': p['model']['text_model'].split('/')[-1] or f"BERT {p['model']['text_layers']}x{p['model']['text_width']}",
-                     'frozen': p['freeze'] or '–', 'precision': p['precision'], 'train images': rs[0]['metrics']['train']['data']['train_images']})
+        p, m = rs[0]['params'], rs[0]['params']['model']
+        text = m['text_model'].split('/')[-1] or (f"BERT {m['text_layers']}x{m['text_width']}" if m['text_layers']
+                                                  else f"word embeddings x{m['text_width']}")
+        rows.append({'experiment': name, 'seeds': len(rs), 'optimizer': 'AdamW', 'learning rate': p['lr'],
+                     'warmup steps': p['warmup_steps'], 'batch size': p['batch_size'],
+                     'captions per step': p.get('captions_per_image', 1), 'epochs': _epochs(p), 'tasks': m['tasks'],
+                     'image tower': f"{m['image_tower']} {m['image_size']} px", 'text tower': text,
+                     'frozen': p['freeze'] or '–', 'precision': p['precision'],
+                     'train images': rs[0]['metrics']['train']['data']['train_images']})
         o = [curve_observations(r['history']) for r in rs]
-        stable = sorted(x['stable_epoch'] for x in o)
-        obs.append(render("<li><b>{{ n }}</b>: the training loss fell from {{ a }} to {{ b }} (mean over {{ k }} seed{{ 's' if k > 1 else '' }}); "
-                          "{{ s }}% of that fall came in the first 3 epochs. The validation loss stabilised at epoch {{ st }} "
-                          "(of {{ last }}){{ ', and was still falling at the end: more epochs would help' if falling else '' }}.</li>",
-                          n=name, a=f"{np.mean([x['first_loss'] for x in o]):.3f}", b=f"{np.mean([x['last_loss'] for x in o]):.3f}", k=len(o),
-                          s=f"{100 * np.nanmean([x['share_first3'] for x in o]):.0f}", st=stable[len(stable) // 2], last=o[0]['last_epoch'],
-                          falling=any(x['still_falling'] for x in o)))
+        falling = sum(x['still_falling'] for x in o)
+        stable = sorted(x['stable_epoch'] for x in o if x['stable_epoch'] is not None)
+        if falling == len(o): end = 'was still falling at the last epoch in every seed: more epochs would help'
+        elif falling: end = (f"stabilised at epoch {stable[len(stable) // 2]} (median) in {len(o) - falling} seed(s) and was "
+                             f"still falling at the last epoch in {falling}")
+        else: end = f"stabilised at epoch {stable[len(stable) // 2]} (median over seeds) of {o[0]['last_epoch']}"
+        share = np.nanmean([x['share_first3'] for x in o]) if any(not math.isnan(x['share_first3']) for x in o) else math.nan
+        obs.append(render("<li><b>{{ n }}</b>: the training loss fell from {{ a }} to {{ b }} (mean over {{ k }} "
+                          "seed{{ 's' if k > 1 else '' }}){% if s %}; {{ s }}% of that fall came in the first 3 epochs{% endif %}. "
+                          "The validation loss {{ end }}.</li>", n=name, a=f"{np.mean([x['first_loss'] for x in o]):.3f}",
+                          b=f"{np.mean([x['last_loss'] for x in o]):.3f}", k=len(o), end=end,
+                          s='' if math.isnan(share) else f"{100 * share:.0f}"))
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.6))
     for name, rs in groups.items():
         eps = [r['history'][r['history'].kind == 'epoch'] for r in rs]
-        e = eps[0].epoch.to_numpy()
+        n_ep = min(len(x) for x in eps)
+        e = np.arange(1, n_ep + 1)
         for ax, col in zip(axes, ('loss', 'val_t2i_r1')):
             if col in eps[0] and eps[0][col].notna().all():
-                ys = np.stack([x[col].to_numpy() for x in eps]); m, s = ys.mean(0), ys.std(0)
+                ys = np.stack([x[col].to_numpy()[:n_ep] for x in eps]); m, s = ys.mean(0), ys.std(0)
                 ax.plot(e, m, marker='o', label=name); ax.fill_between(e, m - s, m + s, alpha=0.2)
     axes[0].set_title('training loss per epoch (mean ± std over seeds)'); axes[1].set_title('validation text-to-image R@1')
     for ax in axes: ax.set_xlabel('epoch'); ax.legend(fontsize=7)
@@ -104,22 +133,36 @@ def training_section(runs) -> dict:
     return dict(id='training', title='Model training', body=body)
 
 def evaluation_section(runs) -> dict:
-    "Headline metrics per experiment: mean ± std over seeds, with the chance level of each."
-    groups, rows = _groups(runs), []
+    "Headline metrics per experiment: mean ± std over seeds, with the chance level or baseline of each."
+    groups, rows, zs_rows = _groups(runs), [], []
     for name, rs in groups.items():
         row = {'experiment': name}
         for task, key in HEADLINE:
             ms = mean_std([_get(r, task, key) for r in rs])
             if ms[2]: row[f'{task} {key}'] = fmt_ms(*ms)
+        if (q := mean_std([_get(r, 'vqa', 'question_only_accuracy') for r in rs]))[2]:
+            row['vqa question-only baseline'] = fmt_ms(*q)
         rows.append(row)
-    chance = {'experiment': 'chance'}
+        for t in (rs[0]['metrics'].get('eval', {}).get('zero_shot') or {}):
+            zs_rows.append({'experiment': name, 'task': t, 'what it classifies': _zs(rs[0], t, 'what'),
+                            'images': _zs(rs[0], t, 'n'), 'classes': len(_zs(rs[0], t, 'classes') or []),
+                            'accuracy': fmt_ms(*mean_std([_zs(r, t, 'accuracy') for r in rs])),
+                            'macro F1': fmt_ms(*mean_std([_zs(r, t, 'macro_f1') for r in rs])),
+                            'majority class': _zs(rs[0], t, 'chance_accuracy')})
+    chance = {'experiment': 'chance / majority'}
     for (task, key), (ct, ck) in CHANCE.items():
         vals = [_get(r, ct, ck) for r in runs if 'metrics' in r and _get(r, ct, ck) is not None]
         if vals: chance[f'{task} {key}'] = f"{np.mean(vals):.4f}"
     cols = ['experiment'] + [f'{t} {k}' for t, k in HEADLINE if any(f'{t} {k}' in r for r in rows)]
+    cols += ['vqa question-only baseline'] if any('vqa question-only baseline' in r for r in rows) else []
     split = next((r['metrics']['eval']['split'] for r in runs if 'metrics' in r), 'test')
-    return dict(id='evaluation', title='Evaluation metrics', body=table_html(rows + [chance], columns=cols,
-                caption=f'On the {split} split (mean ± sample std over seeds; chance: a random ranking or the majority class)'))
+    body = table_html(rows + [chance], columns=cols, caption=f'On the {split} split (mean ± sample std over seeds; chance: a '
+                      'random ranking, the majority answer or 0.5; VQA also against the question-only language prior)')
+    if zs_rows:
+        body = render('{{ a }}<h3>Zero-shot classification</h3><p>Prompts written as the captions are, ensembled over the '
+                      'other attribute; each task against its majority class.</p>{{ b }}', a=body,
+                      b=table_html(zs_rows, caption='Zero-shot tasks (mean ± std over seeds)'))
+    return dict(id='evaluation', title='Evaluation metrics', body=body)
 
 # %% ../nbs/42_labnote.ipynb #4bf32de0
 def compare(a: list, b: list) -> dict:
@@ -130,48 +173,114 @@ def compare(a: list, b: list) -> dict:
     return dict(diff=d, se=se, n=(na, nb), means=(ma, mb), stds=(sa, sb), rel=d / mb if mb else math.nan,
                 significant=bool(se > 0 and abs(d) > 2 * se), enough_seeds=na > 1 and nb > 1)
 
-def conclusions_section(runs, clean='dual-encoder-clean', raw='dual-encoder-raw', metric=('retrieval', 't2i_R@1')) -> dict:
+def data_ablations(runs) -> list[list[tuple]]:
+    """Groups of experiments that differ only in the data they train on (same notebook, preset, overrides, teacher and
+    test data): [(label, experiment name, runs), ...] each, ordered raw, rules, rules + consistency, other."""
+    groups = {}
+    for name, rs in _groups(runs).items():
+        p = dict(rs[0].get('plan_params') or {})
+        if not p.get('data') or p.get('teacher'): continue
+        key = json.dumps({k: v for k, v in p.items() if k not in ('data', 'seed', 'out')}, sort_keys=True, default=str)
+        groups.setdefault(key, []).append((Path(p['data']).name, name, rs))
+    order = lambda d: 2 if d.endswith('-consistent') else 1 if d.endswith('-clean') else 0
+    label = lambda d: ('rules + consistency' if d.endswith('-consistent') else 'rules' if d.endswith('-clean') else 'raw')
+    out = []
+    for members in groups.values():
+        if len({d for d, _, _ in members}) > 1:
+            out.append([(label(d), n, rs) for d, n, rs in sorted(members, key=lambda m: (order(m[0]), m[0]))])
+    return out
+
+def _verdict(c, what) -> str:
+    if not c['enough_seeds']: return 'too few seeds to tell a difference from seed noise'
+    if c['significant']:
+        return (f"{what} {'raised' if c['diff'] > 0 else 'lowered'} it by {abs(c['diff']):.3f} ({100 * abs(c['rel']):.0f}% "
+                f"relative), more than twice the standard error {c['se']:.3f}")
+    return f"the difference {c['diff']:+.3f} is within twice its standard error {c['se']:.3f}: no effect could be measured"
+
+def cleaning_conclusions(runs, metric=('retrieval', 't2i_R@1'), max_se: float = 0.02) -> list[str]:
+    "A sentence per data ablation and per pair of its arms, each difference with its standard error."
+    items = []
+    for arms in data_ablations(runs):
+        vals = {lab: [_get(r, *metric) for r in rs] for lab, _, rs in arms}
+        desc = '; '.join(f"{lab} ({n}): {fmt_ms(*mean_std(vals[lab]))}" for lab, n, _ in arms)
+        items.append(f"Data cleaning, test {metric[1]} of the same model trained on each version of the corpus and tested on "
+                     f"the same test split: {desc}.")
+        for i, (la, _, _) in enumerate(arms):
+            for lb, _, _ in arms[i + 1:]:
+                c = compare(vals[lb], vals[la])
+                se = '' if c['se'] <= max_se else f" (its standard error is above {max_se}: more seeds would tighten it)"
+                items.append(f"{lb} against {la}: {c['diff']:+.3f} ± {c['se']:.3f} (SE); {_verdict(c, lb)}{se}.")
+    return items
+
+
+
+# %% ../nbs/42_labnote.ipynb #a76311e3
+def conclusions_section(runs, metric=('retrieval', 't2i_R@1')) -> dict:
     "Conclusions drawn from measured differences, each with its spread."
-    g, items = _groups(runs), []
-    if clean in g and raw in g:
-        c = compare([_get(r, *metric) for r in g[clean]], [_get(r, *metric) for r in g[raw]])
-        what = f"test {metric[1]} {c['means'][0]:.3f} ± {c['stds'][0]:.3f} on cleaned data against {c['means'][1]:.3f} ± {c['stds'][1]:.3f} on raw data (seeds: {c['n'][0]} and {c['n'][1]})"
-        if not c['enough_seeds']: verdict = 'too few seeds to tell a difference from seed noise'
-        elif c['significant']: verdict = (f"cleaning {'improved' if c['diff'] > 0 else 'lowered'} it by {abs(c['diff']):.3f} "
-                                          f"({100 * abs(c['rel']):.0f}% relative), more than twice the standard error {c['se']:.3f}")
-        else: verdict = f"the difference {c['diff']:+.3f} is within twice its standard error {c['se']:.3f}: no effect of cleaning could be measured"
-        items.append(f"Data cleaning: {what}; {verdict}.")
-    fused = next((n for n, rs in g.items() if _get(rs[0], 'itm', 'accuracy') is not None), None)
-    if fused:
-        acc = mean_std([_get(r, 'itm', 'accuracy') for r in g[fused]])
-        items.append(f"Image-text matching ({fused}): accuracy {fmt_ms(*acc)} on balanced pairs, against 0.5 by chance.")
-        if (cd := mean_std([_get(r, 'captioning', 'CIDEr') for r in g[fused]]))[2]:
-            items.append(f"Captioning ({fused}): CIDEr {fmt_ms(*cd)}, BLEU-4 {fmt_ms(*mean_std([_get(r, 'captioning', 'Bleu_4') for r in g[fused]]))}.")
+    g = _groups(runs)
+    items = cleaning_conclusions(runs, metric)
+    for name, rs in g.items():
+        if _get(rs[0], 'itm', 'accuracy') is not None:
+            items.append(f"Image-text matching ({name}): accuracy {fmt_ms(*mean_std([_get(r, 'itm', 'accuracy') for r in rs]))} "
+                         f"on balanced pairs against 0.5 by chance; AUC {fmt_ms(*mean_std([_get(r, 'itm', 'auc') for r in rs]))}.")
+        if (cd := mean_std([_get(r, 'captioning', 'CIDEr') for r in rs]))[2]:
+            items.append(f"Captioning ({name}): CIDEr {fmt_ms(*cd)}, BLEU-4 "
+                         f"{fmt_ms(*mean_std([_get(r, 'captioning', 'Bleu_4') for r in rs]))}.")
+        if (v := mean_std([_get(r, 'vqa', 'overall') for r in rs]))[2]:
+            maj = mean_std([_get(r, 'vqa', 'chance_accuracy_majority_answer') for r in rs])[0]
+            prior = mean_std([_get(r, 'vqa', 'question_only_accuracy') for r in rs])[0]
+            beats = v[0] > prior if not math.isnan(prior) else None
+            items.append(f"VQA ({name}): accuracy {fmt_ms(*v)}, {v[0] / maj:.1f}x the majority answer ({maj:.3f}); the "
+                         f"question-only language prior scores {prior:.3f}, so the model "
+                         f"{'looks at the image: it beats the prior' if beats else 'does not beat the language prior'}.")
     lit = next((n for n, rs in g.items() if rs[0]['params']['model']['text_model']), None)
-    if lit and clean in g:
-        c = compare([_get(r, *metric) for r in g[lit]], [_get(r, *metric) for r in g[clean]])
+    base = next((n for n, rs in g.items() if n != lit and (rs[0].get('plan_params') or {}).get('data') ==
+                 (g[lit][0].get('plan_params') or {}).get('data') and rs[0]['params']['model']['tasks'] == 'contrastive'), None) if lit else None
+    if lit and base:
+        c = compare([_get(r, *metric) for r in g[lit]], [_get(r, *metric) for r in g[base]])
         items.append(f"A frozen pretrained text tower ({lit}): test {metric[1]} {c['means'][0]:.3f} against {c['means'][1]:.3f} "
-                     f"with the from-scratch text tower ({'one seed: not a conclusion' if not c['enough_seeds'] else 'difference ' + format(c['diff'], '+.3f')}).")
-    zs = sorted((n != clean, n) for n, rs in g.items() if _get(rs[0], 'zero_shot', 'accuracy') is not None)
-    if zs:
-        n = zs[0][1]
-        acc, ch = mean_std([_get(r, 'zero_shot', 'accuracy') for r in g[n]]), mean_std([_get(r, 'zero_shot', 'chance_accuracy') for r in g[n]])[0]
+                     f"with the from-scratch text tower ({'one seed: not a conclusion' if not c['enough_seeds'] else _verdict(c, 'it')}).")
+    zs = next((n for n, rs in g.items() if rs[0]['metrics'].get('eval', {}).get('zero_shot')), None)
+    for t in (g[zs][0]['metrics']['eval']['zero_shot'] if zs else {}):
+        acc = mean_std([_zs(r, t, 'accuracy') for r in g[zs]])
+        ch = mean_std([_zs(r, t, 'chance_accuracy') for r in g[zs]])[0]
         better = acc[0] - 2 * (acc[1] / math.sqrt(acc[2]) if acc[2] > 1 else 0) > ch
-        items.append(f"Zero-shot classification of the largest shape ({n}): accuracy {fmt_ms(*acc)} against {ch:.3f} for the "
-                     f"majority class: {'better than' if better else 'not measurably better than'} guessing.")
+        items.append(f"Zero-shot, {_zs(g[zs][0], t, 'what')} ({zs}): accuracy {fmt_ms(*acc)} against {ch:.3f} for the majority "
+                     f"class: {'better than' if better else 'not measurably better than'} guessing.")
     if not items: items.append('No completed runs to conclude from.')
     return dict(id='conclusions', title='Conclusions', body=render('<ol>{% for i in items %}<li>{{ i }}</li>{% endfor %}</ol>', items=items))
 
 # %% ../nbs/42_labnote.ipynb #8aa35a55
 def next_steps_section(runs) -> dict:
-    "Next steps that follow from the runs: failures to fix, curves still falling, experiments with one seed."
+    "Next steps that follow from the runs: failures to fix, curves still falling, too few seeds, weak tasks."
     items, g = [], _groups(runs)
     for r in runs:
         if r['status'] == 'failed': items.append(f"Fix the failed run {r['name']} (seed {r['seed']}): {r['cause']}.")
         if r['status'] == 'skipped': items.append(f"Install what {r['name']} needs to run: {r['cause']}.")
     for n, rs in g.items():
-        if any(curve_observations(r['history']).get('still_falling') for r in rs): items.append(f"Train {n} for more epochs: its validation loss was still falling.")
+        if any(curve_observations(r['history']).get('still_falling') for r in rs):
+            items.append(f"Train {n} for more epochs: its validation loss was still falling.")
         if len(rs) == 1: items.append(f"Run {n} with more seeds: one seed gives no spread.")
+        for t, z in (rs[0]['metrics'].get('eval', {}).get('zero_shot') or {}).items():
+            if z['accuracy'] < 2 * z['chance_accuracy'] and z['accuracy'] < 0.5:
+                items.append(f"{n} does not yet tell {z['what']} ({z['accuracy']:.2f} against a majority class of "
+                             f"{z['chance_accuracy']:.2f}): give the image tower what this needs (more images, higher "
+                             f"resolution, negatives that differ only in it) and measure again.")
+        if (v := _get(rs[0], 'vqa', 'overall')) is not None and v <= (_get(rs[0], 'vqa', 'question_only_accuracy') or 0):
+            items.append(f"{n} answers questions no better than the language prior: train its fusion longer.")
+    for arms in data_ablations(runs):
+        ses = [compare([_get(r, 'retrieval', 't2i_R@1') for r in b[2]], [_get(r, 'retrieval', 't2i_R@1') for r in a[2]])['se']
+               for i, a in enumerate(arms) for b in arms[i + 1:]]
+        if ses and max(ses) > 0.02: items.append('Run the cleaning ablation with more seeds: a standard error is above 0.02.')
+    dist = [n for n, rs in g.items() if rs[0]['params'].get('teacher')]
+    for n in dist:
+        alone = next((m for m, rs in g.items() if m != n and not rs[0]['params'].get('teacher')
+                      and rs[0]['params']['model'] == g[n][0]['params']['model']), None)
+        if alone:
+            c = compare([_get(r, 'retrieval', 't2i_R@1') for r in g[n]], [_get(r, 'retrieval', 't2i_R@1') for r in g[alone]])
+            if c['enough_seeds'] and c['diff'] < 0 and c['significant']:
+                items.append(f"Distillation hurt ({n} against {alone}: {c['diff']:+.3f} ± {c['se']:.3f}): try a lower "
+                             f"distillation weight, a temperature above 1, or more student epochs.")
     items.append('Scale up: the same plan on real data (a COCO or Flickr30k Karpathy split) and a GPU (--preset gpu-base).')
     return dict(id='next', title='Next steps', body=render('<ul>{% for i in items %}<li>{{ i }}</li>{% endfor %}</ul>', items=items))
 

@@ -39,7 +39,8 @@ def thumb_html(img, max_side: int = 160, alt: str = '') -> Markup:
 def fmt(v, digits: int = 3) -> str:
     "A table cell: floats to `digits` significant decimals, None as a dash."
     if v is None: return '–'
-    if isinstance(v, float): return f"{v:.{digits}f}"
+    if isinstance(v, float):  # small rates (a learning rate of 1e-4) keep two significant digits instead of 0.000
+        return f"{v:.{digits}f}" if v == 0 or abs(v) >= 10 ** -digits or v != v else f"{v:.2g}"
     return str(v)
 
 _TABLE = """<table>{% if caption %}<caption>{{ caption }}</caption>{% endif %}
@@ -72,6 +73,8 @@ th { background: #f6f6f6; } caption { caption-side: top; text-align: left; font-
 .broken { height: 100px; display: flex; align-items: center; justify-content: center; background: #fbeaea; color: #a33; }
 code, pre { background: #f6f6f6; padding: .1em .3em; border-radius: 3px; white-space: pre-wrap; overflow-wrap: anywhere; }
 nav ul { columns: 2; }
+.strip { display: flex; gap: 4px; flex-wrap: wrap; } .strip span { border: 3px solid transparent; }
+.strip .hit { border-color: #2a2; } .strip .thumb { margin: 0; }
 </style></head>
 <body>
 <h1>{{ title }}</h1>

@@ -53,6 +53,8 @@ def build_report(data_dir=DEFAULT_DATA, out_dir='reports', runs: list | None = N
         loaded = load_runs(out_dir, runs)
         if any('metrics' in r for r in loaded):
             sections += [training_section(loaded), evaluation_section(loaded), conclusions_section(loaded)]
+            from vl_lab.evidence import evidence_section
+            if ev := evidence_section(loaded): sections.append(ev)
         from vl_lab.deploynote import deployment_section
         if dep := deployment_section(loaded): sections.append(dep)
         sections += [next_steps_section(loaded), runs_section(loaded)]

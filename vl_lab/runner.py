@@ -53,7 +53,7 @@ class PlannedRun:
     deps: list = field(default_factory=list)  # run ids of the runs named by its run: / runs: parameters
 
 # modules that only present results: editing them re-renders the report but changes no run
-PRESENTATION = ('page', 'datacard', 'cleancard', 'report', 'labnote', 'deploynote', 'runner', 'cli', '_modidx')
+PRESENTATION = ('page', 'datacard', 'cleancard', 'report', 'labnote', 'deploynote', 'evidence', 'runner', 'cli', '_modidx')
 
 def code_hash() -> str:
     "sha256 of the library code a run can depend on (every module of vl_lab but the presentation ones)."
@@ -140,7 +140,9 @@ def execute_run(run: PlannedRun, timeout: float, threads: int = 0) -> dict:
     (d / 'failed.json').unlink(missing_ok=True)
     write_json(d / 'run.json', dict(name=run.name, notebook=str(run.notebook), seed=run.seed, params=run.params, run_id=run.run_id))
     (d / 'papermill_params.yaml').write_text(yaml.safe_dump(dict(run.params, out=str(d.resolve()))))
-    env = dict(os.environ, MPLBACKEND='Agg', HF_HUB_OFFLINE='1', **({'OMP_NUM_THREADS': str(threads)} if threads else {}))
+    # the kernel draws inline (an Agg backend, which `make` exports, would leave the run page without its figures)
+    env = dict(os.environ, MPLBACKEND='module://matplotlib_inline.backend_inline', HF_HUB_OFFLINE='1',
+               **({'OMP_NUM_THREADS': str(threads)} if threads else {}))
     cmd = [sys.executable, '-m', 'papermill', str(run.notebook.resolve()), str(d / 'executed.ipynb'), '-f', str(d / 'papermill_params.yaml'),
            '--cwd', str(d), '-k', 'python3', '--language', 'python', '--no-progress-bar']
     t0 = time.time()
