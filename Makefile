@@ -9,7 +9,7 @@ export TRANSFORMERS_OFFLINE := 1
 export MPLBACKEND := Agg
 export PYTHONHASHSEED := 0
 
-.PHONY: venv report test check nbtest pytest lab bench lock export clean
+.PHONY: venv report test check nbtest pytest lab bench lock export clean sweep
 
 venv:
 	@bash tools/bootstrap.sh
@@ -44,3 +44,6 @@ lock:  ## re-resolve requirements.in into requirements.lock in a scratch venv
 
 clean:
 	rm -rf $(VENV) _proc _docs
+
+sweep: venv  ## the recipe sweep behind the cpu-tiny preset (sweep.yaml): reports/sweep/ and SWEEP.md
+	$(BIN)/vl-lab report --plan sweep.yaml --out reports/sweep --table SWEEP.md

@@ -101,6 +101,11 @@ def _cmd_report(args):
                         corpora=corpora)
     elif args.plan != Path('lab.yaml'): raise VLLabError(f"{args.plan}: no such plan")
     out = build_report(data_dir=args.data or Path('data/shapes'), out_dir=args.out, runs=runs, corpora=corpora)
+    if args.table and runs:
+        from vl_lab.core import atomic_write
+        from vl_lab.labnote import load_runs, results_markdown
+        atomic_write(args.table, results_markdown(load_runs(args.out, runs), f'Results of {args.plan}'))
+        print(f"table: {args.table}")
     print(f"report: {out}")
     if runs and (bad := [r for r in runs if r['status'] == 'failed']):
         raise VLLabError(f"{len(bad)} run(s) failed: " + ', '.join(f"{r['name']} seed {r['seed']}" for r in bad) + f" (see {out})")
@@ -178,6 +183,7 @@ def make_parser() -> argparse.ArgumentParser:
     r.add_argument('--preset', help='run every experiment with this preset (e.g. gpu-base)')
     r.add_argument('--only', help='run only these experiments (comma-separated names)')
     r.add_argument('--force', action='store_true', help='execute runs again even when complete')
+    r.add_argument('--table', type=Path, help="also write the experiments' results as a Markdown table to this file")
     r.add_argument('--jobs', type=_positive_int, default=os.cpu_count() or 1, help='runs executed in parallel, one thread each (default: the CPU count, %(default)s)')
     r.set_defaults(func=_cmd_report)
     return p

@@ -16,7 +16,7 @@ from .page import fig_html, render, table_html
 # %% auto #0
 __all__ = ['HEADLINE', 'CHANCE', 'load_runs', 'mean_std', 'fmt_ms', 'curve_observations', 'training_section',
            'evaluation_section', 'compare', 'data_ablations', 'cleaning_conclusions', 'conclusions_section',
-           'next_steps_section', 'runs_section']
+           'next_steps_section', 'results_markdown', 'runs_section']
 
 # %% ../nbs/42_labnote.ipynb #6f8cee7a
 def load_runs(out_dir, records: list[dict]) -> list[dict]:
@@ -283,6 +283,19 @@ def next_steps_section(runs) -> dict:
                              f"distillation weight, a temperature above 1, or more student epochs.")
     items.append('Scale up: the same plan on real data (a COCO or Flickr30k Karpathy split) and a GPU (--preset gpu-base).')
     return dict(id='next', title='Next steps', body=render('<ul>{% for i in items %}<li>{{ i }}</li>{% endfor %}</ul>', items=items))
+
+def results_markdown(runs, title: str = 'Results') -> str:
+    "A Markdown table of every experiment: its overrides, retrieval R@1 both ways (mean ± std over seeds) and time."
+    lines = [f'# {title}', '', '| experiment | preset, overrides | seeds | t2i R@1 | i2t R@1 | seconds per run |',
+             '|---|---|---|---|---|---|']
+    for name, rs in _groups(runs).items():
+        p = rs[0].get('plan_params') or {}
+        what = ', '.join([p.get('preset', '')] + list(p.get('overrides') or [])).replace('|', '/')
+        cells = [fmt_ms(*mean_std([_get(r, 'retrieval', k) for r in rs])) for k in ('t2i_R@1', 'i2t_R@1')]
+        secs = np.mean([r.get('seconds') or 0 for r in rs])
+        lines.append(f"| {name} | {what} | {len(rs)} | {cells[0]} | {cells[1]} | {secs:.0f} |")
+    split = next((r['metrics']['eval']['split'] for r in runs if 'metrics' in r), 'test')
+    return '\n'.join(lines + ['', f'Measured on the {split} split; mean ± sample standard deviation over seeds.', ''])
 
 def runs_section(runs) -> dict:
     "Every run: experiment, seed, id, status, time, the cause of a failure, and its pages."
