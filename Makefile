@@ -30,8 +30,8 @@ export: venv  ## regenerate vl_lab/ from the notebooks and clean the notebooks
 	$(BIN)/nbdev_export
 	$(BIN)/nbdev_clean
 
-lab: venv  ## JupyterLab on 127.0.0.1 with the project's .venv as the kernel
-	$(BIN)/jupyter lab --ip=127.0.0.1 --no-browser --notebook-dir=.
+lab: venv  ## JupyterLab on 127.0.0.1 (token auth) with the project's .venv as the kernel; as root too, as in ML containers
+	$(BIN)/jupyter lab --ip=127.0.0.1 --no-browser --notebook-dir=. $$( [ "$$(id -u)" = 0 ] && echo --allow-root )
 
 bench: venv  ## benchmarks (they print ratios and rates; they are not tests)
 	@for b in bench/*.py; do echo "== $$b"; $(BIN)/python $$b; done

@@ -31,12 +31,23 @@ def test_evaluate_every_task(run):
     for k in ('t2i_R@1', 't2i_R@5', 't2i_R@10', 'i2t_R@1', 't2i_MRR', 't2i_NDCG@10', 'i2t_median_rank'):
         assert k in m['retrieval']
     assert m['retrieval']['t2i_R@10'] >= m['retrieval']['t2i_R@5'] >= m['retrieval']['t2i_R@1']
-    assert 0 <= m['zero_shot']['accuracy'] <= 1 and len(m['zero_shot']['confusion']) == len(m['zero_shot']['classes'])
-    assert m['itm']['n'] == 2 * n and m['itm']['chance_accuracy'] == 0.5
+    # zero-shot: the shape and colour of lone objects, the number of objects; each against its majority class
+    assert set(m['zero_shot']) == {'shape', 'colour', 'count'}
+    ann = json.loads((run / 'shapes' / 'annotations.json').read_text())
+    singles = sum(i['split'] == 'test' and i['n_objects'] == 1 for i in ann['images'])
+    assert m['zero_shot']['shape']['n'] == m['zero_shot']['colour']['n'] == singles and m['zero_shot']['count']['n'] == n
+    for z in m['zero_shot'].values():
+        assert len(z['confusion']) == len(z['classes']) and sum(map(sum, z['confusion'])) == z['n']
+        assert z['chance_accuracy'] >= 1 / len(z['classes'])
+    assert m['itm']['n'] == 2 * n and m['itm']['chance_accuracy'] == 0.5 and 0 <= m['itm']['auc'] <= 1
     assert {'Bleu_1', 'Bleu_4', 'METEOR', 'ROUGE_L', 'CIDEr'} <= set(m['captioning'])
     assert 0 <= m['vqa']['overall'] <= 1 and m['vqa']['questions'] > n
+    # the language prior, computed from the training split, answers 'How many shapes' with one fixed answer
+    assert 0 < m['vqa']['question_only_accuracy'] < 1 and 'question only' in r.stdout
     ex = json.loads((run / 'run' / 'eval' / 'test' / 'examples.json').read_text())
     assert len(ex['top5'][0]['top5']) == 5 and ex['hardest_t2i'][0]['rank'] >= ex['hardest_t2i'][-1]['rank'] and ex['captions']
+    assert all(len(e['top5']) == 5 and (e['rank'] == 1) == (e['top5'][0] == e['image']) for e in ex['t2i_top5'])
+    assert {'question', 'predicted', 'answer'} <= set(ex['vqa'][0])
 
 
 

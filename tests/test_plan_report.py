@@ -9,9 +9,10 @@ import yaml
 from conftest import ROOT, run_cli
 from vl_lab.synthetic import synth, synth_config
 
-TINY = ['epochs=2', 'model.conv_channels=16,32,64,64', 'model.text_width=64', 'model.text_layers=2', 'model.embed_dim=32',
-        'model.fusion_width=64', 'model.fusion_layers=1', 'model.decoder_layers=1']
-STUDENT = TINY + ['model.conv_channels=8,16,32,32', 'model.text_width=32', 'model.embed_dim=16', 'loss_weights=contrastive=1,distill=1']
+TINY = ['epochs=2']  # on top of the cpu-micro preset
+STUDENT = TINY + ['model.conv_channels=4,8,8,16', 'model.text_width=16', 'model.embed_dim=16', 'loss_weights=contrastive=1,distill=1']
+NAMES = ['dual-encoder-clean'] * 2 + ['dual-encoder-raw'] * 2 + ['dual-encoder-consistent', 'fusion', 'broken', 'needs-broken'] \
+    + ['student-distilled'] * 2 + ['student-alone'] * 2 + ['deployment']
 
 
 @pytest.fixture(scope='module')
@@ -22,10 +23,11 @@ def lab(tmp_path_factory):
                                           nbformat.v4.new_code_cell("raise ValueError('this notebook fails on purpose')")])
     nbformat.write(bad, d / 'failing.ipynb')
     nb = str(ROOT / 'nbs' / 'experiments' / 'train_eval.ipynb')
-    plan = dict(corpus=str(d / 'shapes'), experiments=[
-        dict(name='dual-encoder-clean', notebook=nb, seeds=[0, 1], params=dict(data='clean', eval_data='clean', overrides=TINY)),
-        dict(name='dual-encoder-raw', notebook=nb, seeds=[0, 1], params=dict(data='raw', eval_data='clean', overrides=TINY)),
-        dict(name='fusion', notebook=nb, seeds=[0], params=dict(data='clean', overrides=TINY + ['model.tasks=contrastive,itm'])),
+    plan = dict(corpus=str(d / 'shapes'), preset='cpu-micro', experiments=[
+        dict(name='dual-encoder-clean', notebook=nb, seeds=[0, 1], params=dict(data='clean', eval_data='consistent', overrides=TINY)),
+        dict(name='dual-encoder-raw', notebook=nb, seeds=[0, 1], params=dict(data='raw', eval_data='consistent', overrides=TINY)),
+        dict(name='dual-encoder-consistent', notebook=nb, seeds=[0], params=dict(data='consistent', eval_data='consistent', overrides=TINY)),
+        dict(name='fusion', notebook=nb, seeds=[0], params=dict(data='clean', overrides=TINY + ['model.tasks=contrastive,itm,caption,vqa'])),
         dict(name='broken', notebook=str(d / 'failing.ipynb'), params=dict(data='raw')),
         dict(name='needs-broken', notebook=str(d / 'failing.ipynb'), params=dict(data='raw', teacher='run:broken')),
         dict(name='student-distilled', notebook=nb, seeds=[0, 1], params=dict(data='clean', teacher='run:dual-encoder-clean', overrides=STUDENT)),
@@ -41,18 +43,26 @@ def test_plan_runs_and_failure_is_reported(lab):
     d, r = lab
     assert r.returncode == 1 and "2 run(s) failed: broken seed 0" in r.stderr and 'Traceback' not in r.stderr
     index = json.loads((d / 'reports' / 'runs' / 'index.json').read_text())
-    assert [x['status'] for x in index['runs']] == ['done'] * 5 + ['failed'] * 2 + ['done'] * 5
-    assert 'this notebook fails on purpose' in index['runs'][5]['cause']
-    broken = index['runs'][5]['run_id']
-    assert index['runs'][6]['cause'] == f'needs the run broken seed 0 ({broken}), which failed'  # never executed
-    for x in index['runs'][:5]:
+    assert [x['name'] for x in index['runs']] == NAMES
+    assert [x['status'] for x in index['runs']] == ['done'] * 6 + ['failed'] * 2 + ['done'] * 5
+    assert 'this notebook fails on purpose' in index['runs'][6]['cause']
+    broken = index['runs'][6]['run_id']
+    assert index['runs'][7]['cause'] == f'needs the run broken seed 0 ({broken}), which failed'  # never executed
+    for x in index['runs'][:6]:
         run = d / 'reports' / 'runs' / x['run_id']
         assert all((run / f).exists() for f in ('executed.ipynb', 'run.html', 'params.yaml', 'metrics.json', 'history.csv', 'provenance.json'))
     html = (d / 'reports' / 'index.html').read_text()
-    for title in ('Data card', 'Data cleaning', 'Model training', 'Evaluation metrics', 'Conclusions', 'Next steps', 'Runs'):
+    for title in ('Data card', 'Data cleaning', 'Model training', 'Evaluation metrics', 'Conclusions', 'Evidence: what the models do',
+                  'Next steps', 'Runs'):
         assert f'<h2>{title}</h2>' in html, title
-    assert 'Data cleaning: test t2i_R@1' in html and 'this notebook fails on purpose' in html
-    assert 'n=2' in html and 'chance' in html
+    assert 'this notebook fails on purpose' in html and 'n=2' in html and 'chance' in html
+    # the cleaning ablation: three arms found from the plan, each difference with its standard error
+    assert 'Data cleaning, test t2i_R@1 of the same model' in html
+    for pair in ('rules against raw', 'rules + consistency against raw', 'rules + consistency against rules'):
+        assert pair + ': ' in html and ' (SE); ' in html, pair
+    # the cleaning card shows the consistency rule, scored by the lab's own cross-fitted dual encoder
+    assert 'Image-text consistency:' in html and 'cross-fitted' in html
+    assert 'question-only language prior' in html and 'Zero-shot, the shape of the lone object' in html
 
 
 def test_distilled_students_and_the_deployment_table(lab):
@@ -84,18 +94,18 @@ def test_distilled_students_and_the_deployment_table(lab):
 def test_second_report_executes_nothing(lab):
     d, _ = lab
     r = run_cli('report', '--plan', d / 'plan.yaml', '--out', d / 'reports', cwd=d)
-    assert 'plan: 12 runs, 2 to execute, 10 complete already' in r.stdout  # only the failed runs are tried again
+    assert 'plan: 14 runs, 2 to execute, 12 complete already' in r.stdout  # only the failed runs are tried again
 
 
 def test_changing_a_parameter_reruns_only_what_it_touches(lab):
     d, _ = lab
     plan = yaml.safe_load((d / 'plan.yaml').read_text())
-    plan['experiments'][2]['params']['overrides'] = TINY + ['model.tasks=contrastive,itm', 'lr=2e-4']
-    plan['experiments'] = plan['experiments'][:3]
+    plan['experiments'][3]['params']['overrides'] = TINY + ['model.tasks=contrastive,itm,caption,vqa', 'lr=2e-4']
+    plan['experiments'] = plan['experiments'][:4]
     (d / 'plan2.yaml').write_text(yaml.safe_dump(plan))
     r = run_cli('report', '--plan', d / 'plan2.yaml', '--out', d / 'reports', cwd=d)
     assert r.returncode == 0, r.stderr[-2000:]
-    assert 'plan: 5 runs, 1 to execute, 4 complete already' in r.stdout
+    assert 'plan: 6 runs, 1 to execute, 5 complete already' in r.stdout
 
 
 def test_two_cold_builds_give_identical_metrics(lab):

@@ -90,11 +90,13 @@ def test_nonfinite_loss_stops_with_the_last_good_checkpoint(corpus, tmp_path, mo
 
 
 def test_cpu_tiny_learns_on_the_default_corpus(tmp_path):
-    "The acceptance run: `vl-lab train cpu-tiny` on the cleaned default corpus, R@1 at least 10x chance."
+    "The acceptance run: `vl-lab train cpu-tiny` (its own recipe, nothing overridden) on the cleaned default corpus."
     synth(tmp_path / 'shapes', synth_config(), progress=False)
     run_cli('clean', tmp_path / 'shapes', tmp_path / 'shapes-clean', '--quiet', check=True)
     r = run_cli('train', 'cpu-tiny', '--data', tmp_path / 'shapes-clean', '--out', tmp_path / 'run', '--quiet', check=True)
     final = json.loads((tmp_path / 'run' / 'metrics.json').read_text())['final']
     print(r.stdout)
-    assert final['val_t2i_r1'] >= 10 * final['chance_r1'], final
+    # its validation captions still hold the corpus's mismatched captions (the rules do not remove them): 0.25 is well
+    # under what the recipe reaches (0.3-0.4) and 45x chance; the lab notes' recipe reached 0.11 here
+    assert final['val_t2i_r1'] >= 0.25, final
     assert 'val text-to-image R@1' in r.stdout

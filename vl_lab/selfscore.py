@@ -38,6 +38,7 @@ def write_fold_corpus(pairs: list, dest: Path) -> dict:
         split = 'val' if _hash(f'val:{key}') % 10 == 0 else 'train'
         images.append(dict(id=n, file_name=name, split=split, orig_id=key))
         anns += [dict(id=len(anns) + 1 + i, image_id=n, caption=c) for i, c in enumerate(caps)]
+    if images and not any(i['split'] == 'val' for i in images): images[0]['split'] = 'val'  # training needs one
     write_json(dest / 'annotations.json', dict(images=images, annotations=anns))
     return dict(images=len(images), pairs=len(anns), val_images=sum(i['split'] == 'val' for i in images))
 

@@ -62,7 +62,8 @@ class TrainConfig:
 
 # cpu-tiny: towers trained from scratch on a CPU, the recipe chosen by the sweep in sweep.yaml (its table: SWEEP.md)
 CPU_TINY = {
-    'model.conv_channels': '16,32,64,128', 'model.image_pool': 'attn',     # narrow conv tower, attention pool
+    'model.conv_channels': '32,64,128,192', 'model.image_pool': 'attn',    # conv tower, attention pool
+    'transform.hflip_p': 0.5, 'transform.random_resized_crop': True,       # flips (captions flipped too), crops
     'model.text_width': 128, 'model.text_layers': 0, 'model.text_heads': 4,  # word + position embeddings, mean-pooled
     'model.fusion_width': 128, 'model.fusion_layers': 1, 'model.decoder_layers': 2, 'model.itm_negatives': 'random',
     'lr': 1e-3, 'warmup_steps': 40, 'batch_size': 32, 'epochs': 8, 'captions_per_image': 3,
@@ -71,8 +72,8 @@ PRESETS = {
     'lab-notes': {},  # the TrainConfig defaults, the lab notes' recipe (AdamW 1e-4, batch 32, 10 epochs): for fine-tuning
                       # pretrained towers (model.text_model / model.image_model); from scratch it barely learns
     'cpu-tiny': CPU_TINY,
-    'cpu-student': CPU_TINY | {'model.conv_channels': '8,16,32,64', 'model.text_width': 64, 'model.text_heads': 2,
-                               'model.embed_dim': 64},  # a quarter of cpu-tiny's parameters, for distillation
+    'cpu-student': CPU_TINY | {'model.conv_channels': '16,32,64,96', 'model.text_width': 64, 'model.text_heads': 2,
+                               'model.embed_dim': 64},  # about a quarter of cpu-tiny's parameters, for distillation
     'cpu-micro': CPU_TINY | {'epochs': 1, 'model.conv_channels': '8,16,16,32', 'model.text_width': 32,
                              'model.text_heads': 2, 'model.embed_dim': 32, 'model.fusion_width': 32,
                              'model.fusion_heads': 2, 'model.decoder_layers': 1, 'model.decoder_heads': 2},  # tests
