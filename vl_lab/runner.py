@@ -52,8 +52,10 @@ class PlannedRun:
     skip: str = ''                     # why the run is not executed (a missing package), if it is not
     deps: list = field(default_factory=list)  # run ids of the runs named by its run: / runs: parameters
 
-# modules that only present results: editing them re-renders the report but changes no run
-PRESENTATION = ('page', 'datacard', 'cleancard', 'report', 'labnote', 'deploynote', 'evidence', 'runner', 'cli', '_modidx')
+# modules that only present results: editing them re-renders the report but changes no run; and the modules that only
+# make corpora (their effect reaches a run through the hash of its data)
+PRESENTATION = ('page', 'datacard', 'cleancard', 'report', 'labnote', 'deploynote', 'evidence', 'runner', 'cli', '_modidx',
+                'corpus', 'selfscore')
 
 def code_hash() -> str:
     "sha256 of the library code a run can depend on (every module of vl_lab but the presentation ones)."

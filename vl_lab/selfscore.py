@@ -4,7 +4,7 @@
 
 # %% ../nbs/03c_selfscore.ipynb #86f91770
 from __future__ import annotations
-import hashlib, json, os, shutil, tempfile
+import contextlib, hashlib, io, json, os, shutil, sys, tempfile
 from pathlib import Path
 
 import numpy as np
@@ -69,7 +69,8 @@ class SelfScorer:
             counts = write_fold_corpus([p for p in pairs if self.fold_of(p[0]) != k], work / f'fold{k}')
             cfg = resolve_config(self.preset, [*self.overrides, f'seed={self.seed + k}', f'device={self.device}'],
                                  data=str(work / f'fold{k}'))
-            metrics = train(cfg, work / f'run{k}', progress=self.progress)
+            with contextlib.redirect_stdout(sys.stdout if self.progress else io.StringIO()):  # its epochs, when asked
+                metrics = train(cfg, work / f'run{k}', progress=self.progress)
             self.models[k] = load_run(work / f'run{k}', self.device)[:3]
             scores = sum(self.fold_of(p[0]) == k for p in pairs)
             folds.append(dict(fold=k, train_images=metrics['data']['train_images'], scores_pairs=scores,
