@@ -84,7 +84,8 @@ class ConvTower(nn.Module):
         for c in channels:
             layers += [nn.Conv2d(c_in, c, 3, stride=2, padding=1), nn.GroupNorm(min(8, c // 4), c), nn.GELU()]
             c_in = c
-        self.body, self.width = nn.Sequential(*layers), c_in
+        # channels-last (NHWC) weights and inputs: oneDNN's CPU convolutions (and cuDNN's) run about 20% faster so
+        self.body, self.width = nn.Sequential(*layers).to(memory_format=torch.channels_last), c_in
         self.score = nn.Linear(c_in, 1) if pool == 'attn' else None
 
     def pool(self, tokens):
@@ -94,7 +95,7 @@ class ConvTower(nn.Module):
         return (self.score(tokens).softmax(1) * tokens).sum(1)
 
     def forward(self, pixels):
-        tokens = self.body(pixels).flatten(2).transpose(1, 2)  # (B, h*w, C)
+        tokens = self.body(pixels.contiguous(memory_format=torch.channels_last)).flatten(2).transpose(1, 2)  # (B, h*w, C)
         return self.pool(tokens), tokens
 
 class HFVisionTower(nn.Module):
