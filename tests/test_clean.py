@@ -167,7 +167,7 @@ def test_consistency_rule_with_its_own_cross_fitted_scorer(tmp_path):
     "`--scorer self`: no downloaded model; mismatched captions are found, and no pair is scored by a model that saw it."
     from vl_lab.selfscore import SelfScorer, fold_of
     from vl_lab.synthetic import synth, synth_config
-    synth(tmp_path / 'raw', synth_config('none', n_images=400, seed=4, **{'noise.mismatch': 0.25}), progress=False)
+    synth(tmp_path / 'raw', synth_config('none', n_images=800, seed=4, **{'noise.mismatch': 0.25}), progress=False)
     rules = 'missing_file,unsafe_path,corrupt,resolution,caption_encoding,caption_length,consistency'
     r = run_cli('clean', tmp_path / 'raw', tmp_path / 'clean', '--quiet', '--rules', rules, '--scorer', 'self')
     assert r.returncode == 0, r.stderr[-2000:]
@@ -176,8 +176,9 @@ def test_consistency_rule_with_its_own_cross_fitted_scorer(tmp_path):
     assert c['cut_rule'] == 'null_quantile' and c['scorer']['scorer'] == 'self' and len(c['scorer']['folds']) == 3
     assert sum(f['scores_pairs'] for f in c['scorer']['folds']) == c['scored_pairs'] == summary['input_pairs']
     q = {m['rule']: m for m in measure_cleaning(read_manifest(tmp_path / 'clean'), read_json(tmp_path / 'raw' / 'noise_labels.json'), summary)}
-    # a 400-image corpus trains weak scorers (the default corpus: precision and recall above 0.8, see the README)
-    assert q['consistency']['precision'] >= 0.6 and q['consistency']['recall'] >= 0.6, q['consistency']
+    # an 800-image corpus trains weaker scorers than the default corpus (precision and recall above 0.8, see the README);
+    # here 0.70 and 0.85, against 0.25 and 0.0 for a rule that flags nothing in particular
+    assert q['consistency']['precision'] >= 0.6 and q['consistency']['recall'] >= 0.75, q['consistency']
     # cross-fitting: the model of fold k never trained on an image of fold k
     sc = SelfScorer(overrides=['epochs=1'], work_dir=tmp_path / 'work')
     pairs = [(p.stem, p, 'a red circle') for p in sorted((tmp_path / 'raw' / 'images').iterdir())[:40]]

@@ -115,14 +115,15 @@ def _card(data_dir, im, caps, tag, note=None):
                 captions=caps, note=note)
 
 def example_cards(data_dir, ann: dict, noise: dict | None, n: int = 12) -> str:
-    "HTML grid of `n` clean training images with their captions, and one example per noise kind."
+    "HTML grid of `n` clean training images with their true captions, and one example per noise kind."
     caps = {}
     ckind = dict(zip((a['id'] for a in ann['annotations']), _caption_kinds(ann, noise)))
     for a in ann['annotations']: caps.setdefault(a['image_id'], []).append((a['caption'], ckind[a['id']]))
     ikind = {l['image_id']: l for l in noise['images']} if noise else {}
-    clean = [im for im in ann['images'] if ikind.get(im['id'], {}).get('kind', 'clean') == 'clean' and im.get('split', 'train') == 'train'
-             and all(k in ('clean', 'unlabelled') for _, k in caps.get(im['id'], []))]
-    grid = render(_CARDS, cards=[_card(data_dir, im, caps.get(im['id'], []), im.get('class_name', '')) for im in clean[:n]])
+    good = lambda i: [(c, k) for c, k in caps.get(i, []) if k in ('clean', 'unlabelled')]  # its true captions
+    clean = [im for im in ann['images'] if ikind.get(im['id'], {}).get('kind', 'clean') == 'clean'
+             and im.get('split', 'train') == 'train' and good(im['id'])]
+    grid = render(_CARDS, cards=[_card(data_dir, im, good(im['id']), im.get('class_name', '')) for im in clean[:n]])
     if not noise: return grid
     by_id = {im['id']: im for im in ann['images']}
     gallery = []

@@ -153,7 +153,7 @@ def prune(model, sparsity: float):
     "A copy of `model` with the `sparsity` fraction of smallest-magnitude encoder weights set to zero (global L1)."
     from torch.nn.utils import prune as P
     if not 0 <= sparsity < 1: raise VLLabError(f"sparsity {sparsity}: must be in [0, 1)")
-    m = copy.deepcopy(model)
+    m = copy.deepcopy(model).to(memory_format=torch.contiguous_format)  # torch's pruning flattens weights with view()
     params = _prunable(m)
     P.global_unstructured(params, pruning_method=P.L1Unstructured, amount=sparsity)
     for mod, name in params: P.remove(mod, name)

@@ -295,7 +295,7 @@ def results_markdown(runs, title: str = 'Results') -> str:
         cells = [fmt_ms(*mean_std([_get(r, 'retrieval', k) for r in rs])) for k in ('t2i_R@1', 'i2t_R@1')]
         secs = np.mean([r.get('seconds') or 0 for r in rs])
         lines.append(f"| {name} | {what} | {len(rs)} | {cells[0]} | {cells[1]} | {secs:.0f} |")
-    split = next((r['metrics']['eval']['split'] for r in runs if 'metrics' in r), 'test')
+    split = next((r['metrics']['eval'].get('split', 'test') for r in runs if 'metrics' in r), 'test')
     return '\n'.join(lines + ['', f'Measured on the {split} split; mean ± sample standard deviation over seeds.', ''])
 
 def runs_section(runs) -> dict:

@@ -278,8 +278,8 @@ def _write_corpus(root: Path, cfg: SynthConfig, progress: bool, workers: int = 1
             questions.extend(it['questions'])
         bar.update(len(items))
     if workers > 1 and len(chunks) > 1:  # images are independent: drawn in parallel, written in order
-        import multiprocessing as mp
-        with mp.get_context('spawn').Pool(workers) as pool:
+        import multiprocessing as mp, sys
+        with mp.get_context('fork' if sys.platform == 'linux' else 'spawn').Pool(workers) as pool:  # as vl_lab.clean does
             for items in pool.imap(_make_chunk, chunks): keep(items)
     else:
         for c in chunks: keep(_make_chunk(c))
