@@ -180,7 +180,7 @@ def test_consistency_rule_with_its_own_cross_fitted_scorer(tmp_path):
     # here 0.70 and 0.85, against 0.25 and 0.0 for a rule that flags nothing in particular
     assert q['consistency']['precision'] >= 0.6 and q['consistency']['recall'] >= 0.75, q['consistency']
     # cross-fitting: the model of fold k never trained on an image of fold k
-    sc = SelfScorer(overrides=['epochs=1'], work_dir=tmp_path / 'work')
+    sc = SelfScorer(overrides=['epochs=1', 'batch_size=8'], work_dir=tmp_path / 'work')
     pairs = [(p.stem, p, 'a red circle') for p in sorted((tmp_path / 'raw' / 'images').iterdir())[:40]]
     sc.fit(pairs)
     for k in range(3):
