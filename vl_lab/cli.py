@@ -156,7 +156,7 @@ def make_parser() -> argparse.ArgumentParser:
     e.add_argument('--data', help="corpus (default: the one the run trained on)")
     e.add_argument('--split', default='test', help='split to evaluate (default %(default)s)')
     e.add_argument('--device', default=None, help='cpu, cuda, mps (default: the best available)')
-    e.add_argument('--beams', type=_positive_int, default=3, help='beam width for captioning (default %(default)s)')
+    e.add_argument('--beams', type=_positive_int, default=1, help='beam width for captioning (default %(default)s: greedy)')
     e.set_defaults(func=_cmd_evaluate)
     m = sub.add_parser('caption-metrics', help='BLEU-1..4, METEOR, ROUGE-L, CIDEr of COCO-format results (as pycocoevalcap)')
     m.add_argument('refs', type=Path, help='COCO captions annotation file (the references)')

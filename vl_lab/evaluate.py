@@ -112,7 +112,7 @@ def itm_eval(model, tok, ds, max_len, device, seed: int = 0) -> dict:
     return itm_accuracy(logits, torch.tensor(y)) | dict(chance_accuracy=0.5, auc=float(auc))
 
 @torch.no_grad()
-def generate_captions(model, tok, ds, device, num_beams: int = 3, batch: int = 64) -> list[str]:
+def generate_captions(model, tok, ds, device, num_beams: int = 1, batch: int = 64) -> list[str]:
     "A caption per image of `ds` from the decoder (beam search)."
     out, rng = [], np.random.default_rng(0)
     for s in range(0, len(ds), batch):
@@ -176,7 +176,11 @@ def _examples(sim_t2i, owner, caps, ds, n: int = 8) -> dict:
                 top5=[src[k] for k in sim_t2i[j].topk(min(5, len(src))).indices.tolist()]) for j in first]
     return dict(top5=top, hardest_t2i=hard, t2i_top5=t2i)
 
-def evaluate_run(run_dir, data=None, split: str = 'test', device: str | None = None, num_beams: int = 3) -> dict:
+# Greedy decoding by default: on the shapes corpus, beam search (3 beams) collapses onto the corpus's commonest generic
+# caption ('three shapes in a row on a striped background.' for 69 of 200 test images; 46 distinct captions, CIDEr
+# 0.63), where greedy decoding of the same model names shapes and colours (164 distinct, CIDEr 1.01): the known
+# generic-caption bias of beam search. `distinct` (the fraction of distinct captions) keeps it visible.
+def evaluate_run(run_dir, data=None, split: str = 'test', device: str | None = None, num_beams: int = 1) -> dict:
     "Every task the run supports on `split` of `data` (default: the data it trained on); writes RUN_DIR/eval/SPLIT/."
     run_dir = Path(run_dir)
     device = get_device(device)
@@ -197,7 +201,8 @@ def evaluate_run(run_dir, data=None, split: str = 'test', device: str | None = N
     if 'caption' in model.tasks:
         from vl_lab.capmetrics import caption_metrics
         hyps = generate_captions(model, tok, ds, device, num_beams)
-        out['captioning'] = caption_metrics({i: r.captions for i, r in enumerate(ds.records)}, dict(enumerate(hyps))) | dict(num_beams=num_beams)
+        refs = {i: r.captions for i, r in enumerate(ds.records)}
+        out['captioning'] = caption_metrics(refs, dict(enumerate(hyps))) | dict(num_beams=num_beams, distinct=len(set(hyps)) / max(len(hyps), 1))
         examples['captions'] = [dict(image=r.image.source, generated=h, references=r.captions) for r, h in list(zip(ds.records, hyps))[:8]]
     if 'vqa' in model.tasks:
         train_recs = split_records(list(load_records(cfg.data)), 'train')

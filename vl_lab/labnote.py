@@ -224,8 +224,10 @@ def conclusions_section(runs, metric=('retrieval', 't2i_R@1')) -> dict:
             items.append(f"Image-text matching ({name}): accuracy {fmt_ms(*mean_std([_get(r, 'itm', 'accuracy') for r in rs]))} "
                          f"on balanced pairs against 0.5 by chance; AUC {fmt_ms(*mean_std([_get(r, 'itm', 'auc') for r in rs]))}.")
         if (cd := mean_std([_get(r, 'captioning', 'CIDEr') for r in rs]))[2]:
+            dist = mean_std([_get(r, 'captioning', 'distinct') for r in rs])
             items.append(f"Captioning ({name}): CIDEr {fmt_ms(*cd)}, BLEU-4 "
-                         f"{fmt_ms(*mean_std([_get(r, 'captioning', 'Bleu_4') for r in rs]))}.")
+                         f"{fmt_ms(*mean_std([_get(r, 'captioning', 'Bleu_4') for r in rs]))}"
+                         + (f"; {dist[0]:.0%} of the generated captions are distinct" if dist[2] else '') + '.')
         if (v := mean_std([_get(r, 'vqa', 'overall') for r in rs]))[2]:
             maj = mean_std([_get(r, 'vqa', 'chance_accuracy_majority_answer') for r in rs])[0]
             prior = mean_std([_get(r, 'vqa', 'question_only_accuracy') for r in rs])[0]

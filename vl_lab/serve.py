@@ -174,7 +174,7 @@ class Engine:
         return self.texts(list(texts))
 
     @torch.no_grad()
-    def caption(self, pixels: torch.Tensor, num_beams: int = 3) -> str | None:
+    def caption(self, pixels: torch.Tensor, num_beams: int = 1) -> str | None:
         "A caption of one (C, H, W) image from the decoder, or None when the run has none."
         if not self.has_caption: return None
         with self.lock:
@@ -206,7 +206,7 @@ def _one_sentence(request: Request, exc: RequestValidationError):
 
 # %% ../nbs/51_serve.ipynb #dbbf4795
 def make_app(run_dir, backend: str = 'torch', max_upload_mb: float = 10, max_texts: int = 32, max_text_chars: int = 500,
-             max_pixels: int = 40_000_000, device: str = 'cpu', num_beams: int = 3, max_batch: int = 32, max_wait_ms: float = 2.0) -> FastAPI:
+             max_pixels: int = 40_000_000, device: str = 'cpu', num_beams: int = 1, max_batch: int = 32, max_wait_ms: float = 2.0) -> FastAPI:
     "The FastAPI service over the run in `run_dir`."
     eng = Engine(run_dir, backend, device, max_batch, max_wait_ms)
     limit = int(max_upload_mb * MiB)
