@@ -26,10 +26,16 @@ SMOKE = dict(preset='cpu-tiny', experiments=[
          params=dict(data='raw', eval_data='clean', overrides=['epochs=1', 'max_val=100']))])
 
 
+# Both builds of --twice use the same clone path: run ids and metrics.json name the corpus by its absolute path, so
+# two different folders would share no run id (and no metrics file could be byte-identical) whatever the pipeline does.
+WORK = Path(tempfile.mkdtemp(prefix='bench_report-'))
+
+
 def cold(plan_name, plan=None, budget_min=None) -> dict:
-    "Build the plan in a fresh clone; returns {run id: sha256 of its metrics.json}."
-    with tempfile.TemporaryDirectory() as d:
-        clone = Path(d) / 'lab'
+    "Build the plan in a fresh clone (always at the same path); returns {run id: sha256 of its metrics.json}."
+    with tempfile.TemporaryDirectory(dir=WORK) as d:
+        clone = WORK / 'lab'
+        subprocess.run(['rm', '-rf', str(clone)], check=True)
         subprocess.run(['git', 'clone', '-q', str(ROOT), str(clone)], check=True)
         os.symlink(ROOT / '.venv', clone / '.venv')
         if plan:
@@ -43,7 +49,9 @@ def cold(plan_name, plan=None, budget_min=None) -> dict:
         print(f'cold report, {plan_name} (--jobs {args.jobs}): {el:.0f} s = {el / 60:.1f} min{ratio}, exit {r.returncode}; '
               f'{tail}', flush=True)
         runs = sorted((clone / 'reports' / 'runs').glob('*/metrics.json'))
-        return {p.parent.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in runs}
+        out = {p.parent.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in runs}
+        subprocess.run(['rm', '-rf', str(clone)], check=True)
+        return out
 
 
 cold('smoke.yaml', SMOKE, budget_min=3)
@@ -54,3 +62,4 @@ if not args.smoke_only:
         same = sum(first.get(k) == v for k, v in second.items())
         print(f'two cold builds: {same} of {len(second)} metrics.json files byte-identical '
               f'(run ids in common: {len(first.keys() & second.keys())})')
+WORK.rmdir()
