@@ -6,9 +6,10 @@ machine: two runs share 2 cores, and anything else heavy slows them.
     python bench/bench_report.py [--jobs 2] [--smoke-only] [--twice]
 
 Aims: the default plan under 10 minutes on 2 cores (ratio to that budget printed); the smoke plan under 3 minutes.
-`--twice` builds the default plan twice from cold and checks that every run's metrics.json is byte-identical.
+`--twice` builds the default plan twice from cold at the same path and checks that every run's metrics.json is
+byte-identical, naming any that differs and whether it differs only in measured times (latencies, keys *_ms).
 """
-import argparse, hashlib, os, subprocess, tempfile, time
+import argparse, hashlib, json, os, subprocess, tempfile, time
 from pathlib import Path
 
 import yaml
@@ -31,27 +32,33 @@ SMOKE = dict(preset='cpu-tiny', experiments=[
 WORK = Path(tempfile.mkdtemp(prefix='bench_report-'))
 
 
+def untimed(x):
+    "A metrics tree without its measured times (keys ending in _ms): what must not change between two builds."
+    if isinstance(x, dict): return {k: untimed(v) for k, v in x.items() if not k.endswith('_ms')}
+    if isinstance(x, list): return [untimed(v) for v in x]
+    return x
+
+
 def cold(plan_name, plan=None, budget_min=None) -> dict:
     "Build the plan in a fresh clone (always at the same path); returns {run id: sha256 of its metrics.json}."
-    with tempfile.TemporaryDirectory(dir=WORK) as d:
-        clone = WORK / 'lab'
-        subprocess.run(['rm', '-rf', str(clone)], check=True)
-        subprocess.run(['git', 'clone', '-q', str(ROOT), str(clone)], check=True)
-        os.symlink(ROOT / '.venv', clone / '.venv')
-        if plan:
-            (clone / 'smoke.yaml').write_text(yaml.safe_dump(plan))
-        t = time.perf_counter()
-        r = subprocess.run([str(clone / '.venv' / 'bin' / 'vl-lab'), 'report', '--plan', plan_name, '--jobs', str(args.jobs)],
-                           cwd=clone, capture_output=True, text=True)
-        el = time.perf_counter() - t
-        tail = r.stdout.strip().splitlines()[-1] if r.stdout.strip() else r.stderr.strip()[-300:]
-        ratio = f', {el / 60 / budget_min:.2f}x the {budget_min}-minute budget' if budget_min else ''
-        print(f'cold report, {plan_name} (--jobs {args.jobs}): {el:.0f} s = {el / 60:.1f} min{ratio}, exit {r.returncode}; '
-              f'{tail}', flush=True)
-        runs = sorted((clone / 'reports' / 'runs').glob('*/metrics.json'))
-        out = {p.parent.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in runs}
-        subprocess.run(['rm', '-rf', str(clone)], check=True)
-        return out
+    clone = WORK / 'lab'
+    subprocess.run(['git', 'clone', '-q', str(ROOT), str(clone)], check=True)
+    os.symlink(ROOT / '.venv', clone / '.venv')
+    if plan:
+        (clone / 'smoke.yaml').write_text(yaml.safe_dump(plan))
+    t = time.perf_counter()
+    r = subprocess.run([str(clone / '.venv' / 'bin' / 'vl-lab'), 'report', '--plan', plan_name, '--jobs', str(args.jobs)],
+                       cwd=clone, capture_output=True, text=True)
+    el = time.perf_counter() - t
+    tail = r.stdout.strip().splitlines()[-1] if r.stdout.strip() else r.stderr.strip()[-300:]
+    ratio = f', {el / 60 / budget_min:.2f}x the {budget_min}-minute budget' if budget_min else ''
+    print(f'cold report, {plan_name} (--jobs {args.jobs}): {el:.0f} s = {el / 60:.1f} min{ratio}, exit {r.returncode}; '
+          f'{tail}', flush=True)
+    runs = sorted((clone / 'reports' / 'runs').glob('*/metrics.json'))
+    out = {p.parent.name: (hashlib.sha256(p.read_bytes()).hexdigest(), untimed(json.loads(p.read_text())),
+                           json.loads((p.parent / 'run.json').read_text())['name']) for p in runs}
+    subprocess.run(['rm', '-rf', str(clone)], check=True)
+    return out
 
 
 cold('smoke.yaml', SMOKE, budget_min=3)
@@ -59,7 +66,10 @@ if not args.smoke_only:
     first = cold('lab.yaml', budget_min=10)
     if args.twice:
         second = cold('lab.yaml', budget_min=10)
-        same = sum(first.get(k) == v for k, v in second.items())
-        print(f'two cold builds: {same} of {len(second)} metrics.json files byte-identical '
+        same = [k for k, v in second.items() if k in first and first[k][0] == v[0]]
+        print(f'two cold builds: {len(same)} of {len(second)} metrics.json files byte-identical '
               f'(run ids in common: {len(first.keys() & second.keys())})')
+        for k in sorted(second.keys() - set(same)):
+            only_times = k in first and first[k][1] == second[k][1]
+            print(f'  differs: {second[k][2]} ({k}): {"only in measured times (*_ms)" if only_times else "NOT only in times"}')
 WORK.rmdir()
