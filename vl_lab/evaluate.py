@@ -113,7 +113,7 @@ def itm_eval(model, tok, ds, max_len, device, seed: int = 0) -> dict:
 
 @torch.no_grad()
 def generate_captions(model, tok, ds, device, num_beams: int = 1, batch: int = 64) -> list[str]:
-    "A caption per image of `ds` from the decoder (beam search)."
+    "A caption per image of `ds` from the decoder: greedy, or beam search with `num_beams` > 1."
     out, rng = [], np.random.default_rng(0)
     for s in range(0, len(ds), batch):
         px = torch.stack([ds.image(i, rng) for i in range(s, min(s + batch, len(ds)))]).to(device)
