@@ -19,8 +19,8 @@ from .tokenizer import load_tokenizer
 from .train import TrainConfig, _special_ids, load_checkpoint, split_records
 
 # %% auto #0
-__all__ = ['load_run', 'embed_split', 'encode_texts', 'zero_shot_tasks', 'zero_shot', 'itm_eval', 'generate_captions',
-           'vqa_prior', 'vqa_eval', 'evaluate_run', 'summary_line']
+__all__ = ['COUNT_TEMPLATES', 'PROBE_IMAGES', 'load_run', 'embed_split', 'encode_texts', 'zero_shot_tasks', 'linear_probe',
+           'zero_shot', 'itm_eval', 'generate_captions', 'vqa_prior', 'vqa_eval', 'evaluate_run', 'summary_line']
 
 # %% ../nbs/31_evaluate.ipynb #5fed8b99
 def load_run(run_dir, device: str = 'cpu', which: str = 'best.pt'):
@@ -57,6 +57,13 @@ def encode_texts(model, tok, texts, max_len, device):
     return model.encode_text(t['input_ids'].to(device), t['attention_mask'].to(device))[0].cpu()
 
 # %% ../nbs/31_evaluate.ipynb #454de3cd
+# the number of objects in the captions' own words, each class with as many objects named as it has (an ensemble over
+# drawn colours and shapes): prompts that name one object for '1' but none for '2' and '3' measure the wording, not
+# the count (with 'Two shapes side by side.' the test images of 1, 2 and 3 objects were called 2, 3 and 3)
+COUNT_TEMPLATES = {1: ("A single {}.", "{} alone on a plain background.", "{} in the center."),
+                   2: ("Two shapes side by side: {} and {}.", "{} and {}.", "{} to the left of {}."),
+                   3: ("Three shapes: {}, {} and {}.", "{}, {} and {} from left to right.", "{} between {} and {}.")}
+
 def zero_shot_tasks(records) -> dict:
     "The zero-shot tasks a split supports: {name: dict(what, index, labels, prompts={class: [prompt, ...]})}."
     from vl_lab.scenes import COLORS, SHAPE_WORDS
@@ -66,9 +73,15 @@ def zero_shot_tasks(records) -> dict:
         words = {s: [w for w in ws] for s, ws in SHAPE_WORDS.items()}
         shape = {s: [f"A {c} {w}." for c in COLORS for w in words[s]] for s in SHAPE_WORDS}
         colour = {c: [f"A {c} {w}." for ws in words.values() for w in ws] for c in COLORS}
-        count = {'1': [f"A single {c} {w}." for c in COLORS for ws in words.values() for w in ws],
-                 '2': ['Two shapes side by side.', 'Two shapes one above the other.'],
-                 '3': ['Three shapes in a row.', 'Three shapes in a column.']}
+        rng = np.random.default_rng(0)  # a fixed draw of objects for the count prompts
+
+        def thing():
+            w = str(rng.choice([w for ws in words.values() for w in ws]))
+            phrase = f"{rng.choice(list(COLORS))} {w}"
+            return ('an ' if phrase[0] in 'aeiou' else 'a ') + phrase
+
+        count = {str(n): [t.format(*[thing() for _ in range(n)]) for t in ts for _ in range(20)]
+                 for n, ts in COUNT_TEMPLATES.items()}
         return {'shape': dict(what='the shape of the lone object (single-object images)', index=single,
                               labels=[objs[i][0]['shape'] for i in single], prompts=shape),
                 'colour': dict(what='the colour of the lone object (single-object images)', index=single,
@@ -80,15 +93,32 @@ def zero_shot_tasks(records) -> dict:
     return {'class': dict(what='the class name, generic templates', index=list(range(len(labels))), labels=labels,
                           prompts={c: [t.format(c) for t in PROMPT_TEMPLATES] for c in sorted(set(labels))})}
 
-def zero_shot(model, tok, img_emb, task: dict, max_len, device) -> dict:
-    "Zero-shot classification of the images of `task` (from `zero_shot_tasks`) by their nearest prompt ensemble."
+def linear_probe(train_emb, train_labels, test_emb, test_labels) -> float:
+    """Test accuracy of a logistic regression fitted on frozen training embeddings: whether the embedding holds the
+    attribute at all, whatever the prompts (a zero-shot failure with a probe at chance is the image tower's)."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+    if len(set(train_labels)) < 2: return float('nan')
+    clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000))
+    clf.fit(torch.nn.functional.normalize(train_emb, dim=-1).numpy(), list(train_labels))
+    return float(clf.score(torch.nn.functional.normalize(test_emb, dim=-1).numpy(), list(test_labels)))
+
+def zero_shot(model, tok, img_emb, task: dict, max_len, device, probe: tuple | None = None) -> dict:
+    """Zero-shot classification of the images of `task` (from `zero_shot_tasks`) by their nearest prompt ensemble;
+    `probe` = (training image embeddings, the same task on the training records) adds `probe_accuracy`."""
     classes = [c for c in task['prompts'] if c in set(task['labels'])]
     emb = torch.stack([torch.nn.functional.normalize(torch.nn.functional.normalize(
         encode_texts(model, tok, task['prompts'][c], max_len, device), dim=-1).mean(0), dim=-1) for c in classes])
     pred = (img_emb[task['index']] @ emb.t()).argmax(1).tolist()
     labels = task['labels']
     m = classification_metrics([classes.index(l) for l in labels], pred, labels=list(range(len(classes))))
-    return m | dict(what=task['what'], classes=classes, chance_accuracy=max(labels.count(c) for c in classes) / len(labels))
+    out = m | dict(what=task['what'], classes=classes, chance_accuracy=max(labels.count(c) for c in classes) / len(labels))
+    if probe is not None:
+        train_emb, train_task = probe
+        out['probe_accuracy'] = linear_probe(train_emb[train_task['index']], train_task['labels'], img_emb[task['index']], labels)
+        out['probe_images'] = len(train_task['index'])
+    return out
 
 @torch.no_grad()
 def itm_eval(model, tok, ds, max_len, device, seed: int = 0) -> dict:
@@ -180,6 +210,8 @@ def _examples(sim_t2i, owner, caps, ds, n: int = 8) -> dict:
 # caption ('three shapes in a row on a striped background.' for 69 of 200 test images; 46 distinct captions, CIDEr
 # 0.63), where greedy decoding of the same model names shapes and colours (164 distinct, CIDEr 1.01): the known
 # generic-caption bias of beam search. `distinct` (the fraction of distinct captions) keeps it visible.
+PROBE_IMAGES = 1000
+
 def evaluate_run(run_dir, data=None, split: str = 'test', device: str | None = None, num_beams: int = 1) -> dict:
     "Every task the run supports on `split` of `data` (default: the data it trained on); writes RUN_DIR/eval/SPLIT/."
     run_dir = Path(run_dir)
@@ -196,7 +228,13 @@ def evaluate_run(run_dir, data=None, split: str = 'test', device: str | None = N
         out['retrieval'] = retrieval_metrics(img, txt, owner)
         examples.update(_examples(txt @ img.t(), owner, caps, ds))
         if tasks := zero_shot_tasks(ds.records):
-            out['zero_shot'] = {k: zero_shot(model, tok, img, t, L, device) for k, t in tasks.items()}
+            # the linear probe's training images: at most PROBE_IMAGES of the run's own training split
+            train_ds = PairDataset(split_records(list(load_records(cfg.data)), 'train')[:PROBE_IMAGES], cfg.transform, train=False)
+            train_tasks = zero_shot_tasks(train_ds.records) if len(train_ds) else {}
+            train_img = embed_split(model, tok, train_ds, L, device)[0] if train_tasks else None
+            out['zero_shot'] = {k: zero_shot(model, tok, img, t, L, device,
+                                             (train_img, train_tasks[k]) if k in train_tasks else None)
+                                for k, t in tasks.items()}
     if 'itm' in model.tasks: out['itm'] = itm_eval(model, tok, ds, L, device, cfg.seed)
     if 'caption' in model.tasks:
         from vl_lab.capmetrics import caption_metrics

@@ -15,8 +15,8 @@ from .page import fig_html, render, table_html
 
 # %% auto #0
 __all__ = ['HEADLINE', 'CHANCE', 'load_runs', 'mean_std', 'fmt_ms', 'curve_observations', 'training_section',
-           'evaluation_section', 'compare', 'data_ablations', 'cleaning_conclusions', 'conclusions_section',
-           'next_steps_section', 'results_markdown', 'runs_section']
+           'evaluation_section', 'compare', 'data_ablations', 'cleaning_conclusions', 'weak_score',
+           'conclusions_section', 'next_steps_section', 'results_markdown', 'runs_section']
 
 # %% ../nbs/42_labnote.ipynb #6f8cee7a
 def load_runs(out_dir, records: list[dict]) -> list[dict]:
@@ -148,7 +148,8 @@ def evaluation_section(runs) -> dict:
                             'images': _zs(rs[0], t, 'n'), 'classes': len(_zs(rs[0], t, 'classes') or []),
                             'accuracy': fmt_ms(*mean_std([_zs(r, t, 'accuracy') for r in rs])),
                             'macro F1': fmt_ms(*mean_std([_zs(r, t, 'macro_f1') for r in rs])),
-                            'majority class': _zs(rs[0], t, 'chance_accuracy')})
+                            'majority class': _zs(rs[0], t, 'chance_accuracy'),
+                            'linear probe': fmt_ms(*mean_std([_zs(r, t, 'probe_accuracy') for r in rs]))})
     chance = {'experiment': 'chance / majority'}
     for (task, key), (ct, ck) in CHANCE.items():
         vals = [_get(r, ct, ck) for r in runs if 'metrics' in r and _get(r, ct, ck) is not None]
@@ -160,7 +161,10 @@ def evaluation_section(runs) -> dict:
                       'random ranking, the majority answer or 0.5; VQA also against the question-only language prior)')
     if zs_rows:
         body = render('{{ a }}<h3>Zero-shot classification</h3><p>Prompts written as the captions are, ensembled over the '
-                      'other attribute; each task against its majority class.</p>{{ b }}', a=body,
+                      'other attribute; each task against its majority class. The linear probe (a logistic regression fitted on the '
+                      'frozen image embeddings of the run\'s training images) says whether the embedding holds the '
+                      'attribute at all: a zero-shot failure with the probe at chance is the image tower\'s, not the '
+                      'prompts\'.</p>{{ b }}', a=body,
                       b=table_html(zs_rows, caption='Zero-shot tasks (mean ± std over seeds)'))
     return dict(id='evaluation', title='Evaluation metrics', body=body)
 
@@ -215,6 +219,10 @@ def cleaning_conclusions(runs, metric=('retrieval', 't2i_R@1'), max_se: float = 
 
 
 # %% ../nbs/42_labnote.ipynb #a76311e3
+def weak_score(acc: float, chance: float) -> bool:
+    "Whether a classification accuracy is too weak to call the attribute learned: below twice chance or below 0.5."
+    return acc < max(2 * chance, 0.5)
+
 def conclusions_section(runs, metric=('retrieval', 't2i_R@1')) -> dict:
     "Conclusions drawn from measured differences, each with its spread."
     g = _groups(runs)
@@ -248,8 +256,15 @@ def conclusions_section(runs, metric=('retrieval', 't2i_R@1')) -> dict:
         acc = mean_std([_zs(r, t, 'accuracy') for r in g[zs]])
         ch = mean_std([_zs(r, t, 'chance_accuracy') for r in g[zs]])[0]
         better = acc[0] - 2 * (acc[1] / math.sqrt(acc[2]) if acc[2] > 1 else 0) > ch
+        probe = mean_std([_zs(r, t, 'probe_accuracy') for r in g[zs]])
+        why = ''
+        if probe[2] and weak_score(acc[0], ch):
+            why = (f" The image embedding does not hold it either: a linear probe reads it at {probe[0]:.3f}, so the image "
+                   f"tower has not learned it and no prompt can find it." if weak_score(probe[0], ch) else
+                   f" The image embedding holds it (a linear probe reads it at {probe[0]:.3f}): the prompts fail, not the tower.")
+        elif probe[2]: why = f" A linear probe on the image embedding reads it at {probe[0]:.3f}."
         items.append(f"Zero-shot, {_zs(g[zs][0], t, 'what')} ({zs}): accuracy {fmt_ms(*acc)} against {ch:.3f} for the majority "
-                     f"class: {'better than' if better else 'not measurably better than'} guessing.")
+                     f"class: {'better than' if better else 'not measurably better than'} guessing.{why}")
     if not items: items.append('No completed runs to conclude from.')
     return dict(id='conclusions', title='Conclusions', body=render('<ol>{% for i in items %}<li>{{ i }}</li>{% endfor %}</ol>', items=items))
 
@@ -265,14 +280,22 @@ def next_steps_section(runs) -> dict:
             items.append(f"Train {n} for more epochs: its validation loss was still falling.")
         if len(rs) == 1: items.append(f"Run {n} with more seeds: one seed gives no spread.")
         for t, z in (rs[0]['metrics'].get('eval', {}).get('zero_shot') or {}).items():
-            weak.setdefault((t, z['what'], z['chance_accuracy']), []).append((n, mean_std([_zs(r, t, 'accuracy') for r in rs])[0]))
+            weak.setdefault((t, z['what'], z['chance_accuracy']), []).append(
+                (n, mean_std([_zs(r, t, 'accuracy') for r in rs])[0], mean_std([_zs(r, t, 'probe_accuracy') for r in rs])[0]))
         if (v := _get(rs[0], 'vqa', 'overall')) is not None and v <= (_get(rs[0], 'vqa', 'question_only_accuracy') or 0):
             items.append(f"{n} answers questions no better than the language prior: train its fusion longer.")
     for (t, what, ch), accs in weak.items():  # one line per zero-shot task that no experiment does well
-        if max(a for _, a in accs) < max(2 * ch, 0.5):
-            seen = ', '.join(f"{n} {a:.2f}" for n, a in sorted(accs, key=lambda x: -x[1]))
-            items.append(f"No model tells {what} well yet (accuracy {seen}; majority class {ch:.2f}): give the image tower "
-                         f"what this needs (more images, higher resolution, negatives that differ only in it) and measure again.")
+        if weak_score(max(a for _, a, _ in accs), ch):
+            seen = ', '.join(f"{n} {a:.2f}" for n, a, _ in sorted(accs, key=lambda x: -x[1]))
+            probes = [p for _, _, p in accs if not math.isnan(p)]
+            if probes and not weak_score(max(probes), ch):
+                items.append(f"The image embeddings hold {what} (linear probe up to {max(probes):.2f}) but the prompts do not "
+                             f"find it (accuracy {seen}; majority class {ch:.2f}): write prompts closer to the captions.")
+            else:
+                read = f" and a linear probe reads it at {max(probes):.2f}" if probes else ''
+                items.append(f"No model tells {what} well yet (accuracy {seen}; majority class {ch:.2f}{read}): give the "
+                             f"image tower what this needs (more images, higher resolution, negatives that differ only in "
+                             f"it) and measure again.")
     for arms in data_ablations(runs):
         ses = [compare([_get(r, 'retrieval', 't2i_R@1') for r in b[2]], [_get(r, 'retrieval', 't2i_R@1') for r in a[2]])['se']
                for i, a in enumerate(arms) for b in arms[i + 1:]]
