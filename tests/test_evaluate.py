@@ -39,6 +39,10 @@ def test_evaluate_every_task(run):
     for z in m['zero_shot'].values():
         assert len(z['confusion']) == len(z['classes']) and sum(map(sum, z['confusion'])) == z['n']
         assert z['chance_accuracy'] >= 1 / len(z['classes'])
+        # the linear probe: fitted on the run's training images (each with a label), scored on the same test images
+        assert 0 <= z['probe_accuracy'] <= 1 and z['probe_images'] > 0
+    train_singles = sum(i['split'] == 'train' and i['n_objects'] == 1 for i in ann['images'])
+    assert m['zero_shot']['shape']['probe_images'] == train_singles
     assert m['itm']['n'] == 2 * n and m['itm']['chance_accuracy'] == 0.5 and 0 <= m['itm']['auc'] <= 1
     assert {'Bleu_1', 'Bleu_4', 'METEOR', 'ROUGE_L', 'CIDEr'} <= set(m['captioning'])
     assert 0 <= m['vqa']['overall'] <= 1 and m['vqa']['questions'] > n
