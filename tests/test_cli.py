@@ -39,3 +39,19 @@ def test_existing_corpus_is_not_overwritten_silently(tmp_path):
 
 def test_report_on_missing_corpus(tmp_path):
     assert 'no annotations.json' in one_line_error(run_cli('report', '--data', tmp_path / 'nowhere', '--out', tmp_path / 'r', cwd=tmp_path))
+
+
+def test_make_lab_starts_as_root_on_loopback(tmp_path):
+    """`make lab` passes --allow-root exactly when the user is root (most ML containers), and always binds 127.0.0.1.
+    A stand-in `jupyter` prints the command line `make` would start."""
+    import os
+    import subprocess
+    fake = tmp_path / 'jupyter'
+    fake.write_text('#!/bin/sh\necho "jupyter $@"\n')
+    fake.chmod(0o755)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out = subprocess.run(['make', '-s', '-o', 'venv', 'lab', f'BIN={tmp_path}'], cwd=root, capture_output=True,
+                         text=True, check=True).stdout
+    args = out.split()
+    assert args[:2] == ['jupyter', 'lab'] and '--ip=127.0.0.1' in args
+    assert ('--allow-root' in args) == (os.geteuid() == 0)

@@ -20,8 +20,8 @@ from .core import VLLabError, atomic_write, config_to_dict, write_json
 from .data import Record, load_records
 
 # %% auto #0
-__all__ = ['enabled_rules', 'inspect_record', 'inspect_corpus', 'mark_duplicates', 'score_consistency', 'write_outputs',
-           'clean_corpus']
+__all__ = ['ALWAYS_ON', 'enabled_rules', 'inspect_record', 'inspect_corpus', 'mark_duplicates', 'score_consistency',
+           'write_outputs', 'clean_corpus']
 
 # %% ../nbs/03a_clean.ipynb #56a6b4e6
 _EXT = {'JPEG': 'jpg', 'PNG': 'png', 'WEBP': 'webp', 'GIF': 'gif', 'BMP': 'bmp', 'TIFF': 'tif'}
@@ -30,12 +30,15 @@ def enabled_rules(cfg: CleanConfig) -> set[str]:
     "The rules `cfg.rules` names; unknown names are an error."
     rules = {r.strip() for r in cfg.rules.split(',') if r.strip()}
     if bad := rules - set(ALL_RULES): raise VLLabError(f"unknown rule(s) {', '.join(sorted(bad))} (known: {', '.join(ALL_RULES)})")
-    return rules | {'missing_file', 'unsafe_path'}  # without a file there is nothing to keep
+    return rules | ALWAYS_ON
+
+# without a file, or an entry that can be read, or with an id another entry already has, there is nothing to keep
+ALWAYS_ON = frozenset({'missing_file', 'unsafe_path', 'malformed_entry', 'duplicate_id'})
 
 def _image_checks(rec: Record, cfg: CleanConfig, rules: set, img_dir: Path, seq: int) -> dict:
     "Image rules for one record; writes the upright RGB image (or the original bytes) into `img_dir` when it passes."
     out = dict(verdict=None, transforms=[])
-    if rec.image.error: out['verdict'] = Verdict(False, 'unsafe_path', rec.image.error); return out
+    if rec.image.error: out['verdict'] = Verdict(False, rec.image.rule, rec.image.error); return out
     try: data = rec.image.read_bytes()
     except OSError as e: out['verdict'] = Verdict(False, 'missing_file', f'cannot read {rec.image.source}: {e.strerror or e}'); return out
     h = read_header(data)
@@ -59,7 +62,12 @@ def _caption_checks(captions: list, cfg: CleanConfig, rules: set) -> list[dict]:
     "Caption rules for each caption: every check is computed (for measuring rules), the first failing one decides."
     rows = []
     for cap in captions:
-        before = cap if isinstance(cap, str) else json.dumps(cap)
+        if not isinstance(cap, str):  # a list or an object where a caption should be: no text to keep
+            shown = json.dumps(cap, default=str)[:200]
+            bad = Verdict(False, 'caption_encoding', f'the caption is {type(cap).__name__}, not text')
+            rows.append(dict(before=shown, after=shown, steps=[], verdict=bad, checks={'caption_encoding': True}))
+            continue
+        before = cap
         enc = check_encoding(before)
         after, steps = denoise(before) if enc.keep else (before, [])
         ln = check_length(after, cfg)

@@ -19,7 +19,8 @@ __all__ = ['IMAGE_RULES', 'CAPTION_RULES', 'PAIR_RULES', 'ALL_RULES', 'DEFAULT_R
            'CLIPScorer']
 
 # %% ../nbs/03_cleaning.ipynb #aa00efa2
-IMAGE_RULES = ('missing_file', 'unsafe_path', 'corrupt', 'decompression_bomb', 'resolution', 'duplicate', 'near_duplicate')
+IMAGE_RULES = ('missing_file', 'unsafe_path', 'malformed_entry', 'duplicate_id', 'corrupt', 'decompression_bomb',
+               'resolution', 'duplicate', 'near_duplicate')
 CAPTION_RULES = ('caption_encoding', 'caption_length')
 PAIR_RULES = ('consistency',)
 ALL_RULES = IMAGE_RULES + CAPTION_RULES + PAIR_RULES

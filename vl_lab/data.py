@@ -14,9 +14,9 @@ from PIL import Image
 from .core import VLLabError
 
 # %% auto #0
-__all__ = ['IMAGE_EXTS', 'FORMATS', 'decode_text', 'has_invalid_utf8', 'read_json', 'ImageRef', 'Record', 'resolve_inside',
-           'file_ref', 'load_coco', 'load_karpathy', 'load_csv', 'load_webdataset', 'load_imagefolder', 'detect_format',
-           'load_records']
+__all__ = ['IMAGE_EXTS', 'FORMATS', 'decode_text', 'has_invalid_utf8', 'parse_json', 'read_json', 'ImageRef', 'Record', 'refused',
+           'resolve_inside', 'file_ref', 'load_coco', 'load_karpathy', 'load_csv', 'load_webdataset',
+           'load_imagefolder', 'detect_format', 'load_records']
 
 # %% ../nbs/02_data.ipynb #0cc47b10
 def decode_text(b: bytes) -> str:
@@ -27,15 +27,25 @@ def has_invalid_utf8(s: str) -> bool:
     "Whether `s` holds bytes that were not valid UTF-8 (lone surrogates from `decode_text`)."
     return any('\udc80' <= ch <= '\udcff' for ch in s)
 
-def read_json(path):
-    "Parse the JSON file `path`; a missing or malformed file is a one-line `VLLabError` naming the file and position."
-    path = Path(path)
-    try: raw = path.read_bytes()
-    except FileNotFoundError: raise VLLabError(f"{path}: no such file") from None
-    except OSError as e: raise VLLabError(f"{path}: cannot read: {e.strerror or e}") from None
-    try: return json.loads(decode_text(raw))
+def parse_json(text: str, where: str):
+    "The JSON value of `text`; malformed or too deeply nested JSON is a one-line `VLLabError` naming `where`."
+    try:
+        return json.loads(text)
     except json.JSONDecodeError as e:
-        raise VLLabError(f"{path}: malformed JSON at line {e.lineno}, column {e.colno}: {e.msg}") from None
+        raise VLLabError(f"{where}: malformed JSON at line {e.lineno}, column {e.colno}: {e.msg}") from None
+    except RecursionError:
+        raise VLLabError(f"{where}: JSON nested too deeply to read") from None
+
+def read_json(path):
+    "Parse the JSON file `path`; a missing, malformed or too deeply nested file is a one-line `VLLabError`."
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise VLLabError(f"{path}: no such file") from None
+    except OSError as e:
+        raise VLLabError(f"{path}: cannot read: {e.strerror or e}") from None
+    return parse_json(decode_text(raw), str(path))
 
 # %% ../nbs/02_data.ipynb #a5faed6d
 @dataclass
@@ -45,6 +55,7 @@ class ImageRef:
     path: Path | None = None     # the file on disk (None for streamed bytes, or a refused path)
     data: bytes | None = None    # bytes held for streamed members (WebDataset)
     error: str | None = None     # why the reference cannot be used (e.g. the path escapes the dataset root)
+    rule: str = 'unsafe_path'    # the cleaning rule that rejects an item whose reference carries an `error`
 
     def read_bytes(self) -> bytes:
         "The encoded bytes (raises OSError when they cannot be had)."
@@ -66,51 +77,112 @@ class Record:
     split: str | None = None                    # train / val / test (/ restval) when the corpus says so
     extra: dict = field(default_factory=dict)   # other fields of the source (class labels, questions, ...)
 
-def resolve_inside(root: Path, rel: str) -> tuple[Path | None, str | None]:
-    "The file `rel` under `root`, or an error when it is absolute or escapes `root` (`../`, links)."
+def refused(source: str, why: str, rule: str = 'malformed_entry', id: str = '') -> Record:
+    "A record that cleaning will reject with `rule` and reason `why` (an entry of the wrong type, a duplicate id)."
+    return Record(id=id or source, image=ImageRef(source=source, error=why, rule=rule), captions=[])
+
+def resolve_inside(root: Path, rel: str, boundary: Path | None = None) -> tuple[Path | None, str | None]:
+    """The file `rel` under `root`, or an error when it is absolute or its real path (symlinks resolved) is outside
+    `boundary` (default `root`): `../`, a linked file or a linked folder anywhere on the way."""
+    if not isinstance(rel, str): return None, f'image path is a {type(rel).__name__}, not text'
     if not rel: return None, 'empty image path'
     if os.path.isabs(rel) or rel.startswith(('/', '\\')): return None, f'absolute image path refused: {rel}'
-    root = root.resolve()
-    p = (root / rel).resolve()
-    if p != root and root not in p.parents: return None, f'image path escapes the dataset root: {rel}'
+    bound = Path(boundary if boundary is not None else root).resolve()
+    p = (Path(root) / rel).resolve()
+    if p != bound and bound not in p.parents: return None, f'image path escapes the dataset root: {rel}'
     return p, None
 
-def file_ref(root: Path, rel: str) -> ImageRef:
+def file_ref(root: Path, rel: str, boundary: Path | None = None) -> ImageRef:
     "An `ImageRef` to `rel` under `root`, carrying an error if the path is refused."
-    p, err = resolve_inside(root, rel)
-    return ImageRef(source=rel, path=p, error=err)
+    p, err = resolve_inside(root, rel, boundary)
+    return ImageRef(source=str(rel), path=p, error=err)
 
 # %% ../nbs/02_data.ipynb #8218c275
-def _default_root(json_path: Path, image_root) -> Path:
-    if image_root: return Path(image_root)
-    return json_path.parent / 'images' if (json_path.parent / 'images').is_dir() else json_path.parent
+def _default_root(json_path: Path, image_root) -> tuple[Path, Path]:
+    """(image root, boundary): a root the user names is trusted as it is; the default one (`images/` beside the JSON,
+    else the JSON's folder) must keep every image's real path inside the JSON's folder."""
+    if image_root: return Path(image_root), Path(image_root)
+    folder = json_path.parent
+    return (folder / 'images' if (folder / 'images').is_dir() else folder), folder
+
+def _kind(x) -> str:
+    "How a JSON value is named in a message: 'a string', 'a list', ..."
+    return {str: 'a string', list: 'a list', dict: 'an object', bool: 'a boolean', type(None): 'null'}.get(
+        type(x), f'a {type(x).__name__}')
+
+def _key(x):
+    "A JSON value as a dict key (ids may be lists or objects in a hostile file)."
+    return x if isinstance(x, (str, int, float, bool, type(None))) else json.dumps(x, sort_keys=True, default=str)
+
+def _object_list(d: dict, key: str, path: Path) -> list:
+    "`d[key]` (default []): a list of objects, else a one-line error naming the file and the place."
+    xs = d.get(key, [])
+    if not isinstance(xs, list): raise VLLabError(f"{path}: '{key}' is {_kind(xs)}, not a list")
+    for i, x in enumerate(xs):
+        if not isinstance(x, dict): raise VLLabError(f"{path}: {key}[{i}] is {_kind(x)}, not an object")
+    return xs
 
 def load_coco(ann_file, image_root=None) -> Iterator[Record]:
-    "Records of a COCO captions annotation file."
+    """Records of a COCO captions annotation file. An image entry that is not an object, or that repeats an earlier
+    entry's id, is a refused record (its captions stay with the first); annotations and questions of the wrong type
+    are a one-line error naming the place (they belong to no image that could carry the rejection)."""
     ann_file = Path(ann_file)
-    d, root = read_json(ann_file), _default_root(ann_file, image_root)
+    d = read_json(ann_file)
+    root, bound = _default_root(ann_file, image_root)
     if not isinstance(d, dict) or not isinstance(d.get('images'), list) or not isinstance(d.get('annotations'), list):
         raise VLLabError(f"{ann_file}: not COCO captions (needs 'images' and 'annotations' lists)")
-    caps, qs = {}, {}
-    for a in d['annotations']: caps.setdefault(a.get('image_id'), []).append(a.get('caption') or '')
-    for q in d.get('questions', []): qs.setdefault(q.get('image_id'), []).append(q)
-    for im in d['images']:
-        extra = {k: v for k, v in im.items() if k not in ('id', 'file_name', 'split')}
-        if im.get('id') in qs: extra['questions'] = qs[im['id']]
-        yield Record(id=str(im.get('id')), image=file_ref(root, str(im.get('file_name') or '')),
-                     captions=caps.get(im.get('id'), []), split=im.get('split'), extra=extra)
+    caps, qs, first = {}, {}, {}
+    for a in _object_list(d, 'annotations', ann_file):
+        c = a.get('caption')
+        caps.setdefault(_key(a.get('image_id')), []).append('' if c is None else c)
+    for q in _object_list(d, 'questions', ann_file):
+        qs.setdefault(_key(q.get('image_id')), []).append(q)
+    for i, im in enumerate(d['images']):
+        if not isinstance(im, dict):
+            yield refused(f'images[{i}]', f'images[{i}] is {_kind(im)}, not an object')
+            continue
+        k = _key(im.get('id'))
+        if k in first:
+            yield refused(str(im.get('file_name')), f"image id {im.get('id')!r} repeats images[{first[k]}]; the "
+                          f"captions of that id stay with the first", 'duplicate_id', id=f"images[{i}] (id {im.get('id')!r})")
+            continue
+        first[k] = i
+        extra = {x: v for x, v in im.items() if x not in ('id', 'file_name', 'split')}
+        if k in qs: extra['questions'] = qs[k]
+        yield Record(id=str(im.get('id')), image=file_ref(root, im.get('file_name') or '', bound),
+                     captions=caps.get(k, []), split=im.get('split'), extra=extra)
+
+def _karpathy_problem(im, k: int) -> str | None:
+    "Why Karpathy entry `k` cannot be read (None when it can)."
+    if not isinstance(im, dict): return f'images[{k}] is {_kind(im)}, not an object'
+    for x in ('filepath', 'filename'):
+        if x in im and not isinstance(im[x], str): return f'images[{k}].{x} is {_kind(im[x])}, not text'
+    sents = im.get('sentences', [])
+    if not isinstance(sents, list): return f'images[{k}].sentences is {_kind(sents)}, not a list'
+    for j, s in enumerate(sents):
+        if not isinstance(s, dict): return f'images[{k}].sentences[{j}] is {_kind(s)}, not an object'
+    return None
 
 def load_karpathy(json_file, image_root=None) -> Iterator[Record]:
     "Records of a Karpathy split file (dataset_coco.json, dataset_flickr8k.json, dataset_flickr30k.json)."
     json_file = Path(json_file)
-    d, root = read_json(json_file), _default_root(json_file, image_root)
+    d = read_json(json_file)
+    root, bound = _default_root(json_file, image_root)
     if not isinstance(d, dict) or not isinstance(d.get('images'), list):
         raise VLLabError(f"{json_file}: not a Karpathy split file (needs an 'images' list)")
+    first = {}
     for k, im in enumerate(d['images']):
+        if why := _karpathy_problem(im, k):
+            yield refused(f'images[{k}]', why)
+            continue
         rel = '/'.join(x for x in (im.get('filepath'), im.get('filename')) if x)
         rid = im.get('cocoid', im.get('imgid', k))
+        if _key(rid) in first:
+            yield refused(rel, f"image id {rid!r} repeats images[{first[_key(rid)]}]", 'duplicate_id', id=f'images[{k}]')
+            continue
+        first[_key(rid)] = k
         extra = {x: im[x] for x in ('cocoid', 'imgid', 'sentids') if x in im}
-        yield Record(id=str(rid), image=file_ref(root, rel), captions=[s.get('raw', '') for s in im.get('sentences', [])],
+        yield Record(id=str(rid), image=file_ref(root, rel, bound), captions=[s.get('raw', '') for s in im.get('sentences', [])],
                      split=im.get('split'), extra=extra)
 
 # %% ../nbs/02_data.ipynb #6e330a0c
@@ -136,23 +208,34 @@ def load_csv(path, image_root=None, img_key='filepath', caption_key='title', sep
 # %% ../nbs/02_data.ipynb #77eaf042
 IMAGE_EXTS = ('.jpg', '.jpeg', '.png', '.webp', '.bmp', '.gif', '.tif', '.tiff')
 
+def _member_kind(m: tarfile.TarInfo) -> str:
+    return 'symbolic link' if m.issym() else 'hard link' if m.islnk() else 'special file'
+
 def _wds_record(shard: Path, key: str, parts: dict) -> Record:
-    img_ext = next((e for e in parts if '.' + e in IMAGE_EXTS), None)
+    "One sample; `parts` maps an extension to the member's bytes, or to the kind of a member that is not a file."
+    img_ext = next((e for e in parts if '.' + e in IMAGE_EXTS and isinstance(parts[e], bytes)), None)
     caps, extra = [], {}
-    if 'txt' in parts: caps = [decode_text(parts['txt'])]
-    if 'json' in parts:
-        try: meta = json.loads(decode_text(parts['json']))
-        except json.JSONDecodeError as e: meta, extra['json_error'] = {}, f'malformed JSON in {key}.json: {e.msg}'
+    if isinstance(parts.get('txt'), bytes): caps = [decode_text(parts['txt'])]
+    if isinstance(parts.get('json'), bytes):
+        try:
+            meta = parse_json(decode_text(parts['json']), f'{key}.json')
+        except VLLabError as e:
+            meta, extra['json_error'] = {}, str(e)
         if isinstance(meta, dict):
             c = meta.pop('captions', None) or meta.pop('caption', None) or meta.pop('text', None) or meta.pop('txt', None)
             if not caps and c is not None: caps = c if isinstance(c, list) else [c]
             extra.update(meta)
-    src = f"{shard.name}:{key}.{img_ext}" if img_ext else f"{shard.name}:{key}"
-    ref = ImageRef(source=src, data=parts[img_ext]) if img_ext else ImageRef(source=src, error='no image in the sample')
-    return Record(id=f"{shard.stem}/{key}", image=ref, captions=[str(c) for c in caps], split=extra.pop('split', None), extra=extra)
+    links = [f'{key}.{e} is a {k}' for e, k in parts.items() if isinstance(k, str)]
+    if img_ext:
+        return Record(id=f"{shard.stem}/{key}", image=ImageRef(source=f"{shard.name}:{key}.{img_ext}", data=parts[img_ext]),
+                      captions=list(caps), split=extra.pop('split', None), extra=extra)
+    why = f"no image in the sample{' (' + '; '.join(links) + ', refused)' if links else ''}"
+    return Record(id=f"{shard.stem}/{key}", image=ImageRef(source=f"{shard.name}:{key}", error=why),
+                  captions=list(caps), split=extra.pop('split', None), extra=extra)
 
 def load_webdataset(shards) -> Iterator[Record]:
-    "Records streamed from WebDataset tar shards (one path, a folder of .tar files, or a list)."
+    """Records streamed from WebDataset tar shards (one path, a folder of .tar files, or a list). A member that is a
+    link or a special file is never read, but it still makes a sample: a sample of nothing else is a refused record."""
     if isinstance(shards, (str, Path)):
         p = Path(shards)
         shards = sorted(p.glob('*.tar')) if p.is_dir() else [p]
@@ -162,20 +245,21 @@ def load_webdataset(shards) -> Iterator[Record]:
         key, parts = None, {}
         with tf:
             for m in tf:
-                if not m.isfile(): continue
+                if m.isdir(): continue
                 name = m.name.lstrip('./')
                 base = name.rsplit('/', 1)[-1]
                 k, _, ext = base.partition('.')
                 k = name[:len(name) - len(base)] + k
                 if key is not None and k != key:
-                    yield _wds_record(shard, key, parts); parts = {}
+                    yield _wds_record(shard, key, parts)
+                    parts = {}
                 key = k
-                parts[ext.lower()] = tf.extractfile(m).read()
+                parts[ext.lower()] = tf.extractfile(m).read() if m.isfile() else _member_kind(m)
             if key is not None: yield _wds_record(shard, key, parts)
 
 # %% ../nbs/02_data.ipynb #f769659f
 def load_imagefolder(root) -> Iterator[Record]:
-    "Records of an image folder described by metadata.jsonl file(s)."
+    "Records of an image folder described by metadata.jsonl file(s); a line that is not an object is a refused record."
     root = Path(root)
     metas = [root / 'metadata.jsonl'] if (root / 'metadata.jsonl').exists() else sorted(root.glob('*/metadata.jsonl'))
     if not metas: raise VLLabError(f"{root}: no metadata.jsonl")
@@ -184,11 +268,15 @@ def load_imagefolder(root) -> Iterator[Record]:
         split = folder.name if folder != root else None
         for n, line in enumerate(decode_text(meta.read_bytes()).splitlines(), start=1):
             if not line.strip(): continue
-            try: row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise VLLabError(f"{meta}: malformed JSON at line {n}, column {e.colno}: {e.msg}") from None
-            rel = str(row.pop('file_name', '') or '')
+            row = parse_json(line, f"{meta} line {n}")
+            if not isinstance(row, dict):
+                yield refused(f"{meta.name}:{n}", f"{meta.name} line {n} is {_kind(row)}, not an object")
+                continue
+            rel = row.pop('file_name', '') or ''
             caps = row.pop('captions', None) or row.pop('caption', None) or row.pop('text', None) or []
+            if not isinstance(rel, str):
+                yield refused(f"{meta.name}:{n}", f"{meta.name} line {n}: file_name is {_kind(rel)}, not text")
+                continue
             p, err = resolve_inside(root, (folder.relative_to(root) / rel).as_posix() if rel else '')
             yield Record(id=(folder.relative_to(root) / rel).as_posix() if rel else f"{meta.name}:{n}",
                          image=ImageRef(source=rel, path=p, error=err), captions=caps if isinstance(caps, list) else [caps],
@@ -213,7 +301,7 @@ def detect_format(input) -> str:
     if suf == '.json':
         d = read_json(p)
         if isinstance(d, dict) and 'annotations' in d: return 'coco'
-        if isinstance(d, dict) and isinstance(d.get('images'), list) and (not d['images'] or 'sentences' in d['images'][0]): return 'karpathy'
+        if isinstance(d, dict) and isinstance(d.get('images'), list) and (not d['images'] or (isinstance(d['images'][0], dict) and 'sentences' in d['images'][0])): return 'karpathy'
     raise VLLabError(f"{p}: cannot tell the corpus format; name it with --format ({', '.join(FORMATS)})")
 
 def load_records(input, format: str | None = None, image_root=None, **opts) -> Iterator[Record]:

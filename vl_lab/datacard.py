@@ -12,7 +12,7 @@ import numpy as np
 from PIL import Image
 
 from .core import VLLabError
-from .data import read_json
+from .data import read_json, resolve_inside
 from .page import fig_html, render, table_html, thumb_html
 from .synthetic import CAPTION_NOISE, IMAGE_NOISE
 
@@ -110,7 +110,9 @@ _CARDS = """<div class="grid">{% for c in cards %}<div class="card">
 </div>{% endfor %}</div>"""
 
 def _card(data_dir, im, caps, tag, note=None):
-    img = open_image(Path(data_dir) / 'images' / im['file_name'])
+    # through the loaders' one safe-path function: an absolute or escaping file_name shows no thumbnail
+    path, _ = resolve_inside(Path(data_dir) / 'images', im['file_name'], boundary=data_dir)
+    img = open_image(path) if path is not None else None
     return dict(thumb=thumb_html(img, alt=im['file_name']) if img else None, file=im['file_name'], tag=tag,
                 captions=caps, note=note)
 

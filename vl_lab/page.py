@@ -21,10 +21,16 @@ def render(template: str, **ctx) -> Markup:
     return Markup(_ENV.from_string(template).render(**ctx))
 
 def fig_html(fig, alt: str = '', dpi: int = 100) -> Markup:
-    "A matplotlib figure as an embedded PNG `<img>`; the figure is closed."
+    """A matplotlib figure as an embedded PNG `<img>`; the figure is closed. Its text is drawn as it is, never parsed
+    as mathtext: class names and captions are data, and `$\\undefinedmacro{$` in one would stop the report."""
+    import matplotlib as mpl
     import matplotlib.pyplot as plt
+    from matplotlib.text import Text
     buf = io.BytesIO()
-    fig.savefig(buf, format='png', dpi=dpi, bbox_inches='tight')
+    with mpl.rc_context({'text.parse_math': False}):  # texts made while drawing (tick labels) ...
+        for t in fig.findobj(Text):  # ... and the texts the figure already has
+            t.set_parse_math(False)
+        fig.savefig(buf, format='png', dpi=dpi, bbox_inches='tight')
     plt.close(fig)
     return render('<img class="fig" alt="{{ alt }}" src="data:image/png;base64,{{ b64 }}">',
                   alt=alt, b64=base64.b64encode(buf.getvalue()).decode())

@@ -15,7 +15,8 @@ from .core import VLLabError, dir_sha256, write_json
 
 # %% auto #0
 __all__ = ['PLAN_KEYS', 'EXP_KEYS', 'RUN_FILES', 'PRESENTATION', 'read_plan', 'PlannedRun', 'code_hash', 'corpus_kinds',
-           'plan_runs', 'is_complete', 'notebook_html', 'execute_run', 'plan_corpora', 'run_plan']
+           'notebook_parameters', 'check_params', 'plan_runs', 'is_complete', 'notebook_html', 'execute_run',
+           'plan_corpora', 'run_plan']
 
 # %% ../nbs/41_runner.ipynb #052d4a8d
 PLAN_KEYS, EXP_KEYS = {'corpus', 'preset', 'experiments', 'timeout'}, {'name', 'notebook', 'seeds', 'params', 'requires', 'preset'}
@@ -85,6 +86,34 @@ def corpus_kinds(plan: dict) -> list[str]:
         kinds |= {v for v in (p.get('data', 'clean'), p.get('eval_data')) if v in ('raw', 'clean', 'consistent')}
     return sorted(kinds)
 
+def notebook_parameters(notebook: Path) -> set[str]:
+    "The names the `parameters`-tagged cell of `notebook` assigns (papermill's parameters), read without running it."
+    import ast
+    import nbformat
+    nb = nbformat.read(str(notebook), as_version=4)
+    cell = next((c for c in nb.cells if 'parameters' in c.get('metadata', {}).get('tags', [])), None)
+    names = set()
+    for node in ast.parse(cell.source).body if cell is not None else []:
+        targets = node.targets if isinstance(node, ast.Assign) else [node.target] if isinstance(node, ast.AnnAssign) else []
+        names |= {n.id for t in targets for n in ast.walk(t) if isinstance(n, ast.Name)}
+    return names
+
+def check_params(name: str, notebook: Path, params) -> None:
+    """A one-line error, before any run starts, unless `params` is a mapping whose keys are parameters `notebook`
+    declares (the names its `parameters` cell assigns): a key is pasted into that cell as code, so a key that is not
+    an identifier the notebook declares could run anything."""
+    if not isinstance(params, dict): raise VLLabError(f"experiment {name}: params must be a mapping, not {type(params).__name__}")
+    try:
+        declared = notebook_parameters(notebook)
+    except Exception as e:  # not a notebook, a parameters cell that does not parse: one line, not a traceback
+        raise VLLabError(f"experiment {name}: cannot read the parameters of {notebook}: {str(e)[:200]}") from None
+    for k in params:
+        if not isinstance(k, str) or not k.isidentifier():
+            raise VLLabError(f"experiment {name}: parameter name {str(k)[:60]!r} is not an identifier")
+        if k not in declared:
+            raise VLLabError(f"experiment {name}: {notebook} declares no parameter {k!r} "
+                             f"(it declares: {', '.join(sorted(declared))})")
+
 def plan_runs(plan: dict, corpora: dict, out: Path, preset: str | None = None, only: str | None = None) -> list[PlannedRun]:
     "Every run of the plan with its content-hash id: sha256 of notebook, parameters, library code and data."
     code, data_hashes, runs, by_name = code_hash(), {}, [], {}
@@ -92,6 +121,7 @@ def plan_runs(plan: dict, corpora: dict, out: Path, preset: str | None = None, o
         nb = Path(e['notebook'])
         if not nb.is_file(): raise VLLabError(f"experiment {e['name']}: no notebook {nb}")
         skip = f"needs the package {e['requires']}" if e.get('requires') and importlib.util.find_spec(e['requires']) is None else ''
+        check_params(e['name'], nb, e.get('params') or {})
         params = dict(e.get('params') or {})
         corpus = lambda v: Path(corpora.get(v, v)).resolve()
         data = corpus(params.get('data', 'clean'))
