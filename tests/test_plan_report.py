@@ -20,7 +20,8 @@ NAMES = ['dual-encoder-clean'] * 2 + ['dual-encoder-raw'] * 2 + ['dual-encoder-c
 def lab(tmp_path_factory):
     d = tmp_path_factory.mktemp('lab')
     synth(d / 'shapes', synth_config(n_images=160, seed=2), progress=False)
-    bad = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell('seed = 0', metadata={'tags': ['parameters']}),
+    params = nbformat.v4.new_code_cell("seed = 0\ndata = ''\nteacher = ''", metadata={'tags': ['parameters']})
+    bad = nbformat.v4.new_notebook(cells=[params,
                                           nbformat.v4.new_code_cell("raise ValueError('this notebook fails on purpose')")])
     nbformat.write(bad, d / 'failing.ipynb')
     nb = str(ROOT / 'nbs' / 'experiments' / 'train_eval.ipynb')
@@ -43,6 +44,14 @@ def lab(tmp_path_factory):
 def test_plan_runs_and_failure_is_reported(lab):
     d, r = lab
     assert r.returncode == 1 and "2 run(s) failed: broken seed 0" in r.stderr and 'Traceback' not in r.stderr
+
+
+def test_the_page_describes_the_plans_corpus_and_makes_no_other(lab):
+    "A plan naming `corpus: DIR` and no --data: the data card is DIR's, and no default corpus appears in the cwd."
+    d, _ = lab
+    html = (d / 'reports' / 'index.html').read_text()
+    assert f"data: {d / 'shapes'}" in html
+    assert not (d / 'data').exists()
     index = json.loads((d / 'reports' / 'runs' / 'index.json').read_text())
     assert [x['name'] for x in index['runs']] == NAMES
     assert [x['status'] for x in index['runs']] == ['done'] * 6 + ['failed'] * 2 + ['done'] * 5
@@ -125,7 +134,8 @@ def test_dead_kernel_and_timeout_are_failed_runs_with_their_cause(lab, tmp_path)
     cells = {'dies': "import os, signal; os.kill(os.getpid(), signal.SIGKILL)", 'hangs': "import time; time.sleep(600)"}
     exps = []
     for name, code in cells.items():
-        nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell('seed = 0', metadata={'tags': ['parameters']}), nbformat.v4.new_code_cell(code)])
+        params = nbformat.v4.new_code_cell("seed = 0\ndata = ''", metadata={'tags': ['parameters']})
+        nb = nbformat.v4.new_notebook(cells=[params, nbformat.v4.new_code_cell(code)])
         nbformat.write(nb, tmp_path / f'{name}.ipynb')
         exps.append(dict(name=name, notebook=str(tmp_path / f'{name}.ipynb'), params=dict(data='raw')))
     (tmp_path / 'plan.yaml').write_text(yaml.safe_dump(dict(corpus=str(d / 'shapes'), experiments=exps)))
