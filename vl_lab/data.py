@@ -82,11 +82,14 @@ def refused(source: str, why: str, rule: str = 'malformed_entry', id: str = '') 
     return Record(id=id or source, image=ImageRef(source=source, error=why, rule=rule), captions=[])
 
 def resolve_inside(root: Path, rel: str, boundary: Path | None = None) -> tuple[Path | None, str | None]:
-    """The file `rel` under `root`, or an error when it is absolute or its real path (symlinks resolved) is outside
-    `boundary` (default `root`): `../`, a linked file or a linked folder anywhere on the way."""
+    """The file `rel` under `root`, or an error when it is absolute, climbs out of `root` (`../`), or its real path
+    (links resolved: a linked file, or a linked folder anywhere on the way, `root` itself included) is outside
+    `boundary` (default `root`)."""
     if not isinstance(rel, str): return None, f'image path is a {type(rel).__name__}, not text'
     if not rel: return None, 'empty image path'
     if os.path.isabs(rel) or rel.startswith(('/', '\\')): return None, f'absolute image path refused: {rel}'
+    if os.path.normpath(rel).replace('\\', '/').split('/')[0] == '..':
+        return None, f'image path escapes the dataset root: {rel}'
     bound = Path(boundary if boundary is not None else root).resolve()
     p = (Path(root) / rel).resolve()
     if p != bound and bound not in p.parents: return None, f'image path escapes the dataset root: {rel}'
