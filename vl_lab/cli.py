@@ -89,7 +89,8 @@ def _cmd_export(args):
 
 def _cmd_serve(args):
     from vl_lab.serve import serve
-    serve(args.run_dir, host=args.host, port=args.port, backend=args.backend, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms)
+    serve(args.run_dir, host=args.host, port=args.port, backend=args.backend, max_batch=args.max_batch,
+          max_wait_ms=args.max_wait_ms, max_pixels=args.max_pixels, max_decodes=args.max_decodes)
 
 def _cmd_report(args):
     from vl_lab.report import build_report
@@ -168,13 +169,20 @@ def make_parser() -> argparse.ArgumentParser:
     x.add_argument('--int8', action='store_true', help='also INT8 of the ONNX files: dynamic, and the image encoder static (calibrated on validation images)')
     x.add_argument('--table', action='store_true', help='fp32 / ONNX / INT8 dynamic and static / pruned: size, latency, test R@1 (export/deployment.json)')
     x.set_defaults(func=_cmd_export)
-    v = sub.add_parser('serve', help='serve a run over HTTP (FastAPI): /multimodal/inference, /embed/image, /embed/text')
+    v = sub.add_parser('serve', help='serve a run over HTTP (FastAPI): /multimodal/inference, /embed/image, /embed/text',
+                       description='Serve a run over HTTP. Each image must decode to at most --max-pixels 8-bit pixels '
+                       '(16- and 32-bit pixels count twice; a JPEG decodes at 1/2..1/8 scale first and is counted '
+                       'at that size), else 413; at most --max-decodes images decode at once.')
     v.add_argument('run_dir', type=Path, help='a run folder made by vl-lab train')
     v.add_argument('--host', default='127.0.0.1', help='address to bind (default %(default)s: this machine only)')
     v.add_argument('--port', type=int, default=8000, help='port (default %(default)s)')
     v.add_argument('--backend', choices=['torch', 'onnx', 'onnx-int8', 'onnx-int8-static'], default='torch', help='encoder backend (default %(default)s)')
     v.add_argument('--max-batch', type=_positive_int, default=32, help='items per batched forward pass of concurrent requests (1: no batching; default %(default)s)')
     v.add_argument('--max-wait-ms', type=float, default=2.0, help='longest wait for concurrent requests to join a batch (default %(default)s)')
+    v.add_argument('--max-pixels', type=_positive_int, default=4096 * 4096,
+                   help='pixel budget of one image, in 8-bit pixels (default %(default)s = 4096x4096)')
+    v.add_argument('--max-decodes', type=_positive_int, default=2,
+                   help='images decoded at the same time, at most (default %(default)s)')
     v.set_defaults(func=_cmd_serve)
     r = sub.add_parser('report', help='render the lab report (generating the default corpus if it is missing)')
     r.add_argument('--plan', type=Path, default=Path('lab.yaml'), help='experiment plan (default %(default)s; none: the data card only)')
