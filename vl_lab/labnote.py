@@ -261,7 +261,8 @@ def conclusions_section(runs, metric=('retrieval', 't2i_R@1')) -> dict:
         if probe[2] and weak_score(acc[0], ch):
             why = (f" The image embedding does not hold it either: a linear probe reads it at {probe[0]:.3f}, so the image "
                    f"tower has not learned it and no prompt can find it." if weak_score(probe[0], ch) else
-                   f" The image embedding holds it (a linear probe reads it at {probe[0]:.3f}): the prompts fail, not the tower.")
+                   f" The image embedding holds it better (a linear probe reads it at {probe[0]:.3f}): "
+                   f"the prompts, not the tower, lose the difference.")
         elif probe[2]: why = f" A linear probe on the image embedding reads it at {probe[0]:.3f}."
         items.append(f"Zero-shot, {_zs(g[zs][0], t, 'what')} ({zs}): accuracy {fmt_ms(*acc)} against {ch:.3f} for the majority "
                      f"class: {'better than' if better else 'not measurably better than'} guessing.{why}")
