@@ -291,7 +291,8 @@ def next_steps_section(runs) -> dict:
             probes = [p for _, _, p in accs if not math.isnan(p)]
             if probes and not weak_score(max(probes), ch):
                 items.append(f"The image embeddings hold {what} (linear probe up to {max(probes):.2f}) but the prompts do not "
-                             f"find it (accuracy {seen}; majority class {ch:.2f}): write prompts closer to the captions.")
+                             f"find it (accuracy {seen}; majority class {ch:.2f}): write prompts closer to the "
+                             f"captions.")
             else:
                 read = f" and a linear probe reads it at {max(probes):.2f}" if probes else ''
                 items.append(f"No model tells {what} well yet (accuracy {seen}; majority class {ch:.2f}{read}): give the "
