@@ -224,12 +224,14 @@ def evaluate_run(run_dir, data=None, split: str = 'test', device: str | None = N
     L = cfg.model.max_len
     out, examples = dict(split=split, data=str(data), images=len(ds), skipped=dict(ds.skipped), tasks=model.tasks), {}
     img, txt, owner, caps = embed_split(model, tok, ds, L, device)
+    # the run's own training split: the linear probes' training images and the VQA language prior (read once)
+    needs_train = {'contrastive', 'vqa'} & set(model.tasks)
+    train_recs = split_records(list(load_records(cfg.data)), 'train') if needs_train else []
     if 'contrastive' in model.tasks:
         out['retrieval'] = retrieval_metrics(img, txt, owner)
         examples.update(_examples(txt @ img.t(), owner, caps, ds))
         if tasks := zero_shot_tasks(ds.records):
-            # the linear probe's training images: at most PROBE_IMAGES of the run's own training split
-            train_ds = PairDataset(split_records(list(load_records(cfg.data)), 'train')[:PROBE_IMAGES], cfg.transform, train=False)
+            train_ds = PairDataset(train_recs[:PROBE_IMAGES], cfg.transform, train=False)  # the probes' images
             train_tasks = zero_shot_tasks(train_ds.records) if len(train_ds) else {}
             train_img = embed_split(model, tok, train_ds, L, device)[0] if train_tasks else None
             out['zero_shot'] = {k: zero_shot(model, tok, img, t, L, device,
@@ -243,7 +245,6 @@ def evaluate_run(run_dir, data=None, split: str = 'test', device: str | None = N
         out['captioning'] = caption_metrics(refs, dict(enumerate(hyps))) | dict(num_beams=num_beams, distinct=len(set(hyps)) / max(len(hyps), 1))
         examples['captions'] = [dict(image=r.image.source, generated=h, references=r.captions) for r, h in list(zip(ds.records, hyps))[:8]]
     if 'vqa' in model.tasks:
-        train_recs = split_records(list(load_records(cfg.data)), 'train')
         if v := vqa_eval(model, tok, ds, answers, L, device, train_recs):
             preds = v.pop('predictions')
             items = [(r, q) for r in ds.records for q in r.extra.get('questions', [])]
