@@ -17,17 +17,22 @@ venv:
 report: venv  ## the lab report: reports/index.html (makes data/shapes first if it is missing)
 	$(BIN)/vl-lab report
 
-test: venv  ## every gate: notebooks and package in sync, notebooks clean, notebook tests, pytest
+test: venv  ## every gate: notebooks and package in sync, notebooks clean, lint and format, notebook tests, pytest
 	$(BIN)/python tools/check_nbdev.py
+	$(BIN)/ruff check vl_lab tests bench tools
+	$(BIN)/ruff format --check vl_lab tests bench tools
 	# two notebooks run at once: one thread each, or their OpenMP threads spin against each other on 2 cores
 	OMP_NUM_THREADS=1 $(BIN)/nbdev_test --n_workers 2 --timing
 	$(BIN)/python -m pytest -q tests
 
-check: venv
+check: venv  ## the quick gates: notebooks and package in sync, lint and format
 	$(BIN)/python tools/check_nbdev.py
+	$(BIN)/ruff check vl_lab tests bench tools
+	$(BIN)/ruff format --check vl_lab tests bench tools
 
 export: venv  ## regenerate vl_lab/ from the notebooks and clean the notebooks
 	$(BIN)/nbdev_export
+	$(BIN)/ruff format -q vl_lab
 	$(BIN)/nbdev_clean
 
 lab: venv  ## JupyterLab on 127.0.0.1 (token auth) with the project's .venv as the kernel; as root too, as in ML containers

@@ -5,7 +5,12 @@ On the default shapes corpus (made in a temporary folder), every image is checke
 size). Prints pairs/s for each (5 captions per image) and their ratio (aim: at least 5x). Then times the whole
 `vl-lab clean` with 1 and 2 worker processes.
 """
-import io, subprocess, sys, tempfile, time
+
+import io
+import subprocess
+import sys
+import tempfile
+import time
 from pathlib import Path
 
 from PIL import Image
@@ -33,7 +38,9 @@ def naive_check(data):
 def rate(f, blobs, pairs, repeat=3):
     best = float('inf')
     for _ in range(repeat):
-        t = time.perf_counter(); out = [f(b) for b in blobs]; best = min(best, time.perf_counter() - t)
+        t = time.perf_counter()
+        out = [f(b) for b in blobs]
+        best = min(best, time.perf_counter() - t)
     return pairs / best, out
 
 
@@ -52,6 +59,10 @@ with tempfile.TemporaryDirectory() as d:
     cli = str(Path(sys.executable).parent / 'vl-lab')
     for w in (1, 2):
         t = time.perf_counter()
-        subprocess.run([cli, 'clean', str(raw), f'{d}/clean{w}', '--workers', str(w), '--quiet'], check=True, capture_output=True)
+        subprocess.run(
+            [cli, 'clean', str(raw), f'{d}/clean{w}', '--workers', str(w), '--quiet'], check=True, capture_output=True
+        )
         el = time.perf_counter() - t
-        print(f'vl-lab clean (all default rules, {w} worker{"s" if w > 1 else ""}): {el:.1f} s, {pairs / el:.0f} pairs/s')
+        print(
+            f'vl-lab clean (all default rules, {w} worker{"s" if w > 1 else ""}): {el:.1f} s, {pairs / el:.0f} pairs/s'
+        )

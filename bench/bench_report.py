@@ -9,7 +9,14 @@ Aims: the default plan under 10 minutes on 2 cores (ratio to that budget printed
 `--twice` builds the default plan twice from cold at the same path and checks that every run's metrics.json is
 byte-identical, naming any that differs and whether it differs only in measured times (latencies, keys *_ms).
 """
-import argparse, hashlib, json, os, subprocess, tempfile, time
+
+import argparse
+import hashlib
+import json
+import os
+import subprocess
+import tempfile
+import time
 from pathlib import Path
 
 import yaml
@@ -20,11 +27,23 @@ ap.add_argument('--jobs', type=int, default=2)
 ap.add_argument('--smoke-only', action='store_true')
 ap.add_argument('--twice', action='store_true')
 args = ap.parse_args()
-SMOKE = dict(preset='cpu-tiny', experiments=[
-    dict(name='dual-encoder-rules', notebook='nbs/experiments/train_eval.ipynb', seeds=[0, 1],
-         params=dict(data='clean', eval_data='clean', overrides=['epochs=1', 'max_val=100'])),
-    dict(name='dual-encoder-raw', notebook='nbs/experiments/train_eval.ipynb', seeds=[0, 1],
-         params=dict(data='raw', eval_data='clean', overrides=['epochs=1', 'max_val=100']))])
+SMOKE = dict(
+    preset='cpu-tiny',
+    experiments=[
+        dict(
+            name='dual-encoder-rules',
+            notebook='nbs/experiments/train_eval.ipynb',
+            seeds=[0, 1],
+            params=dict(data='clean', eval_data='clean', overrides=['epochs=1', 'max_val=100']),
+        ),
+        dict(
+            name='dual-encoder-raw',
+            notebook='nbs/experiments/train_eval.ipynb',
+            seeds=[0, 1],
+            params=dict(data='raw', eval_data='clean', overrides=['epochs=1', 'max_val=100']),
+        ),
+    ],
+)
 
 
 # Both builds of --twice use the same clone path: run ids and metrics.json name the corpus by its absolute path, so
@@ -34,8 +53,10 @@ WORK = Path(tempfile.mkdtemp(prefix='bench_report-'))
 
 def untimed(x):
     "A metrics tree without its measured times (keys ending in _ms): what must not change between two builds."
-    if isinstance(x, dict): return {k: untimed(v) for k, v in x.items() if not k.endswith('_ms')}
-    if isinstance(x, list): return [untimed(v) for v in x]
+    if isinstance(x, dict):
+        return {k: untimed(v) for k, v in x.items() if not k.endswith('_ms')}
+    if isinstance(x, list):
+        return [untimed(v) for v in x]
     return x
 
 
@@ -47,16 +68,29 @@ def cold(plan_name, plan=None, budget_min=None) -> dict:
     if plan:
         (clone / 'smoke.yaml').write_text(yaml.safe_dump(plan))
     t = time.perf_counter()
-    r = subprocess.run([str(clone / '.venv' / 'bin' / 'vl-lab'), 'report', '--plan', plan_name, '--jobs', str(args.jobs)],
-                       cwd=clone, capture_output=True, text=True)
+    r = subprocess.run(
+        [str(clone / '.venv' / 'bin' / 'vl-lab'), 'report', '--plan', plan_name, '--jobs', str(args.jobs)],
+        cwd=clone,
+        capture_output=True,
+        text=True,
+    )
     el = time.perf_counter() - t
     tail = r.stdout.strip().splitlines()[-1] if r.stdout.strip() else r.stderr.strip()[-300:]
     ratio = f', {el / 60 / budget_min:.2f}x the {budget_min}-minute budget' if budget_min else ''
-    print(f'cold report, {plan_name} (--jobs {args.jobs}): {el:.0f} s = {el / 60:.1f} min{ratio}, exit {r.returncode}; '
-          f'{tail}', flush=True)
+    print(
+        f'cold report, {plan_name} (--jobs {args.jobs}): {el:.0f} s = {el / 60:.1f} min{ratio}, exit {r.returncode}; '
+        f'{tail}',
+        flush=True,
+    )
     runs = sorted((clone / 'reports' / 'runs').glob('*/metrics.json'))
-    out = {p.parent.name: (hashlib.sha256(p.read_bytes()).hexdigest(), untimed(json.loads(p.read_text())),
-                           json.loads((p.parent / 'run.json').read_text())['name']) for p in runs}
+    out = {
+        p.parent.name: (
+            hashlib.sha256(p.read_bytes()).hexdigest(),
+            untimed(json.loads(p.read_text())),
+            json.loads((p.parent / 'run.json').read_text())['name'],
+        )
+        for p in runs
+    }
     subprocess.run(['rm', '-rf', str(clone)], check=True)
     return out
 
@@ -67,9 +101,13 @@ if not args.smoke_only:
     if args.twice:
         second = cold('lab.yaml', budget_min=10)
         same = [k for k, v in second.items() if k in first and first[k][0] == v[0]]
-        print(f'two cold builds: {len(same)} of {len(second)} metrics.json files byte-identical '
-              f'(run ids in common: {len(first.keys() & second.keys())})')
+        print(
+            f'two cold builds: {len(same)} of {len(second)} metrics.json files byte-identical '
+            f'(run ids in common: {len(first.keys() & second.keys())})'
+        )
         for k in sorted(second.keys() - set(same)):
             only_times = k in first and first[k][1] == second[k][1]
-            print(f'  differs: {second[k][2]} ({k}): {"only in measured times (*_ms)" if only_times else "NOT only in times"}')
+            print(
+                f'  differs: {second[k][2]} ({k}): {"only in measured times (*_ms)" if only_times else "NOT only in times"}'
+            )
 WORK.rmdir()

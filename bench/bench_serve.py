@@ -19,7 +19,19 @@ of good-request throughputs printed. Exit status 1 when a check fails.
 Without RUN_DIR a `cpu-tiny` contrastive run is trained on a 160-image corpus in a temporary folder first, and exported
 to ONNX fp32 and INT8 (dynamic, and static for the image encoder), so all four backends are measured.
 """
-import argparse, asyncio, collections, io, os, socket, struct, subprocess, sys, tempfile, time, zlib
+
+import argparse
+import asyncio
+import collections
+import io
+import os
+import socket
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+import zlib
 from pathlib import Path
 
 import httpx
@@ -38,15 +50,20 @@ def free_port():
 
 
 def start(run_dir, backend, port, max_batch, log):
-    code = (f"from vl_lab.serve import serve; serve({str(run_dir)!r}, host='127.0.0.1', port={port}, "
-            f"backend={backend!r}, max_batch={max_batch})")
+    code = (
+        f"from vl_lab.serve import serve; serve({str(run_dir)!r}, host='127.0.0.1', port={port}, "
+        f"backend={backend!r}, max_batch={max_batch})"
+    )
     p = subprocess.Popen([sys.executable, '-c', code], stdout=subprocess.DEVNULL, stderr=log)  # a file: never blocks
     url, t0 = f'http://127.0.0.1:{port}', time.time()
     while time.time() - t0 < 120:
-        if p.poll() is not None: raise RuntimeError(f'the service exited: {Path(log.name).read_text()[-1000:]}')
+        if p.poll() is not None:
+            raise RuntimeError(f'the service exited: {Path(log.name).read_text()[-1000:]}')
         try:
-            if httpx.get(url + '/health', timeout=1).status_code == 200: return p, url
-        except httpx.TransportError: time.sleep(0.2)
+            if httpx.get(url + '/health', timeout=1).status_code == 200:
+                return p, url
+        except httpx.TransportError:
+            time.sleep(0.2)
     p.terminate()
     raise RuntimeError('the service did not start in 120 s')
 
@@ -59,16 +76,24 @@ def encoded(img, fmt):
 
 def png_of(w, h, bits):
     "A valid greyscale PNG of w x h black pixels with `bits` per pixel (1 or 16): a few KB, huge when decoded."
-    def chunk(t, d): return struct.pack('>I', len(d)) + t + d + struct.pack('>I', zlib.crc32(t + d) & 0xffffffff)
+
+    def chunk(t, d):
+        return struct.pack('>I', len(d)) + t + d + struct.pack('>I', zlib.crc32(t + d) & 0xFFFFFFFF)
+
     z, row = zlib.compressobj(9), b'\x00' * (1 + (w * bits + 7) // 8)
     parts = [z.compress(row) for _ in range(h)] + [z.flush()]
-    return (b'\x89PNG\r\n\x1a\n' + chunk(b'IHDR', struct.pack('>IIBBBBB', w, h, bits, 0, 0, 0, 0))
-            + chunk(b'IDAT', b''.join(parts)) + chunk(b'IEND', b''))
+    return (
+        b'\x89PNG\r\n\x1a\n'
+        + chunk(b'IHDR', struct.pack('>IIBBBBB', w, h, bits, 0, 0, 0, 0))
+        + chunk(b'IDAT', b''.join(parts))
+        + chunk(b'IEND', b'')
+    )
 
 
 def good_pool(n_scenes=24):
     "Distinct good requests (path, httpx kwargs): per scene one of each endpoint; every 4th image a JPEG."
     from vl_lab.scenes import make_scene, render_scene, scene_captions
+
     pool = []
     for i in range(n_scenes):
         s = make_scene(np.random.default_rng(i))
@@ -87,33 +112,45 @@ def bad_pool(a_png):
     text_field = {'texts': (None, 'a red circle')}
     return [
         ('lone surrogate', '/embed/text', dict(content=b'{"texts": ["a red \\ud800 circle"]}', headers=JSON)),
-        ('lone surrogate beside a good text', '/embed/text',
-         dict(content=b'{"texts": ["a blue square", "\\udfff"]}', headers=JSON)),
+        (
+            'lone surrogate beside a good text',
+            '/embed/text',
+            dict(content=b'{"texts": ["a blue square", "\\udfff"]}', headers=JSON),
+        ),
         ('empty text list', '/embed/text', dict(json={'texts': []})),
         ('blank text', '/embed/text', dict(json={'texts': ['   ']})),
         ('malformed JSON', '/embed/text', dict(content=b'{"texts": [', headers=JSON)),
         ('texts not a list', '/embed/text', dict(json={'texts': 5})),
         ('not an image', '/embed/image', dict(files={'image': ('a.png', b'hello, I am not an image' * 20)})),
-        ('not an image, with texts', '/multimodal/inference',
-         dict(files={'image': ('a.png', b'%PDF-1.4 not an image'), **text_field})),
+        (
+            'not an image, with texts',
+            '/multimodal/inference',
+            dict(files={'image': ('a.png', b'%PDF-1.4 not an image'), **text_field}),
+        ),
         ('truncated PNG', '/embed/image', dict(files={'image': ('a.png', a_png[:200])})),
         ('16-bit PNG 6000x6000', '/embed/image', dict(files={'image': ('a.png', png_of(6000, 6000, 16))})),
-        ('bomb PNG 20000x20000', '/multimodal/inference',
-         dict(files={'image': ('a.png', png_of(20000, 20000, 1)), **text_field})),
+        (
+            'bomb PNG 20000x20000',
+            '/multimodal/inference',
+            dict(files={'image': ('a.png', png_of(20000, 20000, 1)), **text_field}),
+        ),
         ('no texts', '/multimodal/inference', dict(files={'image': ('a.png', a_png)})),
     ]
 
 
 def vectors(path, body):
     "The numbers of an answer, keyed: embeddings, or each text's score (and nothing else)."
-    if path == '/embed/text': return {i: v for i, v in enumerate(body['embeddings'])}
-    if path == '/embed/image': return {0: body['embedding']}
+    if path == '/embed/text':
+        return {i: v for i, v in enumerate(body['embeddings'])}
+    if path == '/embed/image':
+        return {0: body['embedding']}
     return {x['text']: [x['score']] for x in body['results']}
 
 
 def max_diff(a, b):
     "Largest absolute difference between two answers' numbers (inf when their keys differ)."
-    if a.keys() != b.keys(): return float('inf')
+    if a.keys() != b.keys():
+        return float('inf')
     return max(float(np.abs(np.subtract(a[k], b[k])).max()) for k in a)
 
 
@@ -133,8 +170,10 @@ async def poll_health(url, stop, polls):
     async with httpx.AsyncClient(base_url=url, timeout=2) as c:
         while not stop.is_set():
             t = time.perf_counter()
-            try: ok = (await c.get('/health')).json() == {'status': 'ok'}
-            except (httpx.HTTPError, ValueError): ok = False
+            try:
+                ok = (await c.get('/health')).json() == {'status': 'ok'}
+            except (httpx.HTTPError, ValueError):
+                ok = False
             polls.append((ok, time.perf_counter() - t))
             await asyncio.sleep(0.05)
 
@@ -146,10 +185,12 @@ async def load(url, plan, good, bad, concurrency, cap):
     stop, polls = asyncio.Event(), []
     poller = asyncio.create_task(poll_health(url, stop, polls))
     async with httpx.AsyncClient(base_url=url, timeout=60, limits=limits) as c:
+
         async def one(kind, i):
             path, kw = good[i] if kind == 'good' else bad[i][1:]
             async with sem:
-                if time.perf_counter() > t_end: return
+                if time.perf_counter() > t_end:
+                    return
                 t = time.perf_counter()
                 try:
                     r = await c.post(path, **kw)
@@ -157,6 +198,7 @@ async def load(url, plan, good, bad, concurrency, cap):
                     out.append((kind, i, r.status_code, body, time.perf_counter() - t))
                 except httpx.HTTPError as e:
                     out.append((kind, i, type(e).__name__, None, time.perf_counter() - t))
+
         t0 = time.perf_counter()
         await asyncio.gather(*(one(kind, i) for kind, i in plan))
         wall = time.perf_counter() - t0
@@ -175,7 +217,7 @@ def bench(run_dir, backend, good, bad, a, max_batch):
         p, url = start(run_dir, backend, free_port(), max_batch, log)
         try:
             lone = asyncio.run(alone(url, good))
-            asyncio.run(load(url, plan[:a.concurrency * 2], good, bad, a.concurrency, a.time_cap))  # warm-up
+            asyncio.run(load(url, plan[: a.concurrency * 2], good, bad, a.concurrency, a.time_cap))  # warm-up
             out, wall, polls = asyncio.run(load(url, plan, good, bad, a.concurrency, a.time_cap))
             alive = httpx.get(url + '/health', timeout=5).json() == {'status': 'ok'}
             b = httpx.get(url + '/model', timeout=5).json()['batching']
@@ -198,22 +240,32 @@ def bench(run_dir, backend, good, bad, a, max_batch):
     lat = np.array([x[4] for x in goods]) if goods else np.zeros(1)
     capped = f' (time cap {a.time_cap:.0f} s reached)' if len(out) < len(plan) else ''
     ok = not failed and n4 == len(bads) == n_bad and n5 == 0 and equal == len(goods) == a.requests and health_ok
-    print(f'{backend} batch<={max_batch}: {len(goods)} good + {len(bads)} bad requests at concurrency {a.concurrency} '
-          f'in {wall:.1f} s{capped}: {"OK" if ok else "FAILED"}')
+    print(
+        f'{backend} batch<={max_batch}: {len(goods)} good + {len(bads)} bad requests at concurrency {a.concurrency} '
+        f'in {wall:.1f} s{capped}: {"OK" if ok else "FAILED"}'
+    )
     examples = ', '.join(f'{good[i][0]}: {s}' for _, i, s, _, _ in failed[:3])
     print(f'  good requests that failed: {len(failed)} (must be 0){"; e.g. " + examples if failed else ""}')
-    print(f'  bad requests answered 4xx: {n4}/{len(bads)} (must be all); 5xx: {n5} (must be 0); '
-          f'by status {dict(sorted(by_status.items(), key=str))}{"; not 4xx: " + ", ".join(wrong) if wrong else ""}')
-    print(f'  good answers equal to the same request alone: {equal}/{len(goods)} '
-          f'(max abs diff {max(diffs, default=0):.1e}, tolerance {TOL:.0e})'
-          f'{"; unequal by endpoint " + str(dict(unequal)) if unequal else ""}')
+    print(
+        f'  bad requests answered 4xx: {n4}/{len(bads)} (must be all); 5xx: {n5} (must be 0); '
+        f'by status {dict(sorted(by_status.items(), key=str))}{"; not 4xx: " + ", ".join(wrong) if wrong else ""}'
+    )
+    print(
+        f'  good answers equal to the same request alone: {equal}/{len(goods)} '
+        f'(max abs diff {max(diffs, default=0):.1e}, tolerance {TOL:.0e})'
+        f'{"; unequal by endpoint " + str(dict(unequal)) if unequal else ""}'
+    )
     slowest = max((t for _, t in polls), default=float('nan'))
-    print(f'  /health answered throughout: {"yes" if health_ok else "NO"} ({sum(ok for ok, _ in polls)}/{len(polls)} '
-          f'polls every 50 ms answered, slowest {1e3 * slowest:.0f} ms; after the load: {"ok" if alive else "FAILED"})')
-    print(f'  good requests: {len(goods) / wall:.1f} req/s; p50 {1e3 * np.percentile(lat, 50):.1f} ms, '
-          f'p99 {1e3 * np.percentile(lat, 99):.1f} ms; {b["image_items"] / max(b["image_batches"], 1):.1f} images per '
-          f'forward pass; batches split by the error boundary: {b.get("batches_split", "n/a")}; '
-          f'tracebacks in the server log: {tracebacks}')
+    print(
+        f'  /health answered throughout: {"yes" if health_ok else "NO"} ({sum(ok for ok, _ in polls)}/{len(polls)} '
+        f'polls every 50 ms answered, slowest {1e3 * slowest:.0f} ms; after the load: {"ok" if alive else "FAILED"})'
+    )
+    print(
+        f'  good requests: {len(goods) / wall:.1f} req/s; p50 {1e3 * np.percentile(lat, 50):.1f} ms, '
+        f'p99 {1e3 * np.percentile(lat, 99):.1f} ms; {b["image_items"] / max(b["image_batches"], 1):.1f} images per '
+        f'forward pass; batches split by the error boundary: {b.get("batches_split", "n/a")}; '
+        f'tracebacks in the server log: {tracebacks}'
+    )
     return ok, len(goods) / wall
 
 
@@ -233,23 +285,29 @@ def main():
         if run_dir is None:
             from vl_lab.synthetic import synth, synth_config
             from vl_lab.train import resolve_config, train
+
             synth(Path(d) / 'data', synth_config('none', n_images=160), progress=False)
             run_dir = Path(d) / 'run'
             train(resolve_config('cpu-tiny', {'epochs': 1}, data=Path(d) / 'data'), run_dir, progress=False)
             if set(a.backends.split(',')) - {'torch'}:
                 from vl_lab.deploy import export_onnx, quantize_encoders
                 from vl_lab.evaluate import load_run
+
                 _, tok, cfg, _ = load_run(run_dir)
                 quantize_encoders(export_onnx(run_dir), cfg, tok)
-        print(f'run {run_dir.name}: {a.requests} good requests ({len(good)} distinct, 3 endpoints) + '
-              f'{round(a.bad_fraction * a.requests)} bad ({len(bad)} kinds) at concurrency {a.concurrency}, '
-              f'cap {a.time_cap:.0f} s per measurement, {os.cpu_count()} CPU cores')
+        print(
+            f'run {run_dir.name}: {a.requests} good requests ({len(good)} distinct, 3 endpoints) + '
+            f'{round(a.bad_fraction * a.requests)} bad ({len(bad)} kinds) at concurrency {a.concurrency}, '
+            f'cap {a.time_cap:.0f} s per measurement, {os.cpu_count()} CPU cores'
+        )
         ok = True
         for backend in a.backends.split(','):
             missing = [f for f in ONNX_FILES.get(backend, ()) if not (run_dir / 'export' / f).is_file()]
             if missing:
-                print(f'{backend}: skipped: no {", ".join(missing)} in {run_dir.name}/export '
-                      f'(run `vl-lab export RUN_DIR --onnx --int8` first)')
+                print(
+                    f'{backend}: skipped: no {", ".join(missing)} in {run_dir.name}/export '
+                    f'(run `vl-lab export RUN_DIR --onnx --int8` first)'
+                )
                 continue
             ok1, one = bench(run_dir, backend, good, bad, a, 1)  # the baseline: every request its own forward pass
             ok2, many = bench(run_dir, backend, good, bad, a, 32)

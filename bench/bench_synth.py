@@ -3,7 +3,11 @@
 Prints images/s for the whole command (process start, imports, drawing, encoding, writing) and, in the same run,
 for drawing alone (scene + render, no encoding or I/O), with their ratio: the share of time the corpus writer adds.
 """
-import subprocess, sys, tempfile, time
+
+import subprocess
+import sys
+import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -21,9 +25,12 @@ with tempfile.TemporaryDirectory() as d:
     size = sum(p.stat().st_size for p in Path(d, 'shapes').rglob('*') if p.is_file())
 
 t = time.perf_counter()
-for i in range(N): render_scene(make_scene(np.random.default_rng([0, i, 0])))
+for i in range(N):
+    render_scene(make_scene(np.random.default_rng([0, i, 0])))
 draw = time.perf_counter() - t
 
-print(f'vl-lab synth, {N} images (default noise): {full:.1f} s, {N / full:.0f} images/s, {size / 2**20:.1f} MiB on disk')
+print(
+    f'vl-lab synth, {N} images (default noise): {full:.1f} s, {N / full:.0f} images/s, {size / 2**20:.1f} MiB on disk'
+)
 print(f'drawing alone (same scenes, no encoding or writing): {N / draw:.0f} images/s')
 print(f'ratio whole command / drawing alone (time): {full / draw:.2f}x')

@@ -6,10 +6,13 @@ train_loop_s; evaluation and checkpoints excluded, as the plain loop has none). 
 ratio (aim: >= 0.95), then the achieved FLOP/s of the vl_lab loop (FLOPs of one step counted by torch's
 FlopCounterMode) against this machine's fp32 matmul rate, measured here too.
 """
-import json, sys, tempfile, time
+
+import json
+import sys
+import tempfile
+import time
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -29,8 +32,9 @@ def matmul_rate(n=1024, reps=20):
     a, b = torch.randn(n, n), torch.randn(n, n)
     a @ b
     t = time.perf_counter()
-    for _ in range(reps): a @ b
-    return 2 * n ** 3 * reps / (time.perf_counter() - t)
+    for _ in range(reps):
+        a @ b
+    return 2 * n**3 * reps / (time.perf_counter() - t)
 
 
 with tempfile.TemporaryDirectory() as d:
@@ -53,27 +57,35 @@ with tempfile.TemporaryDirectory() as d:
     for epoch in range(EPOCHS):
         sampler.set_epoch(epoch)
         loader = torch.utils.data.DataLoader(ds, batch_sampler=sampler, collate_fn=collate)
-        model.train(); t = time.perf_counter()
+        model.train()
+        t = time.perf_counter()
         for batch in loader:
             opt.zero_grad(set_to_none=True)
             loss, _ = compute_losses(model(batch), {})
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            opt.step(); sched.step(); plain_steps += 1
+            opt.step()
+            sched.step()
+            plain_steps += 1
         plain_s += time.perf_counter() - t
     # FLOPs of one training step (forward + backward) on one batch
     batch = collate([ds[(0, i)] for i in range(cfg.batch_size)])
     with FlopCounterMode(display=False) as fc:
-        loss, _ = compute_losses(model(batch), {}); loss.backward()
+        loss, _ = compute_losses(model(batch), {})
+        loss.backward()
     step_flops = fc.get_total_flops()
 
 assert steps == plain_steps, (steps, plain_steps)
 lab_rate, plain_rate = steps * cfg.batch_size / lab_s, plain_steps * cfg.batch_size / plain_s
 peak = matmul_rate()
-print(f'cpu-tiny dual encoder, batch {cfg.batch_size}, {steps} optimizer steps each ({EPOCHS} epochs of {len(ds)} images):')
+print(
+    f'cpu-tiny dual encoder, batch {cfg.batch_size}, {steps} optimizer steps each ({EPOCHS} epochs of {len(ds)} images):'
+)
 print(f'  vl_lab loop : {lab_rate:7.1f} pairs/s  ({lab_s:.1f} s)')
 print(f'  plain loop  : {plain_rate:7.1f} pairs/s  ({plain_s:.1f} s)')
 print(f'  ratio vl_lab / plain: {lab_rate / plain_rate:.3f} (aim: >= 0.95)')
 achieved = step_flops * steps / lab_s
-print(f'  FLOPs per step {step_flops / 1e9:.2f} G; achieved {achieved / 1e9:.1f} GFLOP/s; '
-      f'fp32 matmul here {peak / 1e9:.1f} GFLOP/s; ratio {achieved / peak:.3f}')
+print(
+    f'  FLOPs per step {step_flops / 1e9:.2f} G; achieved {achieved / 1e9:.1f} GFLOP/s; '
+    f'fp32 matmul here {peak / 1e9:.1f} GFLOP/s; ratio {achieved / peak:.3f}'
+)

@@ -1,4 +1,6 @@
-import os, shutil, subprocess, sys
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -9,9 +11,15 @@ VL_LAB = str(Path(sys.executable).parent / 'vl-lab')
 
 def run_cli(*args, cwd=None, check=False):
     "Run the installed `vl-lab` console script; returns the CompletedProcess."
-    r = subprocess.run([VL_LAB, *map(str, args)], capture_output=True, text=True, cwd=cwd,
-                       env={**os.environ, 'HF_HUB_OFFLINE': '1', 'MPLBACKEND': 'Agg'})
-    if check and r.returncode: raise AssertionError(f'vl-lab {args} failed ({r.returncode}): {r.stderr[-2000:]}')
+    r = subprocess.run(
+        [VL_LAB, *map(str, args)],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env={**os.environ, 'HF_HUB_OFFLINE': '1', 'MPLBACKEND': 'Agg'},
+    )
+    if check and r.returncode:
+        raise AssertionError(f'vl-lab {args} failed ({r.returncode}): {r.stderr[-2000:]}')
     return r
 
 
@@ -33,18 +41,28 @@ def heavy_corpus(tmp_path_factory):
 
 def png_of_size(w, h):
     "A valid 1-bit PNG of w x h blank pixels, written row by row (a few KB on disk, huge when decoded)."
-    import struct, zlib
-    def chunk(t, d): return struct.pack('>I', len(d)) + t + d + struct.pack('>I', zlib.crc32(t + d) & 0xffffffff)
+    import struct
+    import zlib
+
+    def chunk(t, d):
+        return struct.pack('>I', len(d)) + t + d + struct.pack('>I', zlib.crc32(t + d) & 0xFFFFFFFF)
+
     z, row, parts = zlib.compressobj(9), b'\x00' * (1 + (w + 7) // 8), []
-    for _ in range(h): parts.append(z.compress(row))
+    for _ in range(h):
+        parts.append(z.compress(row))
     parts.append(z.flush())
-    return (b'\x89PNG\r\n\x1a\n' + chunk(b'IHDR', struct.pack('>IIBBBBB', w, h, 1, 0, 0, 0, 0))
-            + chunk(b'IDAT', b''.join(parts)) + chunk(b'IEND', b''))
+    return (
+        b'\x89PNG\r\n\x1a\n'
+        + chunk(b'IHDR', struct.pack('>IIBBBBB', w, h, 1, 0, 0, 0, 0))
+        + chunk(b'IDAT', b''.join(parts))
+        + chunk(b'IEND', b'')
+    )
 
 
 def scene_image(seed):
     "A drawn shapes scene (PIL RGB) and two of its true captions."
     import numpy as np
     from vl_lab.scenes import make_scene, render_scene, scene_captions
+
     s = make_scene(np.random.default_rng(seed))
     return render_scene(s), scene_captions(s, np.random.default_rng(seed), 2)

@@ -1,6 +1,7 @@
 """vl_lab.capmetrics against pycocoevalcap on random corpora: identical PTB tokens, BLEU / ROUGE-L / CIDEr within
 1e-9, METEOR equal; no file written into the pycocoevalcap package; one-line errors without Java or with bad input."""
-import importlib.util, os
+
+import importlib.util
 from pathlib import Path
 
 import numpy as np
@@ -11,21 +12,69 @@ from pycocoevalcap.meteor.meteor import Meteor
 from pycocoevalcap.rouge.rouge import Rouge
 from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
 
-from vl_lab.capmetrics import (MeteorScorer, bleu, caption_metrics, cider_d, lcs_length, meteor, ptb_tokenize,
-                               rouge_l)
+from vl_lab.capmetrics import MeteorScorer, bleu, caption_metrics, cider_d, lcs_length, meteor, ptb_tokenize, rouge_l
 from vl_lab.core import VLLabError
 
 SEEDS = (0, 1, 2)
-COMMON = ('a the man woman dog dogs cat riding on in of with red blue horse beach street is are two three small '
-          'large sitting standing next to near field grass water people group playing ball table plate food').split()
-ODD = ['café', 'Naïve', 'crème', 'brûlée', 'São', 'ZÜRICH', 'niño', '日本', 'über', '😀', 'Ελλάδα', 'e\u0301te',
-       "dog's", "can't", 'well-known', '3.5', 'U.S.', 'e-mail', '(left)', '[top]', '{x}', '"quoted"', "'single'",
-       'street.', 'dog,', 'what?', 'yes!', 'wait;', 'note:', '--', '...', '-', '&', '%', '$5', '#1', '@home', '"', "'",
-       '``', "''", 'A.', 'Mr.', 'cannot', 'gonna', '1/2', '10,000', 'x|y', '|||']
+COMMON = (
+    'a the man woman dog dogs cat riding on in of with red blue horse beach street is are two three small '
+    'large sitting standing next to near field grass water people group playing ball table plate food'
+).split()
+ODD = [
+    'café',
+    'Naïve',
+    'crème',
+    'brûlée',
+    'São',
+    'ZÜRICH',
+    'niño',
+    '日本',
+    'über',
+    '😀',
+    'Ελλάδα',
+    'e\u0301te',
+    "dog's",
+    "can't",
+    'well-known',
+    '3.5',
+    'U.S.',
+    'e-mail',
+    '(left)',
+    '[top]',
+    '{x}',
+    '"quoted"',
+    "'single'",
+    'street.',
+    'dog,',
+    'what?',
+    'yes!',
+    'wait;',
+    'note:',
+    '--',
+    '...',
+    '-',
+    '&',
+    '%',
+    '$5',
+    '#1',
+    '@home',
+    '"',
+    "'",
+    '``',
+    "''",
+    'A.',
+    'Mr.',
+    'cannot',
+    'gonna',
+    '1/2',
+    '10,000',
+    'x|y',
+    '|||',
+]
 
 
 def corpus(seed, n_images=60):
-    "Random captions: a common and a random vocabulary (so n-grams repeat), unicode, punctuation, unbalanced quotes, "
+    "Random captions: a common and a random vocabulary (so n-grams repeat), unicode, punctuation, unbalanced quotes,"
     "one-word, empty and long captions, 1-7 references per image; hypotheses copied, perturbed or random."
     rng = np.random.default_rng(seed)
     letters = list('abcdefghijklmnopqrstuvwxyzéüñø')
@@ -33,8 +82,11 @@ def corpus(seed, n_images=60):
 
     def caption(lo=1, hi=16):
         pool = [COMMON, rand, ODD][rng.choice(3, p=[0.6, 0.25, 0.15])]
-        words = [str(w) for w in rng.choice(pool if rng.random() < 0.3 else COMMON + rand + ODD, rng.integers(lo, hi + 1))]
-        if rng.random() < 0.3: words[0] = words[0].capitalize()
+        words = [
+            str(w) for w in rng.choice(pool if rng.random() < 0.3 else COMMON + rand + ODD, rng.integers(lo, hi + 1))
+        ]
+        if rng.random() < 0.3:
+            words[0] = words[0].capitalize()
         sep = ' ' if rng.random() < 0.9 else str(rng.choice(['  ', '\t', ' \u00a0 ']))
         return sep.join(words) + str(rng.choice(['', '', '.', ' .', '!', '?']))
 
@@ -43,16 +95,22 @@ def corpus(seed, n_images=60):
     hyps = {}
     for j, k in enumerate(ids):
         kind = j % 6
-        if kind == 0: hyps[k] = refs[k][0]
+        if kind == 0:
+            hyps[k] = refs[k][0]
         elif kind in (1, 2):
             w = refs[k][-1].split()
             for _ in range(rng.integers(1, 4)):
-                if len(w) > 1 and rng.random() < 0.5: w.pop(rng.integers(len(w)))
-                else: w.insert(rng.integers(len(w) + 1), str(rng.choice(COMMON)))
+                if len(w) > 1 and rng.random() < 0.5:
+                    w.pop(rng.integers(len(w)))
+                else:
+                    w.insert(rng.integers(len(w) + 1), str(rng.choice(COMMON)))
             hyps[k] = ' '.join(w)
-        elif kind == 3: hyps[k] = caption()
-        elif kind == 4: hyps[k] = str(rng.choice(COMMON))
-        else: hyps[k] = ['', '...', 'A', 'the the the the', caption(30, 60)][j // 6 % 5]
+        elif kind == 3:
+            hyps[k] = caption()
+        elif kind == 4:
+            hyps[k] = str(rng.choice(COMMON))
+        else:
+            hyps[k] = ['', '...', 'A', 'the the the the', caption(30, 60)][j // 6 % 5]
     return refs, hyps
 
 
@@ -97,7 +155,11 @@ def test_ptb_tokenize_is_identical(seed, tokenized):
 
 def test_ptb_tokenize_keeps_line_breaks_inside_a_caption():
     # pycocoevalcap's tokenizer would shift every later caption onto the wrong image here
-    assert ptb_tokenize({1: ['a\rb', 'c\x0bd\x0ce'], 2: ['f\u2028g\u2029h'], 3: ['end.']}) == {1: ['a b', 'c d e'], 2: ['f g h'], 3: ['end']}
+    assert ptb_tokenize({1: ['a\rb', 'c\x0bd\x0ce'], 2: ['f\u2028g\u2029h'], 3: ['end.']}) == {
+        1: ['a b', 'c d e'],
+        2: ['f g h'],
+        3: ['end'],
+    }
 
 
 def close(a, b, eps=1e-9):
@@ -107,7 +169,8 @@ def close(a, b, eps=1e-9):
 @pytest.mark.parametrize('seed', SEEDS)
 @pytest.mark.parametrize('tokens', ['ptb', 'raw'])
 def test_bleu_rouge_cider_match_pycocoevalcap(seed, tokens, tokenized):
-    if tokens == 'ptb': gts, res = tokenized[seed]
+    if tokens == 'ptb':
+        gts, res = tokenized[seed]
     else:  # raw strings: double spaces, tabs and punctuation, which BLEU/CIDEr (split()) and ROUGE (split(' ')) treat differently
         refs, hyps = corpus(seed)
         gts, res = refs, {k: [h] for k, h in hyps.items()}
@@ -126,7 +189,11 @@ def test_bleu_rouge_cider_match_pycocoevalcap(seed, tokens, tokenized):
 def test_metrics_on_edge_cases():
     gts = {1: ['a'], 2: [''], 3: ['a a a a a', 'b'], 4: ['x y'], 5: ['p q r s t u v']}
     res = {1: ['a'], 2: [''], 3: ['a a'], 4: [''], 5: ['q']}
-    for ours, theirs in [(bleu, Bleu(4).compute_score), (rouge_l, Rouge().compute_score), (cider_d, Cider().compute_score)]:
+    for ours, theirs in [
+        (bleu, Bleu(4).compute_score),
+        (rouge_l, Rouge().compute_score),
+        (cider_d, Cider().compute_score),
+    ]:
         kw = {'verbose': 0} if ours is bleu else {}
         s, per = theirs(gts, res, **kw)
         o, o_per = ours(gts, res)
@@ -209,33 +276,54 @@ def test_caption_metrics_writes_nothing_into_the_package(pipeline):
 def test_without_java_errors_are_one_line(monkeypatch, tmp_path):
     monkeypatch.setenv('PATH', str(tmp_path))
     msg = 'METEOR and PTB tokenization need Java (install a JRE, e.g. apt-get install default-jre-headless)'
-    for call in (lambda: caption_metrics({1: ['a dog']}, {1: 'a dog'}), lambda: ptb_tokenize({1: ['a dog']}),
-                 lambda: meteor({1: ['a dog']}, {1: ['a dog']}), MeteorScorer):
-        with pytest.raises(VLLabError) as e: call()
+    for call in (
+        lambda: caption_metrics({1: ['a dog']}, {1: 'a dog'}),
+        lambda: ptb_tokenize({1: ['a dog']}),
+        lambda: meteor({1: ['a dog']}, {1: ['a dog']}),
+        MeteorScorer,
+    ):
+        with pytest.raises(VLLabError) as e:
+            call()
         assert str(e.value) == msg
 
 
-@pytest.mark.parametrize('refs, hyps, message', [
-    ({1: ['a']}, {}, 'no hypotheses to evaluate'),
-    ({}, {}, 'no hypotheses to evaluate'),
-    ({i: ['a'] for i in range(10)}, {0: 'a'}, '9 images have references but no hypothesis: 1, 2, 3, 4, 5 and 4 more'),
-    ({1: ['a']}, {1: 'a', 'x': 'b', 'y': 'c'}, "2 images have a hypothesis but no references: 'x', 'y'"),
-    ({1: ['a'], 2: ['b']}, {1: 'a', 3: 'c'}, '1 image has references but no hypothesis: 2; 1 image has a hypothesis but no references: 3'),
-    ({1: ['a']}, {1: 7}, 'image 1: the hypothesis is int, not a string'),
-    ({1: ['a']}, {1: ['a']}, 'image 1: the hypothesis is list, not a string'),
-    ({1: ['a', None]}, {1: 'a'}, 'image 1: a reference caption is NoneType, not a string'),
-    ({1: 'a dog'}, {1: 'a'}, 'image 1: expected a non-empty list of reference captions'),
-    ({1: []}, {1: 'a'}, 'image 1: expected a non-empty list of reference captions'),
-    ([['a']], ['a'], 'references and hypotheses must be dicts keyed by image id, got list and list'),
-])
+@pytest.mark.parametrize(
+    'refs, hyps, message',
+    [
+        ({1: ['a']}, {}, 'no hypotheses to evaluate'),
+        ({}, {}, 'no hypotheses to evaluate'),
+        (
+            {i: ['a'] for i in range(10)},
+            {0: 'a'},
+            '9 images have references but no hypothesis: 1, 2, 3, 4, 5 and 4 more',
+        ),
+        ({1: ['a']}, {1: 'a', 'x': 'b', 'y': 'c'}, "2 images have a hypothesis but no references: 'x', 'y'"),
+        (
+            {1: ['a'], 2: ['b']},
+            {1: 'a', 3: 'c'},
+            '1 image has references but no hypothesis: 2; 1 image has a hypothesis but no references: 3',
+        ),
+        ({1: ['a']}, {1: 7}, 'image 1: the hypothesis is int, not a string'),
+        ({1: ['a']}, {1: ['a']}, 'image 1: the hypothesis is list, not a string'),
+        ({1: ['a', None]}, {1: 'a'}, 'image 1: a reference caption is NoneType, not a string'),
+        ({1: 'a dog'}, {1: 'a'}, 'image 1: expected a non-empty list of reference captions'),
+        ({1: []}, {1: 'a'}, 'image 1: expected a non-empty list of reference captions'),
+        ([['a']], ['a'], 'references and hypotheses must be dicts keyed by image id, got list and list'),
+    ],
+)
 def test_bad_input(monkeypatch, refs, hyps, message):
     monkeypatch.setattr('vl_lab.capmetrics.MeteorScorer', None)  # checked before any jar starts
-    with pytest.raises(VLLabError, match='^' + __import__('re').escape(message)) as e: caption_metrics(refs, hyps)
+    with pytest.raises(VLLabError, match='^' + __import__('re').escape(message)) as e:
+        caption_metrics(refs, hyps)
     assert '\n' not in str(e.value)
 
 
 def test_scorers_check_their_input():
-    with pytest.raises(VLLabError, match='expected exactly one hypothesis, got 2'): bleu({1: ['a']}, {1: ['a', 'b']})
-    with pytest.raises(VLLabError, match='1 image has references but no hypothesis: 2'): cider_d({1: ['a'], 2: ['b']}, {1: ['a']})
-    with pytest.raises(VLLabError, match='no hypotheses to evaluate'): rouge_l({}, {})
-    with pytest.raises(VLLabError, match='a hypothesis caption is int'): meteor({1: ['a']}, {1: [3]})
+    with pytest.raises(VLLabError, match='expected exactly one hypothesis, got 2'):
+        bleu({1: ['a']}, {1: ['a', 'b']})
+    with pytest.raises(VLLabError, match='1 image has references but no hypothesis: 2'):
+        cider_d({1: ['a'], 2: ['b']}, {1: ['a']})
+    with pytest.raises(VLLabError, match='no hypotheses to evaluate'):
+        rouge_l({}, {})
+    with pytest.raises(VLLabError, match='a hypothesis caption is int'):
+        meteor({1: ['a']}, {1: [3]})

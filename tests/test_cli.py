@@ -1,9 +1,8 @@
 """Bad input to the command line: one line on stderr, a non-zero exit, never a traceback."""
+
 import pytest
 
 from conftest import one_line_error, run_cli
-
-
 
 
 @pytest.mark.parametrize('value', ['-1', '0', 'ten'])
@@ -18,7 +17,9 @@ def test_unknown_noise_preset(tmp_path):
 
 
 def test_bad_rate(tmp_path):
-    assert "unknown config key 'noise.nope'" in one_line_error(run_cli('synth', tmp_path / 'c', '--rate', 'nope=0.1', '--quiet'))
+    assert "unknown config key 'noise.nope'" in one_line_error(
+        run_cli('synth', tmp_path / 'c', '--rate', 'nope=0.1', '--quiet')
+    )
     assert 'must be in [0, 1]' in one_line_error(run_cli('synth', tmp_path / 'c', '--rate', 'short=2', '--quiet'))
 
 
@@ -38,7 +39,9 @@ def test_existing_corpus_is_not_overwritten_silently(tmp_path):
 
 
 def test_report_on_missing_corpus(tmp_path):
-    assert 'no annotations.json' in one_line_error(run_cli('report', '--data', tmp_path / 'nowhere', '--out', tmp_path / 'r', cwd=tmp_path))
+    assert 'no annotations.json' in one_line_error(
+        run_cli('report', '--data', tmp_path / 'nowhere', '--out', tmp_path / 'r', cwd=tmp_path)
+    )
 
 
 def test_make_lab_starts_as_root_on_loopback(tmp_path):
@@ -46,12 +49,14 @@ def test_make_lab_starts_as_root_on_loopback(tmp_path):
     A stand-in `jupyter` prints the command line `make` would start."""
     import os
     import subprocess
+
     fake = tmp_path / 'jupyter'
     fake.write_text('#!/bin/sh\necho "jupyter $@"\n')
     fake.chmod(0o755)
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    out = subprocess.run(['make', '-s', '-o', 'venv', 'lab', f'BIN={tmp_path}'], cwd=root, capture_output=True,
-                         text=True, check=True).stdout
+    out = subprocess.run(
+        ['make', '-s', '-o', 'venv', 'lab', f'BIN={tmp_path}'], cwd=root, capture_output=True, text=True, check=True
+    ).stdout
     args = out.split()
     assert args[:2] == ['jupyter', 'lab'] and '--ip=127.0.0.1' in args
     assert ('--allow-root' in args) == (os.geteuid() == 0)

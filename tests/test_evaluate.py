@@ -1,4 +1,5 @@
 """`vl-lab evaluate` on a run with every head, and `vl-lab caption-metrics`: numbers, chance levels, bad input."""
+
 import json
 
 import pytest
@@ -6,17 +7,49 @@ import pytest
 from conftest import one_line_error, run_cli
 from vl_lab.synthetic import synth, synth_config
 
-SMALL = ['--set', 'model.conv_channels=16,32,64,64', '--set', 'model.text_width=64', '--set', 'model.text_layers=2',
-         '--set', 'model.text_heads=2', '--set', 'model.embed_dim=32', '--set', 'model.fusion_width=64',
-         '--set', 'model.fusion_layers=1', '--set', 'model.decoder_layers=1', '--set', 'warmup_steps=5', '--set', 'lr=5e-4']
+SMALL = [
+    '--set',
+    'model.conv_channels=16,32,64,64',
+    '--set',
+    'model.text_width=64',
+    '--set',
+    'model.text_layers=2',
+    '--set',
+    'model.text_heads=2',
+    '--set',
+    'model.embed_dim=32',
+    '--set',
+    'model.fusion_width=64',
+    '--set',
+    'model.fusion_layers=1',
+    '--set',
+    'model.decoder_layers=1',
+    '--set',
+    'warmup_steps=5',
+    '--set',
+    'lr=5e-4',
+]
 
 
 @pytest.fixture(scope='module')
 def run(tmp_path_factory):
     d = tmp_path_factory.mktemp('eval')
     synth(d / 'shapes', synth_config('none', n_images=200, seed=5), progress=False)
-    run_cli('train', 'cpu-tiny', '--data', d / 'shapes', '--out', d / 'run', '--quiet', '--set', 'epochs=2',
-            '--set', 'model.tasks=contrastive,itm,caption,vqa', *SMALL, check=True)
+    run_cli(
+        'train',
+        'cpu-tiny',
+        '--data',
+        d / 'shapes',
+        '--out',
+        d / 'run',
+        '--quiet',
+        '--set',
+        'epochs=2',
+        '--set',
+        'model.tasks=contrastive,itm,caption,vqa',
+        *SMALL,
+        check=True,
+    )
     return d
 
 
@@ -35,7 +68,9 @@ def test_evaluate_every_task(run):
     assert set(m['zero_shot']) == {'shape', 'colour', 'count'}
     ann = json.loads((run / 'shapes' / 'annotations.json').read_text())
     singles = sum(i['split'] == 'test' and i['n_objects'] == 1 for i in ann['images'])
-    assert m['zero_shot']['shape']['n'] == m['zero_shot']['colour']['n'] == singles and m['zero_shot']['count']['n'] == n
+    assert (
+        m['zero_shot']['shape']['n'] == m['zero_shot']['colour']['n'] == singles and m['zero_shot']['count']['n'] == n
+    )
     for z in m['zero_shot'].values():
         assert len(z['confusion']) == len(z['classes']) and sum(map(sum, z['confusion'])) == z['n']
         assert z['chance_accuracy'] >= 1 / len(z['classes'])
@@ -49,11 +84,13 @@ def test_evaluate_every_task(run):
     # the language prior, computed from the training split, answers 'How many shapes' with one fixed answer
     assert 0 < m['vqa']['question_only_accuracy'] < 1 and 'question only' in r.stdout
     ex = json.loads((run / 'run' / 'eval' / 'test' / 'examples.json').read_text())
-    assert len(ex['top5'][0]['top5']) == 5 and ex['hardest_t2i'][0]['rank'] >= ex['hardest_t2i'][-1]['rank'] and ex['captions']
+    assert (
+        len(ex['top5'][0]['top5']) == 5
+        and ex['hardest_t2i'][0]['rank'] >= ex['hardest_t2i'][-1]['rank']
+        and ex['captions']
+    )
     assert all(len(e['top5']) == 5 and (e['rank'] == 1) == (e['top5'][0] == e['image']) for e in ex['t2i_top5'])
     assert {'question', 'predicted', 'answer'} <= set(ex['vqa'][0])
-
-
 
 
 def test_evaluate_bad_input(run, tmp_path):
@@ -64,7 +101,8 @@ def test_evaluate_bad_input(run, tmp_path):
 def test_caption_metrics_cli(run, tmp_path):
     ann = json.loads((run / 'shapes' / 'annotations.json').read_text())
     first = {}
-    for a in ann['annotations']: first.setdefault(a['image_id'], a['caption'])
+    for a in ann['annotations']:
+        first.setdefault(a['image_id'], a['caption'])
     hyps = [{'image_id': i, 'caption': c} for i, c in first.items()]
     (tmp_path / 'hyps.json').write_text(json.dumps(hyps))
     r = run_cli('caption-metrics', run / 'shapes' / 'annotations.json', tmp_path / 'hyps.json')
@@ -72,7 +110,9 @@ def test_caption_metrics_cli(run, tmp_path):
     m = json.loads(r.stdout)
     assert set(m) == {'Bleu_1', 'Bleu_2', 'Bleu_3', 'Bleu_4', 'METEOR', 'ROUGE_L', 'CIDEr'} and m['Bleu_1'] > 0.9
     (tmp_path / 'bad.json').write_text(json.dumps(hyps[:-3] + [{'image_id': 999999, 'caption': 'a red circle'}]))
-    assert '999999' in one_line_error(run_cli('caption-metrics', run / 'shapes' / 'annotations.json', tmp_path / 'bad.json'))
+    assert '999999' in one_line_error(
+        run_cli('caption-metrics', run / 'shapes' / 'annotations.json', tmp_path / 'bad.json')
+    )
 
 
 def test_export_and_serve_cli(run, tmp_path):
@@ -80,6 +120,9 @@ def test_export_and_serve_cli(run, tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     for f in ('image.onnx', 'text.onnx', 'image.int8.onnx', 'text.int8.onnx', 'image.int8-static.onnx'):
         assert (run / 'run' / 'export' / f).stat().st_size > 0
-    assert 'max |torch - onnx|' in r.stdout and 'image.int8-static.onnx (static, calibrated on 256 validation images)' in r.stdout
+    assert (
+        'max |torch - onnx|' in r.stdout
+        and 'image.int8-static.onnx (static, calibrated on 256 validation images)' in r.stdout
+    )
     assert 'not a run folder' in one_line_error(run_cli('serve', tmp_path))
     assert 'not a run folder' in one_line_error(run_cli('export', tmp_path, '--onnx'))

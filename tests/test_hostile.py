@@ -2,7 +2,13 @@
 and Karpathy shapes. The invariant, for every corpus: every input entry is accounted for (kept, or rejected with a
 rule and a reason), nothing outside the corpus is read, nothing outside OUT_DIR is written, and no error is a
 traceback."""
-import hashlib, io, json, os, random, tarfile
+
+import hashlib
+import io
+import json
+import os
+import random
+import tarfile
 
 import pytest
 from PIL import Image
@@ -19,8 +25,10 @@ def jpeg(colour) -> bytes:
     return buf.getvalue()
 
 
-GOOD = [('a.jpg', jpeg('red'), 'A red square on a plain background.'),
-        ('b.jpg', jpeg('blue'), 'A blue square on a plain background.')]
+GOOD = [
+    ('a.jpg', jpeg('red'), 'A red square on a plain background.'),
+    ('b.jpg', jpeg('blue'), 'A blue square on a plain background.'),
+]
 SECRET = jpeg('green')  # the file outside every corpus: it must never be read into a cleaned corpus
 OK = 'A green square on a plain background.'  # a caption every rule keeps: only the path can reject its pair
 
@@ -35,7 +43,8 @@ def outside(tmp_path):
 def images_into(folder, link_to):
     "The good images, plus a link inside the folder that leads to the secret file."
     folder.mkdir(parents=True, exist_ok=True)
-    for name, data, _ in GOOD: (folder / name).write_bytes(data)
+    for name, data, _ in GOOD:
+        (folder / name).write_bytes(data)
     (folder / 'link.jpg').symlink_to(link_to / 'secret.jpg')
 
 
@@ -43,12 +52,23 @@ def hostile_coco(root, sec):
     """COCO: ../, absolute and linked paths, an image entry that is a string, captions that are a list and an object,
     a repeated id."""
     images_into(root / 'images', sec)
-    ims = [{'id': 1, 'file_name': 'a.jpg'}, {'id': 2, 'file_name': 'b.jpg'},
-           {'id': 3, 'file_name': '../../secret/secret.jpg'}, {'id': 4, 'file_name': str(sec / 'secret.jpg')},
-           {'id': 5, 'file_name': 'link.jpg'}, 'not an image entry',
-           {'id': 2, 'file_name': 'a.jpg'}, {'id': 6, 'file_name': ['a.jpg']}, {'id': [7], 'file_name': 'a.jpg'}]
-    anns = [{'image_id': 1, 'caption': GOOD[0][2]}, {'image_id': 2, 'caption': GOOD[1][2]},
-            {'image_id': 1, 'caption': ['a', 'list']}, {'image_id': 2, 'caption': {'text': 'an object'}}]
+    ims = [
+        {'id': 1, 'file_name': 'a.jpg'},
+        {'id': 2, 'file_name': 'b.jpg'},
+        {'id': 3, 'file_name': '../../secret/secret.jpg'},
+        {'id': 4, 'file_name': str(sec / 'secret.jpg')},
+        {'id': 5, 'file_name': 'link.jpg'},
+        'not an image entry',
+        {'id': 2, 'file_name': 'a.jpg'},
+        {'id': 6, 'file_name': ['a.jpg']},
+        {'id': [7], 'file_name': 'a.jpg'},
+    ]
+    anns = [
+        {'image_id': 1, 'caption': GOOD[0][2]},
+        {'image_id': 2, 'caption': GOOD[1][2]},
+        {'image_id': 1, 'caption': ['a', 'list']},
+        {'image_id': 2, 'caption': {'text': 'an object'}},
+    ]
     anns += [{'image_id': i, 'caption': OK} for i in (3, 4, 5, 6, [7])]
     (root / 'annotations.json').write_text(json.dumps({'images': ims, 'annotations': anns}))
     return root, len(ims), 2
@@ -59,14 +79,17 @@ def hostile_karpathy(root, sec):
     repeated imgid."""
     images_into(root / 'imgs', sec)
     sent = lambda c: {'raw': c, 'tokens': c.split()}
-    ims = [{'filepath': 'imgs', 'filename': 'a.jpg', 'imgid': 0, 'sentences': [sent(GOOD[0][2])]},
-           {'filepath': 'imgs', 'filename': 'b.jpg', 'imgid': 1, 'sentences': [sent(GOOD[1][2])]},
-           {'filepath': 'imgs', 'filename': 'link.jpg', 'imgid': 2, 'sentences': [sent(OK)]},
-           {'filename': '../../secret/secret.jpg', 'imgid': 3, 'sentences': [sent(OK)]}, 42,
-           {'filepath': 'imgs', 'filename': 'a.jpg', 'imgid': 5, 'sentences': ['a sentence that is a string']},
-           {'filepath': 'imgs', 'filename': ['a.jpg'], 'imgid': 6, 'sentences': []},
-           {'filepath': 'imgs', 'filename': 'b.jpg', 'imgid': 1, 'sentences': [sent(GOOD[1][2])]},
-           {'filepath': 'imgs', 'filename': 'a.jpg', 'imgid': 8, 'sentences': [{'raw': ['a', 'list']}]}]
+    ims = [
+        {'filepath': 'imgs', 'filename': 'a.jpg', 'imgid': 0, 'sentences': [sent(GOOD[0][2])]},
+        {'filepath': 'imgs', 'filename': 'b.jpg', 'imgid': 1, 'sentences': [sent(GOOD[1][2])]},
+        {'filepath': 'imgs', 'filename': 'link.jpg', 'imgid': 2, 'sentences': [sent(OK)]},
+        {'filename': '../../secret/secret.jpg', 'imgid': 3, 'sentences': [sent(OK)]},
+        42,
+        {'filepath': 'imgs', 'filename': 'a.jpg', 'imgid': 5, 'sentences': ['a sentence that is a string']},
+        {'filepath': 'imgs', 'filename': ['a.jpg'], 'imgid': 6, 'sentences': []},
+        {'filepath': 'imgs', 'filename': 'b.jpg', 'imgid': 1, 'sentences': [sent(GOOD[1][2])]},
+        {'filepath': 'imgs', 'filename': 'a.jpg', 'imgid': 8, 'sentences': [{'raw': ['a', 'list']}]},
+    ]
     (root / 'dataset.json').write_text(json.dumps({'images': ims}))
     return root / 'dataset.json', len(ims), 2
 
@@ -74,8 +97,14 @@ def hostile_karpathy(root, sec):
 def hostile_csv(root, sec):
     "CSV: bad paths (../, absolute, a link), an empty path, bytes that are not UTF-8."
     images_into(root / 'imgs', sec)
-    rows = [('imgs/a.jpg', GOOD[0][2]), ('imgs/b.jpg', GOOD[1][2]), ('imgs/link.jpg', OK),
-            ('../secret/secret.jpg', OK), (str(sec / 'secret.jpg'), OK), ('', OK)]
+    rows = [
+        ('imgs/a.jpg', GOOD[0][2]),
+        ('imgs/b.jpg', GOOD[1][2]),
+        ('imgs/link.jpg', OK),
+        ('../secret/secret.jpg', OK),
+        (str(sec / 'secret.jpg'), OK),
+        ('', OK),
+    ]
     text = 'filepath,title\n' + ''.join(f'{p},"{c}"\n' for p, c in rows)
     (root / 'train.csv').write_bytes(text.encode() + b'imgs/b.jpg,"caf\xe9 au lait"\n')
     return root / 'train.csv', len(rows), 2  # the last line adds a caption to b.jpg: rows grouped by image
@@ -111,9 +140,15 @@ def hostile_webdataset(root, sec):
 def hostile_imagefolder(root, sec):
     "Image folder: a line that is a list, a file_name that is a list, a caption that is an object, bad paths."
     images_into(root, sec)
-    lines = [{'file_name': 'a.jpg', 'text': GOOD[0][2]}, {'file_name': 'b.jpg', 'text': GOOD[1][2]}, ['a', 'list'],
-             {'file_name': ['a.jpg'], 'text': OK}, {'file_name': 'a.jpg', 'caption': {'an': 'object'}},
-             {'file_name': 'link.jpg', 'text': OK}, {'file_name': '../secret/secret.jpg', 'text': OK}]
+    lines = [
+        {'file_name': 'a.jpg', 'text': GOOD[0][2]},
+        {'file_name': 'b.jpg', 'text': GOOD[1][2]},
+        ['a', 'list'],
+        {'file_name': ['a.jpg'], 'text': OK},
+        {'file_name': 'a.jpg', 'caption': {'an': 'object'}},
+        {'file_name': 'link.jpg', 'text': OK},
+        {'file_name': '../secret/secret.jpg', 'text': OK},
+    ]
     (root / 'metadata.jsonl').write_text(''.join(json.dumps(x) + '\n' for x in lines))
     return root, len(lines), 2
 
@@ -122,8 +157,9 @@ def linked_root_coco(root, sec):
     "COCO whose images/ folder is itself a link to a folder outside the corpus."
     root.mkdir(parents=True)
     (root / 'images').symlink_to(sec, target_is_directory=True)
-    (root / 'annotations.json').write_text(json.dumps({'images': [{'id': 1, 'file_name': 'secret.jpg'}],
-                                                       'annotations': [{'image_id': 1, 'caption': OK}]}))
+    (root / 'annotations.json').write_text(
+        json.dumps({'images': [{'id': 1, 'file_name': 'secret.jpg'}], 'annotations': [{'image_id': 1, 'caption': OK}]})
+    )
     return root, 1, 0
 
 
@@ -131,7 +167,8 @@ def tree(folder, skip):
     "Every file under `folder` but those under `skip`, with its size and modification time."
     out = {}
     for dirpath, dirs, files in os.walk(folder):
-        if os.path.abspath(dirpath).startswith(os.path.abspath(skip)): continue
+        if os.path.abspath(dirpath).startswith(os.path.abspath(skip)):
+            continue
         for f in files:
             p = os.path.join(dirpath, f)
             st = os.lstat(p)
@@ -176,10 +213,14 @@ def test_hostile_rejections_name_their_cause(tmp_path):
     assert sorted(r['caption_before'] for r in kept) == sorted(c for _, _, c in GOOD)
 
 
-@pytest.mark.parametrize('body, says', [
-    ('[' * 100_000 + ']' * 100_000, 'JSON nested too deeply'),
-    (json.dumps({'images': [], 'annotations': ['a string']}), 'annotations[0] is a string, not an object'),
-    (json.dumps({'images': [], 'annotations': [], 'questions': 'a string'}), "'questions' is a string, not a list")])
+@pytest.mark.parametrize(
+    'body, says',
+    [
+        ('[' * 100_000 + ']' * 100_000, 'JSON nested too deeply'),
+        (json.dumps({'images': [], 'annotations': ['a string']}), 'annotations[0] is a string, not an object'),
+        (json.dumps({'images': [], 'annotations': [], 'questions': 'a string'}), "'questions' is a string, not a list"),
+    ],
+)
 def test_hostile_annotation_files_are_one_line_errors(tmp_path, body, says):
     (tmp_path / 'raw').mkdir()
     (tmp_path / 'raw' / 'annotations.json').write_text(body)
@@ -193,31 +234,75 @@ def random_json(rng: random.Random, depth: int = 0):
     kinds = ['str', 'int', 'float', 'bool', 'null', 'bytes'] + (['list', 'dict'] * 2 if depth < 4 else [])
     k = rng.choice(kinds)
     texts = ['a.jpg', '../x.jpg', '/etc/passwd', '', 'A red circle.', 'images', '\udc80x', 'ü' * 3]
-    if k == 'str': return rng.choice(texts)
-    if k == 'int': return rng.choice([0, 1, -1, 2**63, 7])
-    if k == 'float': return rng.choice([0.5, -1e308, 1e308])
-    if k == 'bool': return rng.random() < 0.5
-    if k == 'null': return None
-    if k == 'bytes': return ''.join(chr(rng.randrange(1, 0x2FF)) for _ in range(rng.randrange(8)))
-    if k == 'list': return [random_json(rng, depth + 1) for _ in range(rng.randrange(4))]
-    keys = ['id', 'image_id', 'file_name', 'caption', 'images', 'annotations', 'questions', 'split', 'sentences', 'raw',
-            'filename', 'filepath', 'imgid', 'cocoid', 'question', 'answer', 'x']
+    if k == 'str':
+        return rng.choice(texts)
+    if k == 'int':
+        return rng.choice([0, 1, -1, 2**63, 7])
+    if k == 'float':
+        return rng.choice([0.5, -1e308, 1e308])
+    if k == 'bool':
+        return rng.random() < 0.5
+    if k == 'null':
+        return None
+    if k == 'bytes':
+        return ''.join(chr(rng.randrange(1, 0x2FF)) for _ in range(rng.randrange(8)))
+    if k == 'list':
+        return [random_json(rng, depth + 1) for _ in range(rng.randrange(4))]
+    keys = [
+        'id',
+        'image_id',
+        'file_name',
+        'caption',
+        'images',
+        'annotations',
+        'questions',
+        'split',
+        'sentences',
+        'raw',
+        'filename',
+        'filepath',
+        'imgid',
+        'cocoid',
+        'question',
+        'answer',
+        'x',
+    ]
     return {rng.choice(keys): random_json(rng, depth + 1) for _ in range(rng.randrange(5))}
 
 
 def fuzz_case(rng: random.Random, kind: str):
     "A document in the COCO or Karpathy shape with random values where the entries go, or random bytes."
-    if rng.random() < 0.1: return bytes(rng.randrange(256) for _ in range(rng.randrange(64)))
-    entry = lambda: rng.choice([random_json(rng), {'id': rng.choice([1, 2, 'a', [1]]), 'file_name': random_json(rng),
-                                                   'caption': random_json(rng), 'image_id': rng.choice([1, 2, None])}])
+    if rng.random() < 0.1:
+        return bytes(rng.randrange(256) for _ in range(rng.randrange(64)))
+    entry = lambda: rng.choice(
+        [
+            random_json(rng),
+            {
+                'id': rng.choice([1, 2, 'a', [1]]),
+                'file_name': random_json(rng),
+                'caption': random_json(rng),
+                'image_id': rng.choice([1, 2, None]),
+            },
+        ]
+    )
     if kind == 'coco':
-        doc = {'images': [entry() for _ in range(rng.randrange(4))],
-               'annotations': [entry() for _ in range(rng.randrange(4))]}
-        if rng.random() < 0.3: doc['questions'] = random_json(rng)
+        doc = {
+            'images': [entry() for _ in range(rng.randrange(4))],
+            'annotations': [entry() for _ in range(rng.randrange(4))],
+        }
+        if rng.random() < 0.3:
+            doc['questions'] = random_json(rng)
     else:
-        doc = {'images': [rng.choice([entry(), {'filename': random_json(rng), 'sentences': random_json(rng),
-                                                'imgid': random_json(rng)}]) for _ in range(rng.randrange(4))]}
-    if rng.random() < 0.2: doc[rng.choice(list(doc))] = random_json(rng)
+        doc = {
+            'images': [
+                rng.choice(
+                    [entry(), {'filename': random_json(rng), 'sentences': random_json(rng), 'imgid': random_json(rng)}]
+                )
+                for _ in range(rng.randrange(4))
+            ]
+        }
+    if rng.random() < 0.2:
+        doc[rng.choice(list(doc))] = random_json(rng)
     return json.dumps(doc, ensure_ascii=rng.random() < 0.5).encode('utf-8', 'surrogatepass')
 
 

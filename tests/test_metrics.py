@@ -1,5 +1,6 @@
 """vl_lab.metrics against naive or reference implementations: a full-matrix retrieval written out by sorting,
 torchmetrics' retrieval metrics, scikit-learn's classification metrics, and the official VQA accuracy loop."""
+
 import math
 
 import numpy as np
@@ -8,8 +9,15 @@ import torch
 import torch.nn.functional as F
 
 from vl_lab.core import VLLabError
-from vl_lab.metrics import (classification_metrics, itm_accuracy, normalize_answer, retrieval_metrics, vqa_accuracy,
-                            vqa_score, zero_shot_classify)
+from vl_lab.metrics import (
+    classification_metrics,
+    itm_accuracy,
+    normalize_answer,
+    retrieval_metrics,
+    vqa_accuracy,
+    vqa_score,
+    zero_shot_classify,
+)
 
 
 def naive_retrieval(img, txt, owner, ks=(1, 5, 10)):
@@ -26,16 +34,31 @@ def naive_retrieval(img, txt, owner, ks=(1, 5, 10)):
         ideal = sum(1 / math.log2(p + 1) for p in range(1, min(n_right, 10) + 1))
         return sum(1 / math.log2(p + 1) for p in pos if p <= 10) / ideal
 
-    per = {'t2i': [ranked([S[i][j] for i in range(len(S))], lambda i, j=j: i == owner[j]) for j in range(len(owner))],
-           'i2t': [ranked(S[i], lambda j, i=i: owner[j] == i) for i in range(len(S)) if i in owner]}
+    per = {
+        't2i': [ranked([S[i][j] for i in range(len(S))], lambda i, j=j: i == owner[j]) for j in range(len(owner))],
+        'i2t': [ranked(S[i], lambda j, i=i: owner[j] == i) for i in range(len(S)) if i in owner],
+    }
     for d, positions in per.items():
         best = np.array([p[0] for p in positions], float)
         out.update({f'{d}_R@{k}': float((best <= k).mean()) for k in ks})
-        out.update({f'{d}_MRR': float((1 / best).mean()), f'{d}_median_rank': float(np.median(best)),
-                    f'{d}_mean_rank': float(best.mean()), f'{d}_NDCG@10': float(np.mean([dcg(p, len(p)) for p in positions]))})
+        out.update(
+            {
+                f'{d}_MRR': float((1 / best).mean()),
+                f'{d}_median_rank': float(np.median(best)),
+                f'{d}_mean_rank': float(best.mean()),
+                f'{d}_NDCG@10': float(np.mean([dcg(p, len(p)) for p in positions])),
+            }
+        )
     counts = np.bincount(owner, minlength=len(S))
-    out.update({'chance_t2i_R@1': 1 / len(S), 'chance_i2t_R@1': float((counts[counts > 0] / len(owner)).mean()),
-                'n_images': len(S), 'n_texts': len(owner), 'n_images_without_text': int((counts == 0).sum())})
+    out.update(
+        {
+            'chance_t2i_R@1': 1 / len(S),
+            'chance_i2t_R@1': float((counts[counts > 0] / len(owner)).mean()),
+            'n_images': len(S),
+            'n_texts': len(owner),
+            'n_images_without_text': int((counts == 0).sum()),
+        }
+    )
     return out
 
 
@@ -55,7 +78,8 @@ def owners(n_images, n_texts, rng, without=0):
 
 def assert_same(got, want):
     assert set(got) == set(want), set(got) ^ set(want)
-    for k in want: assert got[k] == pytest.approx(want[k], rel=1e-9, abs=1e-12), (k, got[k], want[k])
+    for k in want:
+        assert got[k] == pytest.approx(want[k], rel=1e-9, abs=1e-12), (k, got[k], want[k])
 
 
 @pytest.mark.parametrize('seed', [0, 1, 2])
@@ -64,7 +88,8 @@ def test_retrieval_matches_naive_with_ties(seed, chunk):
     rng = np.random.default_rng(seed)
     n, m = 23, 61
     img, txt = grid_embeddings(n, 6, rng), grid_embeddings(m, 6, rng)
-    txt[:5] = img[3]; txt[5:8] = txt[8]  # some captions equal to an image, some equal to each other
+    txt[:5] = img[3]
+    txt[5:8] = txt[8]  # some captions equal to an image, some equal to each other
     own = owners(n, m, rng, without=3 if seed == 2 else 0)  # seed 2: three images have no caption
     got, want = retrieval_metrics(img, txt, own, chunk=chunk), naive_retrieval(img, txt, own)
     assert_same(got, want)
@@ -82,63 +107,85 @@ def test_retrieval_matches_naive_random(chunk):
     g = torch.Generator().manual_seed(3)
     img, txt = torch.randn(40, 12, generator=g), torch.randn(150, 12, generator=g)
     own = owners(40, 150, np.random.default_rng(3))
-    assert_same(retrieval_metrics(img.numpy().astype(np.float64), txt, own, ks=(1, 3, 10), chunk=chunk),
-                naive_retrieval(img, txt, own, ks=(1, 3, 10)))
+    assert_same(
+        retrieval_metrics(img.numpy().astype(np.float64), txt, own, ks=(1, 3, 10), chunk=chunk),
+        naive_retrieval(img, txt, own, ks=(1, 3, 10)),
+    )
 
 
 def test_retrieval_matches_torchmetrics():
-    from torchmetrics.functional.retrieval import retrieval_hit_rate, retrieval_normalized_dcg, retrieval_reciprocal_rank
+    from torchmetrics.functional.retrieval import (
+        retrieval_hit_rate,
+        retrieval_normalized_dcg,
+        retrieval_reciprocal_rank,
+    )
+
     g = torch.Generator().manual_seed(4)
-    img, txt = F.normalize(torch.randn(30, 8, generator=g), dim=-1), F.normalize(torch.randn(120, 8, generator=g), dim=-1)
+    img, txt = (
+        F.normalize(torch.randn(30, 8, generator=g), dim=-1),
+        F.normalize(torch.randn(120, 8, generator=g), dim=-1),
+    )
     own = owners(30, 120, np.random.default_rng(4))
     # torchmetrics 1.9 counts an item with score <= 0 as irrelevant (`where(preds > 0, target, 0)`): shift cosines above 0
     S = (img @ txt.T).double() + 2
     assert len(torch.unique(S)) == S.numel()  # no ties: torchmetrics breaks them by sort order
     got = retrieval_metrics(img, txt, own, chunk=9)
-    queries = {'t2i': [(S[:, j], torch.arange(30) == own[j]) for j in range(120)],
-               'i2t': [(S[i], own == i) for i in range(30)]}
+    queries = {
+        't2i': [(S[:, j], torch.arange(30) == own[j]) for j in range(120)],
+        'i2t': [(S[i], own == i) for i in range(30)],
+    }
     for d, qs in queries.items():
         mean = lambda f, **kw: torch.stack([f(p, t, **kw) for p, t in qs]).double().mean().item()
         assert got[f'{d}_MRR'] == pytest.approx(mean(retrieval_reciprocal_rank), rel=1e-6)
         assert got[f'{d}_NDCG@10'] == pytest.approx(mean(retrieval_normalized_dcg, top_k=10), rel=1e-6)
-        for k in (1, 5, 10): assert got[f'{d}_R@{k}'] == pytest.approx(mean(retrieval_hit_rate, top_k=k), rel=1e-6)
+        for k in (1, 5, 10):
+            assert got[f'{d}_R@{k}'] == pytest.approx(mean(retrieval_hit_rate, top_k=k), rel=1e-6)
 
 
-@pytest.mark.parametrize('call, msg', [
-    (lambda e: retrieval_metrics(e.nan, e.img, e.own), 'image_emb: embeddings contain NaN or inf'),
-    (lambda e: retrieval_metrics(e.img, e.img * float('inf'), e.own), 'text_emb: embeddings contain NaN or inf'),
-    (lambda e: retrieval_metrics(e.img[:0], e.img, e.own), 'non-empty'),
-    (lambda e: retrieval_metrics(e.img, e.img[:0], e.own[:0]), 'non-empty'),
-    (lambda e: retrieval_metrics(e.img[:, :0], e.img, e.own), 'non-empty'),
-    (lambda e: retrieval_metrics(e.img, e.img[:, :4], e.own), 'dimension 8 but text_emb has 4'),
-    (lambda e: retrieval_metrics(e.img, e.img, e.own[:-1]), 'expected shape (10,)'),
-    (lambda e: retrieval_metrics(e.img, e.img, e.own + 1), 'must be in [0, 10)'),
-    (lambda e: retrieval_metrics(e.img, e.img, e.own - 1), 'must be in [0, 10)'),
-    (lambda e: retrieval_metrics(e.img, e.img, e.own.float()), 'integer image indices'),
-    (lambda e: retrieval_metrics(e.img, e.img, e.own, ks=(0, 5)), 'ks must be positive'),
-    (lambda e: retrieval_metrics(e.img, e.img, e.own, chunk=0), 'chunk'),
-    (lambda e: zero_shot_classify(e.nan, e.img), 'image_emb: embeddings contain NaN or inf'),
-    (lambda e: zero_shot_classify(e.img, e.nan), 'class_text_emb: embeddings contain NaN or inf'),
-    (lambda e: zero_shot_classify(e.img, e.img[:, :4]), 'dimension 8 but class_text_emb has 4'),
-    (lambda e: zero_shot_classify(e.img, e.img, templates_per_class=3), 'do not split'),
-    (lambda e: classification_metrics([], []), 'non-empty'),
-    (lambda e: classification_metrics([0, 1], [0, 1, 1]), 'y_true has 2 labels but y_pred has 3'),
-    (lambda e: itm_accuracy(torch.zeros(0, 2), []), 'at least one'),
-    (lambda e: itm_accuracy(torch.zeros(3, 2), [0, 1]), '3 scores for 2 labels'),
-    (lambda e: itm_accuracy(torch.full((2, 2), float('nan')), [0, 1]), 'NaN or inf'),
-    (lambda e: itm_accuracy(torch.zeros(2, 3), [0, 1]), 'shape (N, 2) or (N,)'),
-    (lambda e: vqa_accuracy([], []), 'no predictions'),
-    (lambda e: vqa_accuracy(['a'], [['a'], ['b']]), '1 predictions, 2 answer lists'),
-    (lambda e: vqa_accuracy(['a'], [['a']], answer_types=['x', 'y']), '2 answer types'),
-    (lambda e: vqa_accuracy([None], [['a']]), 'must be strings'),
-    (lambda e: vqa_accuracy(['a'], [['a', 3]]), 'must be strings'),
-    (lambda e: classification_metrics([0], [0], labels=[]), 'labels: expected a non-empty'),
-])
+@pytest.mark.parametrize(
+    'call, msg',
+    [
+        (lambda e: retrieval_metrics(e.nan, e.img, e.own), 'image_emb: embeddings contain NaN or inf'),
+        (lambda e: retrieval_metrics(e.img, e.img * float('inf'), e.own), 'text_emb: embeddings contain NaN or inf'),
+        (lambda e: retrieval_metrics(e.img[:0], e.img, e.own), 'non-empty'),
+        (lambda e: retrieval_metrics(e.img, e.img[:0], e.own[:0]), 'non-empty'),
+        (lambda e: retrieval_metrics(e.img[:, :0], e.img, e.own), 'non-empty'),
+        (lambda e: retrieval_metrics(e.img, e.img[:, :4], e.own), 'dimension 8 but text_emb has 4'),
+        (lambda e: retrieval_metrics(e.img, e.img, e.own[:-1]), 'expected shape (10,)'),
+        (lambda e: retrieval_metrics(e.img, e.img, e.own + 1), 'must be in [0, 10)'),
+        (lambda e: retrieval_metrics(e.img, e.img, e.own - 1), 'must be in [0, 10)'),
+        (lambda e: retrieval_metrics(e.img, e.img, e.own.float()), 'integer image indices'),
+        (lambda e: retrieval_metrics(e.img, e.img, e.own, ks=(0, 5)), 'ks must be positive'),
+        (lambda e: retrieval_metrics(e.img, e.img, e.own, chunk=0), 'chunk'),
+        (lambda e: zero_shot_classify(e.nan, e.img), 'image_emb: embeddings contain NaN or inf'),
+        (lambda e: zero_shot_classify(e.img, e.nan), 'class_text_emb: embeddings contain NaN or inf'),
+        (lambda e: zero_shot_classify(e.img, e.img[:, :4]), 'dimension 8 but class_text_emb has 4'),
+        (lambda e: zero_shot_classify(e.img, e.img, templates_per_class=3), 'do not split'),
+        (lambda e: classification_metrics([], []), 'non-empty'),
+        (lambda e: classification_metrics([0, 1], [0, 1, 1]), 'y_true has 2 labels but y_pred has 3'),
+        (lambda e: itm_accuracy(torch.zeros(0, 2), []), 'at least one'),
+        (lambda e: itm_accuracy(torch.zeros(3, 2), [0, 1]), '3 scores for 2 labels'),
+        (lambda e: itm_accuracy(torch.full((2, 2), float('nan')), [0, 1]), 'NaN or inf'),
+        (lambda e: itm_accuracy(torch.zeros(2, 3), [0, 1]), 'shape (N, 2) or (N,)'),
+        (lambda e: vqa_accuracy([], []), 'no predictions'),
+        (lambda e: vqa_accuracy(['a'], [['a'], ['b']]), '1 predictions, 2 answer lists'),
+        (lambda e: vqa_accuracy(['a'], [['a']], answer_types=['x', 'y']), '2 answer types'),
+        (lambda e: vqa_accuracy([None], [['a']]), 'must be strings'),
+        (lambda e: vqa_accuracy(['a'], [['a', 3]]), 'must be strings'),
+        (lambda e: classification_metrics([0], [0], labels=[]), 'labels: expected a non-empty'),
+    ],
+)
 def test_bad_inputs(call, msg):
-    class E: pass
-    e = E(); e.img = torch.randn(10, 8); e.own = torch.arange(10)
-    e.nan = e.img.clone(); e.nan[2, 3] = float('nan')
-    with pytest.raises(VLLabError) as err: call(e)
+    class E:
+        pass
+
+    e = E()
+    e.img = torch.randn(10, 8)
+    e.own = torch.arange(10)
+    e.nan = e.img.clone()
+    e.nan[2, 3] = float('nan')
+    with pytest.raises(VLLabError) as err:
+        call(e)
     assert msg in str(err.value) and '\n' not in str(err.value)
 
 
@@ -153,6 +200,7 @@ def test_zero_shot_prompt_ensembling():
 @pytest.mark.parametrize('labels', [None, list(range(7))])
 def test_classification_matches_sklearn(labels):
     from sklearn.metrics import accuracy_score, confusion_matrix, f1_score
+
     rng = np.random.default_rng(6)
     yt, yp = rng.integers(0, 5, 200), rng.integers(0, 6, 200)  # class 5 only predicted; 6 in neither (with labels)
     m = classification_metrics(torch.from_numpy(yt), yp, labels=None if labels is None else torch.tensor(labels))
@@ -163,6 +211,7 @@ def test_classification_matches_sklearn(labels):
 
 def test_classification_label_subset_and_strings_match_sklearn():
     from sklearn.metrics import confusion_matrix, f1_score
+
     yt, yp = ['cat', 'dog', 'fox', 'dog', 'cat', 'fox'], ['cat', 'cat', 'dog', 'dog', 'fox', 'fox']
     for labels in (None, ['dog', 'cat'], ['cat', 'dog', 'fox', 'owl']):
         m = classification_metrics(yt, yp, labels=labels)
@@ -173,9 +222,16 @@ def test_classification_label_subset_and_strings_match_sklearn():
 
 def test_itm_accuracy():
     labels = torch.tensor([1] * 4 + [0] * 4)
-    logits = torch.tensor([[0., 1], [0, 2], [0, 3], [1, 0], [1, 0], [2, 0], [0, 1], [0, 1]])
+    logits = torch.tensor([[0.0, 1], [0, 2], [0, 3], [1, 0], [1, 0], [2, 0], [0, 1], [0, 1]])
     m = itm_accuracy(logits, labels)
-    assert (m['accuracy'], m['pos_recall'], m['neg_recall'], m['n'], m['n_pos'], m['n_neg']) == (0.625, 0.75, 0.5, 8, 4, 4)
+    assert (m['accuracy'], m['pos_recall'], m['neg_recall'], m['n'], m['n_pos'], m['n_neg']) == (
+        0.625,
+        0.75,
+        0.5,
+        8,
+        4,
+        4,
+    )
     assert itm_accuracy(logits.softmax(1), labels) == m  # probabilities: the same argmax
     assert itm_accuracy(logits[:, 1] - logits[:, 0], labels) == m  # (N,) match logits
     assert itm_accuracy((logits[:, 1] - logits[:, 0]).sigmoid(), labels, probs=True) == m
@@ -203,16 +259,41 @@ def test_vqa_subset_average_matches_official_loop():
         assert vqa_score('blue', ['blue'] * k + ['red'] * (10 - k)) == pytest.approx(want, abs=1e-12)
 
 
-@pytest.mark.parametrize('raw, want', [
-    ('YES', 'yes'), ('Yes.', 'yes'), ('yes!', 'yes'), ('yes ?', 'yes'),
-    ('red, white', 'red white'), ('red,white', 'red white'), ('left-handed', 'left handed'),
-    ('1,000', '1000'), ('10,000 feet', '10000 feet'), ('1,000 (approx)', '1000 approx'),
-    ('3.5', '3.5'), ('3.', '3'), ('mr. smith', 'mr smith'),
-    ('a dog', 'dog'), ('an apple', 'apple'), ('the man', 'man'), ('The a an', ''), ('anthem', 'anthem'),
-    ('one', '1'), ('Three', '3'), ('zero', '0'), ('none', '0'), ('two cats', '2 cats'),
-    ('dont', "don't"), ('cant', "can't"), ('whats', "what's"), ('oclock', "o'clock"), ('its', 'its'),
-    ('  two\tdogs\n', '2 dogs'), ('The two Dogs dont, bark.', "2 dogs don't bark"),
-])
+@pytest.mark.parametrize(
+    'raw, want',
+    [
+        ('YES', 'yes'),
+        ('Yes.', 'yes'),
+        ('yes!', 'yes'),
+        ('yes ?', 'yes'),
+        ('red, white', 'red white'),
+        ('red,white', 'red white'),
+        ('left-handed', 'left handed'),
+        ('1,000', '1000'),
+        ('10,000 feet', '10000 feet'),
+        ('1,000 (approx)', '1000 approx'),
+        ('3.5', '3.5'),
+        ('3.', '3'),
+        ('mr. smith', 'mr smith'),
+        ('a dog', 'dog'),
+        ('an apple', 'apple'),
+        ('the man', 'man'),
+        ('The a an', ''),
+        ('anthem', 'anthem'),
+        ('one', '1'),
+        ('Three', '3'),
+        ('zero', '0'),
+        ('none', '0'),
+        ('two cats', '2 cats'),
+        ('dont', "don't"),
+        ('cant', "can't"),
+        ('whats', "what's"),
+        ('oclock', "o'clock"),
+        ('its', 'its'),
+        ('  two\tdogs\n', '2 dogs'),
+        ('The two Dogs dont, bark.', "2 dogs don't bark"),
+    ],
+)
 def test_normalize_answer(raw, want):
     assert normalize_answer(raw) == want
 

@@ -1,4 +1,5 @@
 """`vl-lab report` with a plan: runs executed by papermill, cached by content hash, failures recorded, the lab note."""
+
 import json
 
 import nbformat
@@ -10,10 +11,24 @@ from conftest import ROOT, run_cli
 from vl_lab.synthetic import synth, synth_config
 
 TINY = ['epochs=2']  # on top of the cpu-micro preset
-ARM = TINY + ['model.conv_channels=16,32,64,64', 'model.text_width=64']  # teachers: big enough that INT8 files are smaller
-STUDENT = TINY + ['model.conv_channels=4,8,8,16', 'model.text_width=16', 'model.embed_dim=16', 'loss_weights=contrastive=1,distill=1']
-NAMES = ['dual-encoder-clean'] * 2 + ['dual-encoder-raw'] * 2 + ['dual-encoder-consistent', 'fusion', 'broken', 'needs-broken'] \
-    + ['student-distilled'] * 2 + ['student-alone'] * 2 + ['deployment']
+ARM = TINY + [
+    'model.conv_channels=16,32,64,64',
+    'model.text_width=64',
+]  # teachers: big enough that INT8 files are smaller
+STUDENT = TINY + [
+    'model.conv_channels=4,8,8,16',
+    'model.text_width=16',
+    'model.embed_dim=16',
+    'loss_weights=contrastive=1,distill=1',
+]
+NAMES = (
+    ['dual-encoder-clean'] * 2
+    + ['dual-encoder-raw'] * 2
+    + ['dual-encoder-consistent', 'fusion', 'broken', 'needs-broken']
+    + ['student-distilled'] * 2
+    + ['student-alone'] * 2
+    + ['deployment']
+)
 
 
 @pytest.fixture(scope='module')
@@ -21,21 +36,60 @@ def lab(tmp_path_factory):
     d = tmp_path_factory.mktemp('lab')
     synth(d / 'shapes', synth_config(n_images=160, seed=2), progress=False)
     params = nbformat.v4.new_code_cell("seed = 0\ndata = ''\nteacher = ''", metadata={'tags': ['parameters']})
-    bad = nbformat.v4.new_notebook(cells=[params,
-                                          nbformat.v4.new_code_cell("raise ValueError('this notebook fails on purpose')")])
+    bad = nbformat.v4.new_notebook(
+        cells=[params, nbformat.v4.new_code_cell("raise ValueError('this notebook fails on purpose')")]
+    )
     nbformat.write(bad, d / 'failing.ipynb')
     nb = str(ROOT / 'nbs' / 'experiments' / 'train_eval.ipynb')
-    plan = dict(corpus=str(d / 'shapes'), preset='cpu-micro', experiments=[
-        dict(name='dual-encoder-clean', notebook=nb, seeds=[0, 1], params=dict(data='clean', eval_data='consistent', overrides=ARM)),
-        dict(name='dual-encoder-raw', notebook=nb, seeds=[0, 1], params=dict(data='raw', eval_data='consistent', overrides=ARM)),
-        dict(name='dual-encoder-consistent', notebook=nb, seeds=[0], params=dict(data='consistent', eval_data='consistent', overrides=ARM)),
-        dict(name='fusion', notebook=nb, seeds=[0], params=dict(data='clean', overrides=TINY + ['model.tasks=contrastive,itm,caption,vqa'])),
-        dict(name='broken', notebook=str(d / 'failing.ipynb'), params=dict(data='raw')),
-        dict(name='needs-broken', notebook=str(d / 'failing.ipynb'), params=dict(data='raw', teacher='run:broken')),
-        dict(name='student-distilled', notebook=nb, seeds=[0, 1], params=dict(data='clean', teacher='run:dual-encoder-clean', overrides=STUDENT)),
-        dict(name='student-alone', notebook=nb, seeds=[0, 1], params=dict(data='clean', overrides=STUDENT)),
-        dict(name='deployment', notebook=str(ROOT / 'nbs' / 'experiments' / 'deploy.ipynb'), params=dict(
-            runs='runs:dual-encoder-clean', distilled='runs:student-distilled', alone='runs:student-alone', n_latency=5))])
+    plan = dict(
+        corpus=str(d / 'shapes'),
+        preset='cpu-micro',
+        experiments=[
+            dict(
+                name='dual-encoder-clean',
+                notebook=nb,
+                seeds=[0, 1],
+                params=dict(data='clean', eval_data='consistent', overrides=ARM),
+            ),
+            dict(
+                name='dual-encoder-raw',
+                notebook=nb,
+                seeds=[0, 1],
+                params=dict(data='raw', eval_data='consistent', overrides=ARM),
+            ),
+            dict(
+                name='dual-encoder-consistent',
+                notebook=nb,
+                seeds=[0],
+                params=dict(data='consistent', eval_data='consistent', overrides=ARM),
+            ),
+            dict(
+                name='fusion',
+                notebook=nb,
+                seeds=[0],
+                params=dict(data='clean', overrides=TINY + ['model.tasks=contrastive,itm,caption,vqa']),
+            ),
+            dict(name='broken', notebook=str(d / 'failing.ipynb'), params=dict(data='raw')),
+            dict(name='needs-broken', notebook=str(d / 'failing.ipynb'), params=dict(data='raw', teacher='run:broken')),
+            dict(
+                name='student-distilled',
+                notebook=nb,
+                seeds=[0, 1],
+                params=dict(data='clean', teacher='run:dual-encoder-clean', overrides=STUDENT),
+            ),
+            dict(name='student-alone', notebook=nb, seeds=[0, 1], params=dict(data='clean', overrides=STUDENT)),
+            dict(
+                name='deployment',
+                notebook=str(ROOT / 'nbs' / 'experiments' / 'deploy.ipynb'),
+                params=dict(
+                    runs='runs:dual-encoder-clean',
+                    distilled='runs:student-distilled',
+                    alone='runs:student-alone',
+                    n_latency=5,
+                ),
+            ),
+        ],
+    )
     (d / 'plan.yaml').write_text(yaml.safe_dump(plan))
     first = run_cli('report', '--plan', d / 'plan.yaml', '--out', d / 'reports', '--jobs', 2, cwd=d)
     return d, first
@@ -60,10 +114,21 @@ def test_the_page_describes_the_plans_corpus_and_makes_no_other(lab):
     assert index['runs'][7]['cause'] == f'needs the run broken seed 0 ({broken}), which failed'  # never executed
     for x in index['runs'][:6]:
         run = d / 'reports' / 'runs' / x['run_id']
-        assert all((run / f).exists() for f in ('executed.ipynb', 'run.html', 'params.yaml', 'metrics.json', 'history.csv', 'provenance.json'))
+        assert all(
+            (run / f).exists()
+            for f in ('executed.ipynb', 'run.html', 'params.yaml', 'metrics.json', 'history.csv', 'provenance.json')
+        )
     html = (d / 'reports' / 'index.html').read_text()
-    for title in ('Data card', 'Data cleaning', 'Model training', 'Evaluation metrics', 'Conclusions', 'Evidence: what the models do',
-                  'Next steps', 'Runs'):
+    for title in (
+        'Data card',
+        'Data cleaning',
+        'Model training',
+        'Evaluation metrics',
+        'Conclusions',
+        'Evidence: what the models do',
+        'Next steps',
+        'Runs',
+    ):
         assert f'<h2>{title}</h2>' in html, title
     assert 'this notebook fails on purpose' in html and 'n=2' in html and 'chance' in html
     # the cleaning ablation: three arms found from the plan, each difference with its standard error
@@ -77,28 +142,52 @@ def test_the_page_describes_the_plans_corpus_and_makes_no_other(lab):
 
 def test_distilled_students_and_the_deployment_table(lab):
     d, _ = lab
-    runs = {(x['name'], x['seed']): d / 'reports' / 'runs' / x['run_id'] for x in json.loads((d / 'reports' / 'runs' / 'index.json').read_text())['runs']}
+    runs = {
+        (x['name'], x['seed']): d / 'reports' / 'runs' / x['run_id']
+        for x in json.loads((d / 'reports' / 'runs' / 'index.json').read_text())['runs']
+    }
     for seed in (0, 1):  # each student learned from the teacher of its seed, through the loss term 'distill'
         student = yaml.safe_load((runs['student-distilled', seed] / 'params.yaml').read_text())
         assert student['teacher'] == str(runs['dual-encoder-clean', seed].resolve())
         h = pd.read_csv(runs['student-distilled', seed] / 'history.csv')
-        assert h[h.kind == 'step'].distill.notna().all() and pd.read_csv(runs['student-alone', seed] / 'history.csv').distill.isna().all()
+        assert (
+            h[h.kind == 'step'].distill.notna().all()
+            and pd.read_csv(runs['student-alone', seed] / 'history.csv').distill.isna().all()
+        )
     dep = json.loads((runs['deployment', 0] / 'metrics.json').read_text())['deployment']
     variants = [(r['variant'], r['seed']) for r in dep['rows']]
     for seed in (0, 1):
-        for v in ('torch fp32', 'onnx fp32', 'onnx int8', 'onnx int8 static', 'torch pruned 30%', 'torch pruned 60%', 'distilled student', 'student alone'):
+        for v in (
+            'torch fp32',
+            'onnx fp32',
+            'onnx int8',
+            'onnx int8 static',
+            'torch pruned 30%',
+            'torch pruned 60%',
+            'distilled student',
+            'student alone',
+        ):
             assert (v, seed) in variants, (v, seed)
     fp32 = {r['seed']: r for r in dep['rows'] if r['variant'] == 'torch fp32'}
     for r in dep['rows']:
-        if r['variant'] == 'onnx fp32': assert abs(r['t2i_R@1'] - fp32[r['seed']]['t2i_R@1']) < 1e-9
-        if r['variant'] in ('onnx int8', 'onnx int8 static'): assert r['size_mb'] < fp32[r['seed']]['size_mb'] / 2
-        if r['variant'].startswith('student') or r['variant'].startswith('distilled'): assert r['params'] < fp32[r['seed']]['params'] / 2
+        if r['variant'] == 'onnx fp32':
+            assert abs(r['t2i_R@1'] - fp32[r['seed']]['t2i_R@1']) < 1e-9
+        if r['variant'] in ('onnx int8', 'onnx int8 static'):
+            assert r['size_mb'] < fp32[r['seed']]['size_mb'] / 2
+        if r['variant'].startswith('student') or r['variant'].startswith('distilled'):
+            assert r['params'] < fp32[r['seed']]['params'] / 2
     # the deployment measured the students' test R@1 as their own evaluation did
     ev = json.loads((runs['student-alone', 0] / 'metrics.json').read_text())['eval']['retrieval']['t2i_R@1']
-    assert abs(next(r['t2i_R@1'] for r in dep['rows'] if r['variant'] == 'student alone' and r['seed'] == 0) - ev) < 1e-6
+    assert (
+        abs(next(r['t2i_R@1'] for r in dep['rows'] if r['variant'] == 'student alone' and r['seed'] == 0) - ev) < 1e-6
+    )
     html = (d / 'reports' / 'index.html').read_text()
     assert '<h2>Deployment</h2>' in html and 'Findings (computed from the table)' in html
-    assert 'INT8 (dynamic, ONNX Runtime): the files are' in html and 'INT8 static (image encoder static' in html and 'Distillation: the student has' in html
+    assert (
+        'INT8 (dynamic, ONNX Runtime): the files are' in html
+        and 'INT8 static (image encoder static' in html
+        and 'Distillation: the student has' in html
+    )
 
 
 def test_second_report_executes_nothing(lab):
@@ -120,16 +209,21 @@ def test_changing_a_parameter_reruns_only_what_it_touches(lab):
 
 def test_two_cold_builds_give_identical_metrics(lab):
     d, _ = lab
-    r = run_cli('report', '--plan', d / 'plan.yaml', '--out', d / 'reports-again', '--only', 'dual-encoder-clean', cwd=d)
+    r = run_cli(
+        'report', '--plan', d / 'plan.yaml', '--out', d / 'reports-again', '--only', 'dual-encoder-clean', cwd=d
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     ids = [x['run_id'] for x in json.loads((d / 'reports-again' / 'runs' / 'index.json').read_text())['runs']]
     assert len(ids) == 2
     for rid in ids:
-        assert (d / 'reports' / 'runs' / rid / 'metrics.json').read_bytes() == (d / 'reports-again' / 'runs' / rid / 'metrics.json').read_bytes()
+        assert (d / 'reports' / 'runs' / rid / 'metrics.json').read_bytes() == (
+            d / 'reports-again' / 'runs' / rid / 'metrics.json'
+        ).read_bytes()
 
 
 def test_dead_kernel_and_timeout_are_failed_runs_with_their_cause(lab, tmp_path):
     from vl_lab.runner import run_plan
+
     d, _ = lab
     cells = {'dies': "import os, signal; os.kill(os.getpid(), signal.SIGKILL)", 'hangs': "import time; time.sleep(600)"}
     exps = []

@@ -1,5 +1,10 @@
 """`vl_lab.serve` over real HTTP on loopback: each endpoint, each kind of bad input with its status, and a service that keeps answering."""
-import asyncio, io, json, threading, time
+
+import asyncio
+import io
+import json
+import threading
+import time
 from contextlib import contextmanager
 
 import httpx
@@ -21,9 +26,19 @@ def run(tmp_path_factory):
     torch.set_num_threads(1)
     d = tmp_path_factory.mktemp('serve')
     synth(d / 'data', synth_config('none', n_images=160), progress=False)
-    cfg = resolve_config('cpu-tiny', {'epochs': 1, 'model.tasks': 'contrastive,caption', 'model.conv_channels': '16,32,64,64',
-                                      'model.text_width': 64, 'model.text_layers': 2, 'model.embed_dim': 32,
-                                      'model.decoder_layers': 1}, data=d / 'data')
+    cfg = resolve_config(
+        'cpu-tiny',
+        {
+            'epochs': 1,
+            'model.tasks': 'contrastive,caption',
+            'model.conv_channels': '16,32,64,64',
+            'model.text_width': 64,
+            'model.text_layers': 2,
+            'model.embed_dim': 32,
+            'model.decoder_layers': 1,
+        },
+        data=d / 'data',
+    )
     train(cfg, d / 'run', progress=False)
     (d / 'run' / 'eval' / 'test').mkdir(parents=True)
     (d / 'run' / 'eval' / 'test' / 'metrics.json').write_text(json.dumps({'retrieval': {'t2i_R@1': 0.25}}))
@@ -34,11 +49,13 @@ def run(tmp_path_factory):
 def serving(app):
     "The base URL of `app` served by uvicorn on a free loopback port (a background thread); shut down afterwards."
     import uvicorn
+
     server = uvicorn.Server(uvicorn.Config(app, host='127.0.0.1', port=0, log_level='warning'))
     t = threading.Thread(target=server.run, daemon=True)
     t.start()
     for _ in range(200):
-        if server.started: break
+        if server.started:
+            break
         time.sleep(0.05)
     assert server.started, 'the service did not start'
     host, port = server.servers[0].sockets[0].getsockname()[:2]
@@ -52,22 +69,27 @@ def serving(app):
 @pytest.fixture(scope='module')
 def app(run):
     from vl_lab.serve import make_app
+
     return make_app(run, max_upload_mb=LIMIT_MB, max_texts=4, max_text_chars=100, max_pixels=4_000_000, num_beams=1)
 
 
 @pytest.fixture(scope='module')
 def url(app):
     "The service on a free loopback port."
-    with serving(app) as u: yield u
+    with serving(app) as u:
+        yield u
 
 
 @pytest.fixture(scope='module')
 def client(url):
-    with httpx.Client(base_url=url, timeout=30) as c: yield c
+    with httpx.Client(base_url=url, timeout=30) as c:
+        yield c
 
 
 def png_bytes(img):
-    b = io.BytesIO(); img.save(b, 'PNG'); return b.getvalue()
+    b = io.BytesIO()
+    img.save(b, 'PNG')
+    return b.getvalue()
 
 
 def test_health_and_model(client, run):
@@ -82,7 +104,9 @@ def test_health_and_model(client, run):
 def test_multimodal_inference(client):
     img, caps = scene_image(3)
     texts = [caps[0], 'a tiny purple hexagon in the corner', caps[1]]
-    r = client.post('/multimodal/inference', files={'image': ('s.png', png_bytes(img), 'image/png')}, data={'texts': texts})
+    r = client.post(
+        '/multimodal/inference', files={'image': ('s.png', png_bytes(img), 'image/png')}, data={'texts': texts}
+    )
     assert r.status_code == 200, r.text
     res = r.json()['results']
     assert sorted(x['text'] for x in res) == sorted(texts)
@@ -106,8 +130,15 @@ def test_embeddings_match_similarity(client):
 def test_concurrent_requests_are_batched_and_answered_alike(url, client):
     "16 requests at once: each gets what it gets alone, and some of them shared a forward pass."
     import asyncio
+
     scenes = [scene_image(10 + i) for i in range(16)]
-    reqs = [dict(files={'image': ('s.png', png_bytes(img))}, data={'texts': [c[:100] for c in caps[:2]] + ['a tiny purple hexagon']}) for img, caps in scenes]
+    reqs = [
+        dict(
+            files={'image': ('s.png', png_bytes(img))},
+            data={'texts': [c[:100] for c in caps[:2]] + ['a tiny purple hexagon']},
+        )
+        for img, caps in scenes
+    ]
     alone = [client.post('/multimodal/inference', **r) for r in reqs]
     assert all(a.status_code == 200 for a in alone)
     alone = [a.json() for a in alone]
@@ -116,42 +147,92 @@ def test_concurrent_requests_are_batched_and_answered_alike(url, client):
     async def burst():
         async with httpx.AsyncClient(base_url=url, timeout=60) as c:
             return await asyncio.gather(*(c.post('/multimodal/inference', **r) for r in reqs))
+
     together = asyncio.run(burst())
     after = client.get('/model').json()['batching']
     for a, t in zip(alone, together):
         assert t.status_code == 200, t.text
         got = {x['text']: x['score'] for x in t.json()['results']}
-        assert all(abs(got[x['text']] - x['score']) < 1e-4 for x in a['results'])  # padding to a longer batch changes nothing
+        assert all(
+            abs(got[x['text']] - x['score']) < 1e-4 for x in a['results']
+        )  # padding to a longer batch changes nothing
     images, batches = after['image_items'] - before['image_items'], after['image_batches'] - before['image_batches']
     assert images == 16 and batches < 16, after  # fewer forward passes than requests
 
 
 def _multipart(parts, boundary='b0undary'):
-    out = b''.join(f'--{boundary}\r\nContent-Disposition: form-data; name="{n}"; filename="x.bin"\r\n'
-                   f'Content-Type: application/octet-stream\r\n\r\n'.encode() + v + b'\r\n' for n, v in parts)
+    out = b''.join(
+        f'--{boundary}\r\nContent-Disposition: form-data; name="{n}"; filename="x.bin"\r\n'
+        f'Content-Type: application/octet-stream\r\n\r\n'.encode()
+        + v
+        + b'\r\n'
+        for n, v in parts
+    )
     return out + f'--{boundary}--\r\n'.encode(), {'content-type': f'multipart/form-data; boundary={boundary}'}
 
 
 BAD = {
     'no image': (422, lambda c: c.post('/multimodal/inference', files={'texts': (None, 'a red circle')})),
-    'text bytes as image': (415, lambda c: c.post('/embed/image', files={'image': ('a.png', b'hello, I am not an image' * 10)})),
-    'truncated png': (415, lambda c: c.post('/embed/image', files={'image': ('a.png', png_bytes(scene_image(1)[0])[:200])})),
-    'bomb png 20000x20000': (413, lambda c: c.post('/embed/image', files={'image': ('b.png', png_of_size(20000, 20000))})),
-    'upload a little over the limit': (413, lambda c: c.post('/embed/image', files={'image': ('a.png', b'\0' * (int(LIMIT_MB * 2**20) + 10))})),
-    'upload far over the limit (Content-Length)': (413, lambda c: c.post('/embed/image', files={'image': ('a.png', b'\0' * 3 * 2**20)})),
-    'chunked upload over the limit': (413, lambda c: c.post('/embed/image', headers=_multipart([('image', b'')])[1],
-                                                            content=iter([_multipart([('image', b'\0' * 2**20)])[0]] * 2))),
-    'no text': (422, lambda c: c.post('/multimodal/inference', files={'image': ('a.png', png_bytes(scene_image(1)[0]))})),
-    'too many texts': (422, lambda c: c.post('/multimodal/inference', files={'image': ('a.png', png_bytes(scene_image(1)[0]))},
-                                             data={'texts': ['a red circle'] * 5})),
+    'text bytes as image': (
+        415,
+        lambda c: c.post('/embed/image', files={'image': ('a.png', b'hello, I am not an image' * 10)}),
+    ),
+    'truncated png': (
+        415,
+        lambda c: c.post('/embed/image', files={'image': ('a.png', png_bytes(scene_image(1)[0])[:200])}),
+    ),
+    'bomb png 20000x20000': (
+        413,
+        lambda c: c.post('/embed/image', files={'image': ('b.png', png_of_size(20000, 20000))}),
+    ),
+    'upload a little over the limit': (
+        413,
+        lambda c: c.post('/embed/image', files={'image': ('a.png', b'\0' * (int(LIMIT_MB * 2**20) + 10))}),
+    ),
+    'upload far over the limit (Content-Length)': (
+        413,
+        lambda c: c.post('/embed/image', files={'image': ('a.png', b'\0' * 3 * 2**20)}),
+    ),
+    'chunked upload over the limit': (
+        413,
+        lambda c: c.post(
+            '/embed/image',
+            headers=_multipart([('image', b'')])[1],
+            content=iter([_multipart([('image', b'\0' * 2**20)])[0]] * 2),
+        ),
+    ),
+    'no text': (
+        422,
+        lambda c: c.post('/multimodal/inference', files={'image': ('a.png', png_bytes(scene_image(1)[0]))}),
+    ),
+    'too many texts': (
+        422,
+        lambda c: c.post(
+            '/multimodal/inference',
+            files={'image': ('a.png', png_bytes(scene_image(1)[0]))},
+            data={'texts': ['a red circle'] * 5},
+        ),
+    ),
     'over-long text': (422, lambda c: c.post('/embed/text', json={'texts': ['x' * 101]})),
     'empty text list': (422, lambda c: c.post('/embed/text', json={'texts': []})),
     'texts not a list': (422, lambda c: c.post('/embed/text', json={'texts': 5})),
-    'not json': (422, lambda c: c.post('/embed/text', content=b'{"texts": [', headers={'content-type': 'application/json'})),
+    'not json': (
+        422,
+        lambda c: c.post('/embed/text', content=b'{"texts": [', headers={'content-type': 'application/json'}),
+    ),
     'not multipart': (422, lambda c: c.post('/multimodal/inference', json={'texts': ['a']})),
-    'malformed multipart': (400, lambda c: c.post('/embed/image', content=b'--zz\r\ngarbage without headers',
-                                                  headers={'content-type': 'multipart/form-data; boundary=zz'})),
-    'multipart without boundary': (400, lambda c: c.post('/embed/image', content=b'abc', headers={'content-type': 'multipart/form-data'})),
+    'malformed multipart': (
+        400,
+        lambda c: c.post(
+            '/embed/image',
+            content=b'--zz\r\ngarbage without headers',
+            headers={'content-type': 'multipart/form-data; boundary=zz'},
+        ),
+    ),
+    'multipart without boundary': (
+        400,
+        lambda c: c.post('/embed/image', content=b'abc', headers={'content-type': 'multipart/form-data'}),
+    ),
 }
 
 
@@ -166,7 +247,8 @@ def test_bad_input(client, case):
 
 
 def test_still_answers_after_bad_input(client):
-    for code, send in BAD.values(): send(client)
+    for code, send in BAD.values():
+        send(client)
     assert client.get('/health').json() == {'status': 'ok'}
     img, caps = scene_image(5)
     r = client.post('/multimodal/inference', files={'image': ('s.png', png_bytes(img))}, data={'texts': caps})
@@ -176,27 +258,56 @@ def test_still_answers_after_bad_input(client):
 def test_onnx_backend_needs_export(run):
     from vl_lab.core import VLLabError
     from vl_lab.serve import make_app
+
     for b, flags in (('onnx', '--onnx`'), ('onnx-int8', '--onnx --int8`'), ('onnx-int8-static', '--onnx --int8`')):
-        with pytest.raises(VLLabError, match=f'vl-lab export RUN_DIR {flags}'): make_app(run, backend=b)
-    with pytest.raises(VLLabError, match='unknown backend .* onnx-int8-static'): make_app(run, backend='tensorrt')
+        with pytest.raises(VLLabError, match=f'vl-lab export RUN_DIR {flags}'):
+            make_app(run, backend=b)
+    with pytest.raises(VLLabError, match='unknown backend .* onnx-int8-static'):
+        make_app(run, backend='tensorrt')
 
 
 def _export_onnx(run, dest):
     "A stand-in for `vl-lab export --onnx` with the agreed names (pixels / input_ids, attention_mask -> embedding)."
     from vl_lab.evaluate import load_run
+
     model, tok, cfg, _ = load_run(run)
+
     class Image(torch.nn.Module):
-        def __init__(self): super().__init__(); self.m = model
-        def forward(self, pixels): return self.m.encode_image(pixels)[0]
+        def __init__(self):
+            super().__init__()
+            self.m = model
+
+        def forward(self, pixels):
+            return self.m.encode_image(pixels)[0]
+
     class Text(torch.nn.Module):
-        def __init__(self): super().__init__(); self.m = model
-        def forward(self, input_ids, attention_mask): return self.m.encode_text(input_ids, attention_mask)[0]
+        def __init__(self):
+            super().__init__()
+            self.m = model
+
+        def forward(self, input_ids, attention_mask):
+            return self.m.encode_text(input_ids, attention_mask)[0]
+
     dest.mkdir(parents=True, exist_ok=True)
     s, ids = cfg.transform.size, torch.ones(2, 8, dtype=torch.long)
-    torch.onnx.export(Image().eval(), (torch.zeros(1, 3, s, s),), dest / 'image.onnx', input_names=['pixels'], output_names=['embedding'],
-                      dynamic_axes={'pixels': {0: 'n'}}, dynamo=False)
-    torch.onnx.export(Text().eval(), (ids, torch.ones_like(ids)), dest / 'text.onnx', input_names=['input_ids', 'attention_mask'],
-                      output_names=['embedding'], dynamic_axes={'input_ids': {0: 'n', 1: 'l'}, 'attention_mask': {0: 'n', 1: 'l'}}, dynamo=False)
+    torch.onnx.export(
+        Image().eval(),
+        (torch.zeros(1, 3, s, s),),
+        dest / 'image.onnx',
+        input_names=['pixels'],
+        output_names=['embedding'],
+        dynamic_axes={'pixels': {0: 'n'}},
+        dynamo=False,
+    )
+    torch.onnx.export(
+        Text().eval(),
+        (ids, torch.ones_like(ids)),
+        dest / 'text.onnx',
+        input_names=['input_ids', 'attention_mask'],
+        output_names=['embedding'],
+        dynamic_axes={'input_ids': {0: 'n', 1: 'l'}, 'attention_mask': {0: 'n', 1: 'l'}},
+        dynamo=False,
+    )
 
 
 @pytest.mark.filterwarnings('ignore')
@@ -205,6 +316,7 @@ def test_onnx_backend_matches_torch(run, tmp_path):
     import shutil
     from fastapi.testclient import TestClient
     from vl_lab.serve import make_app
+
     pytest.importorskip('onnxruntime')
     r2 = tmp_path / run.name
     shutil.copytree(run, r2)
@@ -221,12 +333,15 @@ def test_onnx_backend_matches_torch(run, tmp_path):
     # INT8 files beside them (dynamic, and the image encoder static): the int8 backends serve scores close to torch's
     from vl_lab.deploy import quantize_encoders
     from vl_lab.evaluate import load_run
+
     _, tok, cfg, _ = load_run(r2)
     quantize_encoders({k: r2 / 'export' / f'{k}.onnx' for k in ('image', 'text')}, cfg, tok, n_calibration=32)
     for backend in ('onnx-int8', 'onnx-int8-static'):
         c8 = TestClient(make_app(r2, backend=backend, num_beams=1))
         s8 = {x['text']: x['score'] for x in c8.post('/multimodal/inference', **req).json()['results']}
-        assert [s8[x['text']] for x in a['results']] == pytest.approx([x['score'] for x in a['results']], abs=0.1), backend
+        assert [s8[x['text']] for x in a['results']] == pytest.approx([x['score'] for x in a['results']], abs=0.1), (
+            backend
+        )
         assert c8.get('/model').json()['backend'] == backend
         # dynamic INT8 scales over the batch: each row is encoded alone, so batch mates change no answer
         together = c8.post('/embed/text', json={'texts': caps}).json()['embeddings']
@@ -236,18 +351,30 @@ def test_onnx_backend_matches_torch(run, tmp_path):
 
 def png16_of_size(w, h):
     "A valid 16-bit greyscale PNG of w x h black pixels (a few KB on disk; PIL decodes it as mode I;16)."
-    import struct, zlib
-    def chunk(t, d): return struct.pack('>I', len(d)) + t + d + struct.pack('>I', zlib.crc32(t + d) & 0xffffffff)
+    import struct
+    import zlib
+
+    def chunk(t, d):
+        return struct.pack('>I', len(d)) + t + d + struct.pack('>I', zlib.crc32(t + d) & 0xFFFFFFFF)
+
     z, row, parts = zlib.compressobj(9), b'\x00' * (1 + 2 * w), []
-    for _ in range(h): parts.append(z.compress(row))
+    for _ in range(h):
+        parts.append(z.compress(row))
     parts.append(z.flush())
-    return (b'\x89PNG\r\n\x1a\n' + chunk(b'IHDR', struct.pack('>IIBBBBB', w, h, 16, 0, 0, 0, 0))
-            + chunk(b'IDAT', b''.join(parts)) + chunk(b'IEND', b''))
+    return (
+        b'\x89PNG\r\n\x1a\n'
+        + chunk(b'IHDR', struct.pack('>IIBBBBB', w, h, 16, 0, 0, 0, 0))
+        + chunk(b'IDAT', b''.join(parts))
+        + chunk(b'IEND', b'')
+    )
 
 
 def jpeg_bytes(w, h):
     from PIL import Image
-    b = io.BytesIO(); Image.new('RGB', (w, h), (200, 30, 30)).save(b, 'JPEG', quality=80); return b.getvalue()
+
+    b = io.BytesIO()
+    Image.new('RGB', (w, h), (200, 30, 30)).save(b, 'JPEG', quality=80)
+    return b.getvalue()
 
 
 async def _burst(url, sends):
@@ -270,7 +397,8 @@ def test_lone_surrogate_text_is_422_and_spares_its_batch(url, client):
     alone = [client.post('/embed/text', json={'texts': t}).json()['embeddings'] for t in good]
     bad = lambda c: c.post('/embed/text', content=b'{"texts": ["\\ud800 x"]}', headers=JSON)
     sends = [_text_request(t) for t in good]
-    for i in (3, 12, 21, 30): sends.insert(i, bad)
+    for i in (3, 12, 21, 30):
+        sends.insert(i, bad)
     answers = asyncio.run(_burst(url, sends))
     bad_answers = [answers[i] for i in (3, 12, 21, 30)]
     good_answers = [r for i, r in enumerate(answers) if i not in (3, 12, 21, 30)]
@@ -284,20 +412,30 @@ def test_lone_surrogate_text_is_422_and_spares_its_batch(url, client):
 def test_failure_in_a_batch_fails_only_its_request(app, url, client, monkeypatch):
     "The batched function fails on one request's items: that request gets its 4xx, the others their answers."
     from fastapi import HTTPException
+
     texts = app.state.engine.texts
     real, shared = texts.fn, []
+
     def poisoned(items):
         if any('poison' in t for t in items):
             shared.append(len(items))
             raise HTTPException(422, 'A poisoned text cannot be encoded.')
         return real(items)
+
     good = [[f'a green triangle above {n} circles'] for n in range(24)]
     alone = [client.post('/embed/text', json={'texts': t}).json()['embeddings'] for t in good]
     monkeypatch.setattr(texts, 'fn', poisoned)
     for _ in range(5):  # until the poisoned request shared a pass with others (almost always the first time)
-        answers = asyncio.run(_burst(url, [_text_request(t) for t in good[:12]] + [_text_request(['poison'])]
-                                     + [_text_request(t) for t in good[12:]]))
-        if max(shared, default=0) > 1: break
+        answers = asyncio.run(
+            _burst(
+                url,
+                [_text_request(t) for t in good[:12]]
+                + [_text_request(['poison'])]
+                + [_text_request(t) for t in good[12:]],
+            )
+        )
+        if max(shared, default=0) > 1:
+            break
     assert max(shared, default=0) > 1, shared
     poisoned_answer = answers.pop(12)
     assert [r.status_code for r in answers] == [200] * 24, [r.text for r in answers if r.status_code != 200][:2]
@@ -311,6 +449,7 @@ def test_over_budget_images_are_413_with_the_limit(run, client):
     import inspect
     from vl_lab.cleaning import CleanConfig
     from vl_lab.serve import make_app
+
     r = client.post('/embed/image', files={'image': ('a.png', png16_of_size(1500, 1500))})  # 2.25 M 16-bit: 4.5 M > 4 M
     assert r.status_code == 413 and '4,000,000' in r.json()['detail'], r.text
     assert '1500x1500' in r.json()['detail'] and '16-bit' in r.json()['detail'], r.text
@@ -326,10 +465,13 @@ def test_over_budget_images_are_413_with_the_limit(run, client):
 def test_jpeg_is_decoded_at_reduced_size(client, monkeypatch):
     "A JPEG decodes at 1/2..1/8 scale (Image.draft): fewer pixels decoded, and the budget applies to the reduced size."
     from PIL import ImageFile
+
     decoded, real_load = [], ImageFile.ImageFile.load
+
     def load(self):
         decoded.append((self.format, self.size))
         return real_load(self)
+
     monkeypatch.setattr(ImageFile.ImageFile, 'load', load)
     r = client.post('/embed/image', files={'image': ('a.jpg', jpeg_bytes(1800, 1200))})
     assert r.status_code == 200, r.text
@@ -341,7 +483,9 @@ def test_jpeg_is_decoded_at_reduced_size(client, monkeypatch):
 def test_decodes_are_bounded_by_max_decodes(run, monkeypatch):
     "Eight image requests at once, a service with max_decodes=2: never more than 2 images decode at the same time."
     import vl_lab.serve as serve_mod
+
     lock, now, peak, real = threading.Lock(), [0], [0], serve_mod.load_pixels
+
     def counted(*args, **kwargs):
         with lock:
             now[0] += 1
@@ -350,7 +494,9 @@ def test_decodes_are_bounded_by_max_decodes(run, monkeypatch):
             time.sleep(0.3)
             return real(*args, **kwargs)
         finally:
-            with lock: now[0] -= 1
+            with lock:
+                now[0] -= 1
+
     monkeypatch.setattr(serve_mod, 'load_pixels', counted)
     data = png_bytes(scene_image(7)[0])
     send = lambda c: c.post('/embed/image', files={'image': ('s.png', data)})
@@ -374,9 +520,11 @@ def test_no_server_path_in_any_response(run, url, client):
     img, caps = scene_image(8)
     texts = [client.get(p).text for p in ('/health', '/model', '/openapi.json', '/nowhere')]
     image = {'image': ('s.png', png_bytes(img))}
-    texts += [client.post('/multimodal/inference', files=image, data={'texts': caps}).text,
-              client.post('/embed/image', files=image).text,
-              client.post('/embed/text', json={'texts': caps}).text,
-              client.post('/embed/text', content=b'{"texts": ["\\ud800"]}', headers=JSON).text]
+    texts += [
+        client.post('/multimodal/inference', files=image, data={'texts': caps}).text,
+        client.post('/embed/image', files=image).text,
+        client.post('/embed/text', json={'texts': caps}).text,
+        client.post('/embed/text', content=b'{"texts": ["\\ud800"]}', headers=JSON).text,
+    ]
     texts += [send(client).text for _, send in BAD.values()]
     assert not _no_server_path(texts, *paths)

@@ -1,19 +1,26 @@
 """The shapes corpus: determinism, the COCO format, measured noise rates, and labels that are true of the files."""
-import hashlib, io, json, math, re
+
+import hashlib
+import json
+import math
+import re
 from collections import Counter
-from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image, ImageOps
 
 from conftest import run_cli
-from vl_lab.scenes import COLORS, SHAPE_WORDS
-from vl_lab.synthetic import CAPTION_NOISE, IMAGE_NOISE, NOISE_PRESETS, synth_config
+from vl_lab.scenes import COLORS
+from vl_lab.synthetic import CAPTION_NOISE, IMAGE_NOISE, synth_config
 
 
 def hashes(root):
-    return {p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(root.rglob('*')) if p.is_file()}
+    return {
+        p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob('*'))
+        if p.is_file()
+    }
 
 
 def test_same_seed_same_bytes_other_seed_other_corpus(tmp_path):
@@ -33,7 +40,10 @@ def test_noise_rates_match_configuration(heavy_corpus):
     "Each kind is drawn independently per item: its count is binomial around the configured rate (4.5 sigma)."
     ann, noise = load(heavy_corpus)
     rates = synth_config('heavy').noise.__dict__
-    for level, kinds, labels in (('image', IMAGE_NOISE, noise['images']), ('caption', CAPTION_NOISE, noise['annotations'])):
+    for level, kinds, labels in (
+        ('image', IMAGE_NOISE, noise['images']),
+        ('caption', CAPTION_NOISE, noise['annotations']),
+    ):
         n, counts = len(labels), Counter(l['kind'] for l in labels)
         for k in kinds:
             p = rates[k]
@@ -61,14 +71,17 @@ def test_noise_labels_are_true_of_the_files(heavy_corpus):
         seen[kind] += 1
         if kind == 'corrupt':
             with pytest.raises(Exception):
-                with Image.open(path) as x: x.load()
+                with Image.open(path) as x:
+                    x.load()
             continue
         with Image.open(path) as x:
             x.load()
             mode, exif = x.mode, x.getexif()
             up = ImageOps.exif_transpose(x)
-        if kind == 'low_res': assert min(up.size) < 224
-        else: assert min(up.size) >= 224, (kind, up.size)
+        if kind == 'low_res':
+            assert min(up.size) < 224
+        else:
+            assert min(up.size) >= 224, (kind, up.size)
         assert (mode not in ('RGB',)) == (kind == 'unusual_mode'), (kind, mode)
         assert (exif.get(0x0112, 1) != 1) == (kind == 'exif_rotated')
         assert up.size == (im['width'], im['height'])
@@ -84,9 +97,12 @@ def test_noise_labels_are_true_of_the_files(heavy_corpus):
     colors = re.compile(r'\b(' + '|'.join(COLORS) + r')\b')
     for lab in noise['annotations']:
         cap, kind = caps[lab['id']], lab['kind']
-        if kind == 'clean': assert cap == lab['clean_caption'] and len(cap) > 10
-        if kind == 'text_noise': assert cap != lab['clean_caption']
-        if kind == 'short': assert len(cap) <= 10
+        if kind == 'clean':
+            assert cap == lab['clean_caption'] and len(cap) > 10
+        if kind == 'text_noise':
+            assert cap != lab['clean_caption']
+        if kind == 'short':
+            assert len(cap) <= 10
         if kind == 'mismatch':
             mine = {o['color'] for o in images[lab['image_id']]['objects']}
             assert set(colors.findall(cap.lower())) - mine, cap  # names a colour the image does not have
@@ -100,7 +116,8 @@ def test_clean_pixels_show_the_recorded_objects(heavy_corpus):
     names = list(COLORS)
     checked = 0
     for im in ann['images'][:300]:
-        if kind[im['id']] != 'clean': continue
+        if kind[im['id']] != 'clean':
+            continue
         arr = np.asarray(Image.open(heavy_corpus / 'images' / im['file_name']).convert('RGB'), np.float32)
         for o in im['objects']:
             x, y, w, h = o['bbox']
@@ -113,6 +130,7 @@ def test_clean_pixels_show_the_recorded_objects(heavy_corpus):
 def test_loads_with_pycocotools_and_feeds_cocoevalcap(tmp_path, monkeypatch):
     from pycocotools.coco import COCO
     import pycocoevalcap.eval as ev
+
     run_cli('synth', tmp_path / 'c', '--n-images', 40, '--noise', 'none', '--quiet', check=True)
     coco = COCO(str(tmp_path / 'c' / 'annotations.json'))
     assert len(coco.getImgIds()) == 40 and len(coco.getAnnIds()) == 200
@@ -121,8 +139,12 @@ def test_loads_with_pycocotools_and_feeds_cocoevalcap(tmp_path, monkeypatch):
     coco_res = coco.loadRes(res)
 
     class NoSpice:  # SPICE downloads Stanford CoreNLP at run time, which cannot work offline; the rest is real
-        def compute_score(self, gts, res): return float('nan'), [float('nan')] * len(gts)
-        def method(self): return 'SPICE (skipped: needs a download)'
+        def compute_score(self, gts, res):
+            return float('nan'), [float('nan')] * len(gts)
+
+        def method(self):
+            return 'SPICE (skipped: needs a download)'
+
     monkeypatch.setattr(ev, 'Spice', NoSpice)
     e = ev.COCOEvalCap(coco, coco_res)
     e.evaluate()

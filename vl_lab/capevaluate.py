@@ -53,9 +53,12 @@ class VlLabCaption(evaluate.Metric):
         return capmetrics.caption_metrics(dict(enumerate(references)), dict(enumerate(predictions)))
 '''
 
+
 def evaluate_module_path(root=None) -> Path:
     "The folder of the `evaluate` module of `caption_metrics`, written under `root` (default: ~/.cache/vl_lab/evaluate) if missing or stale."
-    root = Path(root) if root else Path(os.environ.get('XDG_CACHE_HOME') or Path.home() / '.cache') / 'vl_lab' / 'evaluate'
+    root = (
+        Path(root) if root else Path(os.environ.get('XDG_CACHE_HOME') or Path.home() / '.cache') / 'vl_lab' / 'evaluate'
+    )
     folder = root / EVALUATE_MODULE_NAME
     script = folder / f'{EVALUATE_MODULE_NAME}.py'
     try:
@@ -63,5 +66,7 @@ def evaluate_module_path(root=None) -> Path:
             folder.mkdir(parents=True, exist_ok=True)
             atomic_write(script, EVALUATE_MODULE_SOURCE)
     except OSError as e:
-        raise VLLabError(f'cannot write the evaluate module to {folder}: {e.strerror or e} (pass another root)') from None
+        raise VLLabError(
+            f'cannot write the evaluate module to {folder}: {e.strerror or e} (pass another root)'
+        ) from None
     return folder

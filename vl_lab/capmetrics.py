@@ -4,7 +4,12 @@
 
 # %% ../nbs/30a_capmetrics.ipynb #fd01c2d0
 from __future__ import annotations
-import importlib.util, re, shutil, subprocess, tempfile, threading
+import importlib.util
+import re
+import shutil
+import subprocess
+import tempfile
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -13,24 +18,45 @@ from .core import VLLabError
 from .data import read_json
 
 # %% auto #0
-__all__ = ['PTB_PUNCTUATION', 'check_ids', 'java_path', 'ptb_tokenize', 'ngram_counts', 'bleu', 'lcs_length', 'rouge_l',
-           'cider_d', 'MeteorScorer', 'meteor', 'caption_metrics', 'load_coco_results']
+__all__ = [
+    'PTB_PUNCTUATION',
+    'check_ids',
+    'java_path',
+    'ptb_tokenize',
+    'ngram_counts',
+    'bleu',
+    'lcs_length',
+    'rouge_l',
+    'cider_d',
+    'MeteorScorer',
+    'meteor',
+    'caption_metrics',
+    'load_coco_results',
+]
+
 
 # %% ../nbs/30a_capmetrics.ipynb #8da0ed2c
 def _some(ids, k: int = 5) -> str:
     ids = list(ids)
     return ', '.join(map(repr, ids[:k])) + (f' and {len(ids) - k} more' if len(ids) > k else '')
 
+
 def check_ids(refs: dict, hyps: dict, refs_name: str = 'references', hyp_name: str = 'hypothesis'):
     "Raise a one-line `VLLabError` naming up to 5 images when `refs` and `hyps` do not cover the same image ids."
     if not isinstance(refs, dict) or not isinstance(hyps, dict):
-        raise VLLabError(f'references and hypotheses must be dicts keyed by image id, got {type(refs).__name__} and {type(hyps).__name__}')
-    if not hyps: raise VLLabError('no hypotheses to evaluate')
+        raise VLLabError(
+            f'references and hypotheses must be dicts keyed by image id, got {type(refs).__name__} and {type(hyps).__name__}'
+        )
+    if not hyps:
+        raise VLLabError('no hypotheses to evaluate')
     no_hyp, no_ref = [k for k in refs if k not in hyps], [k for k in hyps if k not in refs]
     have = lambda ids: f"{len(ids)} image{' has' if len(ids) == 1 else 's have'}"
-    problems = ([f'{have(no_hyp)} {refs_name} but no {hyp_name}: {_some(no_hyp)}'] if no_hyp else []) + \
-               ([f'{have(no_ref)} a {hyp_name} but no {refs_name}: {_some(no_ref)}'] if no_ref else [])
-    if problems: raise VLLabError('; '.join(problems))
+    problems = ([f'{have(no_hyp)} {refs_name} but no {hyp_name}: {_some(no_hyp)}'] if no_hyp else []) + (
+        [f'{have(no_ref)} a {hyp_name} but no {refs_name}: {_some(no_ref)}'] if no_ref else []
+    )
+    if problems:
+        raise VLLabError('; '.join(problems))
+
 
 def _captions(caps, image, what: str = '') -> list:
     "`caps` checked to be a non-empty list of strings."
@@ -38,8 +64,10 @@ def _captions(caps, image, what: str = '') -> list:
     if not isinstance(caps, (list, tuple)) or not caps:
         raise VLLabError(f'image {image!r}: expected a non-empty list of {kind}s, got {caps!r:.60}')
     for c in caps:
-        if not isinstance(c, str): raise VLLabError(f'image {image!r}: a {kind} is {type(c).__name__}, not a string')
+        if not isinstance(c, str):
+            raise VLLabError(f'image {image!r}: a {kind} is {type(c).__name__}, not a string')
     return list(caps)
+
 
 def _flatten(gts: dict, res: dict):
     "Checked inputs as flat lists in `gts` order: image ids, hypotheses, references, and each reference's image index."
@@ -48,48 +76,72 @@ def _flatten(gts: dict, res: dict):
     hyps = []
     for k in ids:
         h = _captions(res[k], k, 'hypothesis')
-        if len(h) != 1: raise VLLabError(f'image {k!r}: expected exactly one hypothesis, got {len(h)}')
+        if len(h) != 1:
+            raise VLLabError(f'image {k!r}: expected exactly one hypothesis, got {len(h)}')
         hyps.append(h[0])
     refs = [_captions(gts[k], k, 'reference') for k in ids]
     return ids, hyps, [r for rs in refs for r in rs], np.repeat(np.arange(len(ids)), [len(rs) for rs in refs])
 
+
 # %% ../nbs/30a_capmetrics.ipynb #d358bd3d
-PTB_PUNCTUATION = frozenset(["''", "'", "``", "`", "-LRB-", "-RRB-", "-LCB-", "-RCB-", ".", "?", "!", ",", ":", "-", "--", "...", ";"])
+PTB_PUNCTUATION = frozenset(
+    ["''", "'", "``", "`", "-LRB-", "-RRB-", "-LCB-", "-RCB-", ".", "?", "!", ",", ":", "-", "--", "...", ";"]
+)
 _LINE_BREAKS = re.compile('[\n\r\x0b\x0c\u2028\u2029]')
+
 
 def java_path() -> str:
     "The `java` executable the jars run with; a `VLLabError` when there is none."
     java = shutil.which('java')
-    if java is None: raise VLLabError('METEOR and PTB tokenization need Java (install a JRE, e.g. apt-get install default-jre-headless)')
+    if java is None:
+        raise VLLabError(
+            'METEOR and PTB tokenization need Java (install a JRE, e.g. apt-get install default-jre-headless)'
+        )
     return java
+
 
 def _jar(*parts) -> Path:
     "A file shipped inside the installed pycocoevalcap package."
     spec = importlib.util.find_spec('pycocoevalcap')
     for root in (spec.submodule_search_locations or []) if spec else []:
-        if Path(root, *parts).is_file(): return Path(root, *parts)
+        if Path(root, *parts).is_file():
+            return Path(root, *parts)
     raise VLLabError(f"caption metrics need pycocoevalcap's {parts[-1]} (pip install pycocoevalcap)")
+
 
 def ptb_tokenize(captions: dict) -> dict:
     "{id: [caption, ...]} tokenized as pycocoevalcap's `PTBTokenizer` does: PTB tokens, lower case, no punctuation."
     ids = [k for k, caps in captions.items() for _ in _captions(caps, k)]
     lines = [_LINE_BREAKS.sub(' ', c) for caps in captions.values() for c in caps]
     out = {k: [] for k in captions}
-    if not lines: return out
-    try: text = '\n'.join(lines).encode('utf-8')
-    except UnicodeEncodeError: raise VLLabError('a caption is not valid text (it holds undecodable bytes)') from None
-    cmd = [java_path(), '-cp', str(_jar('tokenizer', 'stanford-corenlp-3.4.1.jar')),
-           'edu.stanford.nlp.process.PTBTokenizer', '-preserveLines', '-lowerCase', 'captions.txt']
+    if not lines:
+        return out
+    try:
+        text = '\n'.join(lines).encode('utf-8')
+    except UnicodeEncodeError:
+        raise VLLabError('a caption is not valid text (it holds undecodable bytes)') from None
+    cmd = [
+        java_path(),
+        '-cp',
+        str(_jar('tokenizer', 'stanford-corenlp-3.4.1.jar')),
+        'edu.stanford.nlp.process.PTBTokenizer',
+        '-preserveLines',
+        '-lowerCase',
+        'captions.txt',
+    ]
     with tempfile.TemporaryDirectory(prefix='vl_lab_ptb_') as d:
         Path(d, 'captions.txt').write_bytes(text)
         r = subprocess.run(cmd, cwd=d, stdin=subprocess.DEVNULL, capture_output=True)
     tokenized = r.stdout.decode('utf-8').split('\n')
     if r.returncode or len(tokenized) != len(lines):
-        raise RuntimeError(f'PTB tokenizer failed (exit {r.returncode}, {len(tokenized)} lines for {len(lines)} captions): '
-                           + r.stderr.decode(errors='replace')[-500:])
+        raise RuntimeError(
+            f'PTB tokenizer failed (exit {r.returncode}, {len(tokenized)} lines for {len(lines)} captions): '
+            + r.stderr.decode(errors='replace')[-500:]
+        )
     for k, line in zip(ids, tokenized):
         out[k].append(' '.join(w for w in line.rstrip().split(' ') if w not in PTB_PUNCTUATION))
     return out
+
 
 # %% ../nbs/30a_capmetrics.ipynb #d8ab4a19
 def ngram_counts(sents: list[str], n: int = 4):
@@ -104,18 +156,22 @@ def ngram_counts(sents: list[str], n: int = 4):
     left = np.repeat(np.cumsum(lens), lens) - np.arange(len(ids))  # words from each position to its sentence's end
     keys, offset, rows, orders = ids, 0, [], []
     for k in range(1, n + 1):
-        if k > 1: keys = np.unique(keys[:-1] * max(len(vocab), 1) + ids[k - 1:], return_inverse=True)[1].reshape(-1)
-        ok = left[:len(keys)] >= k  # the k-gram starting here stays inside its sentence
-        rows.append((sent[:len(keys)][ok], keys[ok] + offset))
+        if k > 1:
+            keys = np.unique(keys[:-1] * max(len(vocab), 1) + ids[k - 1 :], return_inverse=True)[1].reshape(-1)
+        ok = left[: len(keys)] >= k  # the k-gram starting here stays inside its sentence
+        rows.append((sent[: len(keys)][ok], keys[ok] + offset))
         size = int(keys.max()) + 1 if len(keys) else 0
-        orders.append(np.full(size, k)); offset += size
+        orders.append(np.full(size, k))
+        offset += size
     s, g = (np.concatenate(x) for x in zip(*rows))
     key, count = np.unique(s * max(offset, 1) + g, return_counts=True)
     gram = key % max(offset, 1)
     return lens, key // max(offset, 1), gram, np.concatenate(orders)[gram], count
 
+
 # %% ../nbs/30a_capmetrics.ipynb #a22cb8f5
 _TINY, _SMALL = 1e-15, 1e-9  # pycocoevalcap's smoothing constants
+
 
 def _lookup(keys, values, query):
     "`values[i]` where `keys[i] == q` for each q in `query` (`keys` sorted and unique), else 0."
@@ -126,9 +182,11 @@ def _lookup(keys, values, query):
     out[hit] = values[at[hit]]
     return out
 
+
 def _starts(img, n_images):
     "Where each image's references start in the flat reference list (each image has at least one)."
     return np.r_[0, np.cumsum(np.bincount(img, minlength=n_images))[:-1]]
+
 
 def _bleu(correct, guess, testlen, reflen):
     "BLEU-1..n from match and candidate counts (last axis: the order) and lengths, with pycocoevalcap's smoothing."
@@ -136,6 +194,7 @@ def _bleu(correct, guess, testlen, reflen):
     p = np.cumprod((correct + _TINY) / (guess + _SMALL), axis=-1) ** (1 / np.arange(1, n + 1))
     ratio = (testlen + _TINY) / (reflen + _SMALL)
     return p * np.where(ratio < 1, np.exp(1 - 1 / ratio), 1.0)[..., None]
+
 
 def bleu(gts: dict, res: dict, n: int = 4):
     "Corpus BLEU-1..`n` (a list) and per-image BLEU (array (n, images)), as pycocoevalcap's `Bleu(n)` computes them."
@@ -152,19 +211,24 @@ def bleu(gts: dict, res: dict, n: int = 4):
     guess = np.maximum(testlen[:, None] - np.arange(n), 0)
     big = int(rlen.max()) + 1  # closest reference length, the shorter on a tie: min of |r - c| * big + r
     reflen = np.minimum.reduceat(np.abs(rlen - testlen[img]) * big + rlen, _starts(img, N)) % big
-    return _bleu(correct.sum(0), guess.sum(0), testlen.sum(), reflen.sum()).tolist(), _bleu(correct, guess, testlen, reflen).T
+    return _bleu(correct.sum(0), guess.sum(0), testlen.sum(), reflen.sum()).tolist(), _bleu(
+        correct, guess, testlen, reflen
+    ).T
+
 
 # %% ../nbs/30a_capmetrics.ipynb #977ad7ed
 def lcs_length(a: list, b: list) -> int:
     "The length of the longest common subsequence of token lists `a` and `b` (bit-parallel)."
     masks = {}
-    for i, tok in enumerate(a): masks[tok] = masks.get(tok, 0) | 1 << i
+    for i, tok in enumerate(a):
+        masks[tok] = masks.get(tok, 0) | 1 << i
     full = (1 << len(a)) - 1
     v = full  # a 0 bit at position i: a[i] ends a common subsequence so far
     for tok in b:
         u = v & masks.get(tok, 0)
         v = ((v + u) | (v - u)) & full
     return len(a) - v.bit_count()
+
 
 def rouge_l(gts: dict, res: dict, beta: float = 1.2):
     "Mean ROUGE-L F-measure and per-image scores, as pycocoevalcap's `Rouge()` computes them."
@@ -177,6 +241,7 @@ def rouge_l(gts: dict, res: dict, beta: float = 1.2):
     f, ok = np.zeros(len(ids)), (prec > 0) & (rec > 0)
     f[ok] = (1 + beta**2) * prec[ok] * rec[ok] / (rec[ok] + beta**2 * prec[ok])
     return float(f.mean()), f
+
 
 # %% ../nbs/30a_capmetrics.ipynb #d4953f8e
 def cider_d(gts: dict, res: dict, n: int = 4, sigma: float = 6.0):
@@ -195,31 +260,52 @@ def cider_d(gts: dict, res: dict, n: int = 4, sigma: float = 6.0):
     den = norm[img] * norm[N:]
     sim = np.divide(num, den, out=num.copy(), where=den != 0)
     bigrams = np.maximum(lens - 1, 0)
-    sim *= np.exp(-(bigrams[img] - bigrams[N:]).astype(float) ** 2 / (2 * sigma**2))[:, None]
+    sim *= np.exp(-((bigrams[img] - bigrams[N:]).astype(float) ** 2) / (2 * sigma**2))[:, None]
     scores = np.bincount(img, weights=sim.mean(1), minlength=N) / np.bincount(img, minlength=N) * 10
     return float(scores.mean()), scores
+
 
 # %% ../nbs/30a_capmetrics.ipynb #d99f5398
 class MeteorScorer:
     "The METEOR 1.5 jar, run as pycocoevalcap's `Meteor` runs it but from a temporary folder; `close()` it, or use `with`."
+
     def __init__(self):
-        cmd = [java_path(), '-jar', '-Xmx2G', str(_jar('meteor', 'meteor-1.5.jar')), '-', '-', '-stdio', '-l', 'en', '-norm']
+        cmd = [
+            java_path(),
+            '-jar',
+            '-Xmx2G',
+            str(_jar('meteor', 'meteor-1.5.jar')),
+            '-',
+            '-',
+            '-stdio',
+            '-l',
+            'en',
+            '-norm',
+        ]
         self._dir = tempfile.TemporaryDirectory(prefix='vl_lab_meteor_')
         self._err = open(Path(self._dir.name, 'stderr.txt'), 'w+b')
-        self.proc = subprocess.Popen(cmd, cwd=self._dir.name, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._err)
+        self.proc = subprocess.Popen(
+            cmd, cwd=self._dir.name, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._err
+        )
         self._lock = threading.Lock()
 
     def _ask(self, line: str, answers: int = 1) -> list[str]:
         "Send one protocol line; the jar's `answers` answer lines."
         try:
-            self.proc.stdin.write(f'{line}\n'.encode('utf-8')); self.proc.stdin.flush()
+            self.proc.stdin.write(f'{line}\n'.encode('utf-8'))
+            self.proc.stdin.flush()
             out = [self.proc.stdout.readline().decode('utf-8').strip() for _ in range(answers)]
-        except OSError: out = ['']
+        except OSError:
+            out = ['']
         if not out[-1]:  # end of output: the jar stopped
-            try: self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired: pass
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                pass
             self._err.seek(0)
-            raise RuntimeError(f'METEOR jar stopped (exit {self.proc.returncode}): {self._err.read()[-400:].decode(errors="replace").strip()}')
+            raise RuntimeError(
+                f'METEOR jar stopped (exit {self.proc.returncode}): {self._err.read()[-400:].decode(errors="replace").strip()}'
+            )
         return out
 
     def __call__(self, gts: dict, res: dict):
@@ -228,49 +314,73 @@ class MeteorScorer:
         clean = lambda c: re.sub('[\r\n]', ' ', c)  # a line break would end a protocol line
         refs_of = np.split(np.array([clean(r) for r in refs], dtype=object), _starts(img, len(ids))[1:])
         with self._lock:
-            stats = [self._ask(' ||| '.join(('SCORE', ' ||| '.join(rs), clean(h).replace('|||', '').replace('  ', ' '))))[0]
-                     for h, rs in zip(hyps, refs_of)]
+            stats = [
+                self._ask(' ||| '.join(('SCORE', ' ||| '.join(rs), clean(h).replace('|||', '').replace('  ', ' '))))[0]
+                for h, rs in zip(hyps, refs_of)
+            ]
             *per_image, corpus = self._ask(' ||| '.join(['EVAL', *stats]), len(ids) + 1)
         return float(corpus), np.array([float(x) for x in per_image])
 
     def close(self):
         "Stop the jar and remove its folder."
         if self.proc.poll() is None:
-            try: self.proc.stdin.close()
-            except OSError: pass
+            try:
+                self.proc.stdin.close()
+            except OSError:
+                pass
             self.proc.kill()
         self.proc.wait()
-        self.proc.stdout.close(); self._err.close(); self._dir.cleanup()
+        self.proc.stdout.close()
+        self._err.close()
+        self._dir.cleanup()
 
-    def __enter__(self): return self
-    def __exit__(self, *exc): self.close()
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
 
 def meteor(gts: dict, res: dict):
     "Corpus METEOR 1.5 and per-image scores, equal to pycocoevalcap's `Meteor()` (starts the jar: ~10 s)."
     _flatten(gts, res)  # bad input fails before the jar starts
-    with MeteorScorer() as scorer: return scorer(gts, res)
+    with MeteorScorer() as scorer:
+        return scorer(gts, res)
+
 
 # %% ../nbs/30a_capmetrics.ipynb #eab03e01
 def caption_metrics(refs: dict, hyps: dict) -> dict:
     "COCOEvalCap's scores (no SPICE) of `hyps` {image_id: caption} against `refs` {image_id: [captions]}."
     check_ids(refs, hyps)
-    for k, caps in refs.items(): _captions(caps, k, 'reference')
+    for k, caps in refs.items():
+        _captions(caps, k, 'reference')
     for k, hyp in hyps.items():
-        if not isinstance(hyp, str): raise VLLabError(f'image {k!r}: the hypothesis is {type(hyp).__name__}, not a string')
+        if not isinstance(hyp, str):
+            raise VLLabError(f'image {k!r}: the hypothesis is {type(hyp).__name__}, not a string')
     with MeteorScorer() as scorer:  # the jar loads its paraphrase table while the rest runs
-        tok = ptb_tokenize({**{('ref', k): caps for k, caps in refs.items()}, **{('hyp', k): [h] for k, h in hyps.items()}})
+        tok = ptb_tokenize(
+            {**{('ref', k): caps for k, caps in refs.items()}, **{('hyp', k): [h] for k, h in hyps.items()}}
+        )
         gts, res = {k: tok['ref', k] for k in refs}, {k: tok['hyp', k] for k in refs}
         out = {f'Bleu_{i}': s for i, s in enumerate(bleu(gts, res)[0], 1)}
         rouge, cider = rouge_l(gts, res)[0], cider_d(gts, res)[0]
         out['METEOR'] = scorer(gts, res)[0]
     return {**out, 'ROUGE_L': rouge, 'CIDEr': cider}
 
+
 # %% ../nbs/30a_capmetrics.ipynb #772309b7
 def _records(data, path, what: str) -> list:
     for i, rec in enumerate(data):
-        if not (isinstance(rec, dict) and isinstance(rec.get('image_id'), (int, str)) and isinstance(rec.get('caption'), str)):
-            raise VLLabError(f"{path}: {what} {i} needs an 'image_id' (number or string) and a string 'caption', got {rec!r:.80}")
+        if not (
+            isinstance(rec, dict)
+            and isinstance(rec.get('image_id'), (int, str))
+            and isinstance(rec.get('caption'), str)
+        ):
+            raise VLLabError(
+                f"{path}: {what} {i} needs an 'image_id' (number or string) and a string 'caption', got {rec!r:.80}"
+            )
     return data
+
 
 def load_coco_results(refs_json, hyps_json) -> tuple[dict, dict]:
     "`refs` {image_id: [captions]} from a COCO captions file, `hyps` {image_id: caption} from a COCO results file."
@@ -278,12 +388,17 @@ def load_coco_results(refs_json, hyps_json) -> tuple[dict, dict]:
     if not isinstance(ann, dict) or not isinstance(ann.get('annotations'), list):
         raise VLLabError(f"{refs_json}: not a COCO captions file (expected an object with an 'annotations' list)")
     refs = {}
-    for a in _records(ann['annotations'], refs_json, 'annotation'): refs.setdefault(a['image_id'], []).append(a['caption'])
+    for a in _records(ann['annotations'], refs_json, 'annotation'):
+        refs.setdefault(a['image_id'], []).append(a['caption'])
     results = read_json(hyps_json)
-    if not isinstance(results, list): raise VLLabError(f'{hyps_json}: not a COCO results file (expected a list of {{"image_id": ..., "caption": ...}})')
+    if not isinstance(results, list):
+        raise VLLabError(
+            f'{hyps_json}: not a COCO results file (expected a list of {{"image_id": ..., "caption": ...}})'
+        )
     hyps = {}
     for r in _records(results, hyps_json, 'result'):
-        if r['image_id'] in hyps: raise VLLabError(f"{hyps_json}: image {r['image_id']!r} has more than one caption")
+        if r['image_id'] in hyps:
+            raise VLLabError(f"{hyps_json}: image {r['image_id']!r} has more than one caption")
         hyps[r['image_id']] = r['caption']
     check_ids(refs, hyps, f'references in {refs_json}', f'caption in {hyps_json}')
     return refs, hyps

@@ -4,7 +4,11 @@
 
 # %% ../nbs/03a_clean.ipynb #87531366
 from __future__ import annotations
-import json, multiprocessing as mp, os, shutil, sys
+import json
+import multiprocessing as mp
+import os
+import shutil
+import sys
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import asdict
 from itertools import islice
@@ -14,49 +18,94 @@ import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
 
-from .cleaning import (ALL_RULES, CleanConfig, Verdict, check_bomb, check_encoding, check_length, check_resolution,
-                             consistency_verdicts, content_hash, decode_image, denoise, phash, read_header, thumb_correlation, thumbnail)
+from vl_lab.cleaning import (
+    ALL_RULES,
+    CleanConfig,
+    Verdict,
+    check_bomb,
+    check_encoding,
+    check_length,
+    check_resolution,
+    consistency_verdicts,
+    content_hash,
+    decode_image,
+    denoise,
+    phash,
+    read_header,
+    thumb_correlation,
+    thumbnail,
+)
 from .core import VLLabError, atomic_write, config_to_dict, write_json
 from .data import Record, load_records
 
 # %% auto #0
-__all__ = ['ALWAYS_ON', 'enabled_rules', 'inspect_record', 'inspect_corpus', 'mark_duplicates', 'score_consistency',
-           'write_outputs', 'clean_corpus']
+__all__ = [
+    'ALWAYS_ON',
+    'enabled_rules',
+    'inspect_record',
+    'inspect_corpus',
+    'mark_duplicates',
+    'score_consistency',
+    'write_outputs',
+    'clean_corpus',
+]
 
 # %% ../nbs/03a_clean.ipynb #56a6b4e6
 _EXT = {'JPEG': 'jpg', 'PNG': 'png', 'WEBP': 'webp', 'GIF': 'gif', 'BMP': 'bmp', 'TIFF': 'tif'}
 
+
 def enabled_rules(cfg: CleanConfig) -> set[str]:
     "The rules `cfg.rules` names; unknown names are an error."
     rules = {r.strip() for r in cfg.rules.split(',') if r.strip()}
-    if bad := rules - set(ALL_RULES): raise VLLabError(f"unknown rule(s) {', '.join(sorted(bad))} (known: {', '.join(ALL_RULES)})")
+    if bad := rules - set(ALL_RULES):
+        raise VLLabError(f"unknown rule(s) {', '.join(sorted(bad))} (known: {', '.join(ALL_RULES)})")
     return rules | ALWAYS_ON
+
 
 # without a file, or an entry that can be read, or with an id another entry already has, there is nothing to keep
 ALWAYS_ON = frozenset({'missing_file', 'unsafe_path', 'malformed_entry', 'duplicate_id'})
 
+
 def _image_checks(rec: Record, cfg: CleanConfig, rules: set, img_dir: Path, seq: int) -> dict:
     "Image rules for one record; writes the upright RGB image (or the original bytes) into `img_dir` when it passes."
     out = dict(verdict=None, transforms=[])
-    if rec.image.error: out['verdict'] = Verdict(False, rec.image.rule, rec.image.error); return out
-    try: data = rec.image.read_bytes()
-    except OSError as e: out['verdict'] = Verdict(False, 'missing_file', f'cannot read {rec.image.source}: {e.strerror or e}'); return out
+    if rec.image.error:
+        out['verdict'] = Verdict(False, rec.image.rule, rec.image.error)
+        return out
+    try:
+        data = rec.image.read_bytes()
+    except OSError as e:
+        out['verdict'] = Verdict(False, 'missing_file', f'cannot read {rec.image.source}: {e.strerror or e}')
+        return out
     h = read_header(data)
     if isinstance(h, Verdict):
-        if h.rule == 'decompression_bomb' or 'corrupt' in rules: out['verdict'] = h; return out
+        if h.rule == 'decompression_bomb' or 'corrupt' in rules:
+            out['verdict'] = h
+            return out
     else:
         for rule, check in (('decompression_bomb', check_bomb), ('resolution', check_resolution)):
-            if rule in rules and not (v := check(h, cfg)).keep: out['verdict'] = v; return out
+            if rule in rules and not (v := check(h, cfg)).keep:
+                out['verdict'] = v
+                return out
     dec = decode_image(data)
     if isinstance(dec, Verdict):
-        if 'corrupt' in rules: out['verdict'] = dec; return out
-        out.update(sha256=content_hash(data), file=f'{seq:08d}.bin'); (img_dir / out['file']).write_bytes(data); return out
+        if 'corrupt' in rules:
+            out['verdict'] = dec
+            return out
+        out.update(sha256=content_hash(data), file=f'{seq:08d}.bin')
+        (img_dir / out['file']).write_bytes(data)
+        return out
     img, transforms = dec
     out.update(transforms=transforms, sha256=content_hash(data), phash=f'{phash(img):016x}', size=list(img.size))
     out['thumb'] = thumbnail(img).tobytes().hex()
-    if transforms: out['file'] = f'{seq:08d}.png'; img.save(img_dir / out['file'], 'PNG')
-    else: out['file'] = f"{seq:08d}.{_EXT.get(h.format, 'img')}"; (img_dir / out['file']).write_bytes(data)
+    if transforms:
+        out['file'] = f'{seq:08d}.png'
+        img.save(img_dir / out['file'], 'PNG')
+    else:
+        out['file'] = f"{seq:08d}.{_EXT.get(h.format, 'img')}"
+        (img_dir / out['file']).write_bytes(data)
     return out
+
 
 def _caption_checks(captions: list, cfg: CleanConfig, rules: set) -> list[dict]:
     "Caption rules for each caption: every check is computed (for measuring rules), the first failing one decides."
@@ -72,9 +121,17 @@ def _caption_checks(captions: list, cfg: CleanConfig, rules: set) -> list[dict]:
         after, steps = denoise(before) if enc.keep else (before, [])
         ln = check_length(after, cfg)
         fail = next((v for v in (enc, ln) if not v.keep and v.rule in rules), None)
-        rows.append(dict(before=before, after=after, steps=steps, verdict=fail,
-                         checks={'text': bool(steps), 'caption_encoding': not enc.keep, 'caption_length': not ln.keep}))
+        rows.append(
+            dict(
+                before=before,
+                after=after,
+                steps=steps,
+                verdict=fail,
+                checks={'text': bool(steps), 'caption_encoding': not enc.keep, 'caption_length': not ln.keep},
+            )
+        )
     return rows
+
 
 def inspect_record(seq: int, rec: Record, cfg: CleanConfig, rules: set, img_dir: Path) -> dict:
     "Every per-record rule on `rec`; an unexpected exception rejects the record with rule `error`."
@@ -86,8 +143,10 @@ def inspect_record(seq: int, rec: Record, cfg: CleanConfig, rules: set, img_dir:
         img = dict(verdict=Verdict(False, 'error', f'{type(e).__name__}: {str(e)[:200]}'), transforms=[])
         caps = [dict(before=str(c), after=str(c), steps=[], verdict=None, checks={}) for c in rec.captions]
     for d in [img] + caps:
-        if d.get('verdict') is not None: d['verdict'] = asdict(d['verdict'])
+        if d.get('verdict') is not None:
+            d['verdict'] = asdict(d['verdict'])
     return dict(base, image=img, captions=caps)
+
 
 # %% ../nbs/03a_clean.ipynb #139a9aa3
 def _run_shard(work: Path, idx: int, items: list, cfg: CleanConfig, rules: set) -> int:
@@ -96,15 +155,19 @@ def _run_shard(work: Path, idx: int, items: list, cfg: CleanConfig, rules: set) 
     atomic_write(work / f'shard-{idx:06d}.jsonl', ''.join(json.dumps(r, ensure_ascii=True) + '\n' for r in rows))
     return len(rows)
 
+
 def _shards(records, size):
     it = enumerate(records)
     for idx in range(10**9):
         chunk = list(islice(it, size))
-        if not chunk: return
+        if not chunk:
+            return
         yield idx, chunk
 
-def inspect_corpus(records, work: Path, cfg: CleanConfig, rules: set, workers: int = 2, shard_size: int = 256,
-                   progress: bool = True) -> int:
+
+def inspect_corpus(
+    records, work: Path, cfg: CleanConfig, rules: set, workers: int = 2, shard_size: int = 256, progress: bool = True
+) -> int:
     "Run the per-record rules over `records` into `work/`, skipping shards already done; returns the shard count."
     (work / 'images').mkdir(parents=True, exist_ok=True)
     bar = tqdm(desc='clean', unit=' records', disable=not progress, mininterval=1)
@@ -112,62 +175,107 @@ def inspect_corpus(records, work: Path, cfg: CleanConfig, rules: set, workers: i
     if workers <= 1:
         for idx, items in _shards(records, shard_size):
             n_shards += 1
-            if not (work / f'shard-{idx:06d}.jsonl').exists(): _run_shard(work, idx, items, cfg, rules)
+            if not (work / f'shard-{idx:06d}.jsonl').exists():
+                _run_shard(work, idx, items, cfg, rules)
             bar.update(len(items))
-        bar.close(); return n_shards
+        bar.close()
+        return n_shards
     # fork on Linux (workers use PIL and numpy only): spawn re-imports __main__, which fails for stdin scripts
-    with ProcessPoolExecutor(workers, mp_context=mp.get_context('fork' if sys.platform == 'linux' else 'spawn')) as pool:
+    with ProcessPoolExecutor(
+        workers, mp_context=mp.get_context('fork' if sys.platform == 'linux' else 'spawn')
+    ) as pool:
         pending = {}
         for idx, items in _shards(records, shard_size):
             n_shards += 1
-            if (work / f'shard-{idx:06d}.jsonl').exists(): bar.update(len(items)); continue
+            if (work / f'shard-{idx:06d}.jsonl').exists():
+                bar.update(len(items))
+                continue
             pending[pool.submit(_run_shard, work, idx, items, cfg, rules)] = len(items)
             while len(pending) >= 2 * workers:  # bounded: a stream is never read far ahead of the workers
                 done, _ = wait(pending, return_when=FIRST_COMPLETED)
-                for f in done: f.result(); bar.update(pending.pop(f))
-        for f in list(pending): f.result(); bar.update(pending.pop(f))
+                for f in done:
+                    f.result()
+                    bar.update(pending.pop(f))
+        for f in list(pending):
+            f.result()
+            bar.update(pending.pop(f))
     bar.close()
     return n_shards
 
+
 # %% ../nbs/03a_clean.ipynb #4abc6502
 def _bands(h: int, radius: int):
-    k = radius + 1; w = -(-64 // k)
+    k = radius + 1
+    w = -(-64 // k)
     return [(b, (h >> (b * w)) & ((1 << w) - 1)) for b in range(k)]
+
 
 def mark_duplicates(results: list[dict], cfg: CleanConfig, rules: set) -> None:
     "Reject later exact and near copies of kept images, in corpus order (in place)."
     seen, buckets, kept = {}, {}, []
     for r in results:
         im = r['image']
-        if im['verdict'] is not None or 'sha256' not in im: continue
+        if im['verdict'] is not None or 'sha256' not in im:
+            continue
         if 'duplicate' in rules and im['sha256'] in seen:
-            im['verdict'] = asdict(Verdict(False, 'duplicate', f"same bytes as {seen[im['sha256']]}")); continue
+            im['verdict'] = asdict(Verdict(False, 'duplicate', f"same bytes as {seen[im['sha256']]}"))
+            continue
         seen.setdefault(im['sha256'], r['id'])
         if 'near_duplicate' in rules and 'phash' in im:
             h, thumb = int(im['phash'], 16), np.frombuffer(bytes.fromhex(im['thumb']), np.uint8)
             for j in sorted({j for key in _bands(h, cfg.phash_radius) for j in buckets.get(key, ())}):
-                o = kept[j]; d = bin(h ^ o[0]).count('1')
+                o = kept[j]
+                d = bin(h ^ o[0]).count('1')
                 if d <= cfg.phash_radius and (c := thumb_correlation(thumb, o[1])) > cfg.near_dup_min_corr:
-                    im['verdict'] = asdict(Verdict(False, 'near_duplicate', f'near copy of {o[2]} (hash distance {d}, thumbnail correlation {c:.3f})'))
+                    im['verdict'] = asdict(
+                        Verdict(
+                            False,
+                            'near_duplicate',
+                            f'near copy of {o[2]} (hash distance {d}, thumbnail correlation {c:.3f})',
+                        )
+                    )
                     break
-            if im['verdict'] is not None: continue
-            for key in _bands(h, cfg.phash_radius): buckets.setdefault(key, []).append(len(kept))
+            if im['verdict'] is not None:
+                continue
+            for key in _bands(h, cfg.phash_radius):
+                buckets.setdefault(key, []).append(len(kept))
             kept.append((h, thumb, r['id']))
+
 
 # %% ../nbs/03a_clean.ipynb #09a01dba
 def _pair_rows(r: dict) -> list[dict]:
     "Manifest rows of one record: one per caption (one for a record with no caption)."
-    im = r['image']; iv = im['verdict']
-    caps = r['captions'] or [dict(before=None, after=None, steps=[], checks={},
-                                  verdict={'keep': False, 'rule': 'no_caption', 'detail': 'the record has no caption'})]
+    im = r['image']
+    iv = im['verdict']
+    caps = r['captions'] or [
+        dict(
+            before=None,
+            after=None,
+            steps=[],
+            checks={},
+            verdict={'keep': False, 'rule': 'no_caption', 'detail': 'the record has no caption'},
+        )
+    ]
     rows = []
     for i, c in enumerate(caps):
         v = iv or c['verdict'] or c.get('consistency')
         transforms = list(im.get('transforms', [])) + ([f"text: {', '.join(c['steps'])}"] if c['steps'] else [])
-        rows.append(dict(id=r['id'], caption_index=i, source=r['source'], kept=v is None or v['keep'],
-                         rule=None if v is None or v['keep'] else v['rule'], detail=None if v is None or v['keep'] else v['detail'],
-                         caption_before=c['before'], caption_after=c['after'], transforms=transforms, checks=c['checks']))
+        rows.append(
+            dict(
+                id=r['id'],
+                caption_index=i,
+                source=r['source'],
+                kept=v is None or v['keep'],
+                rule=None if v is None or v['keep'] else v['rule'],
+                detail=None if v is None or v['keep'] else v['detail'],
+                caption_before=c['before'],
+                caption_after=c['after'],
+                transforms=transforms,
+                checks=c['checks'],
+            )
+        )
     return rows
+
 
 def _null_pairing(ids: list, folds: list, seed: int = 0) -> list[int]:
     "For each pair, another pair of the same fold whose image is another image: its caption makes a shuffled pair."
@@ -183,25 +291,33 @@ def _null_pairing(ids: list, folds: list, seed: int = 0) -> list[int]:
                     break
     return out
 
+
 def score_consistency(results: list[dict], scorer, cfg: CleanConfig, img_dir: Path, batch: int = 256) -> dict:
     """Score every still-kept pair with `scorer` and reject by `consistency_verdicts` (in place). A scorer with `fit`
     (cross-fitted, `vl_lab.selfscore`) first trains on the pairs, and scores each pair with a model that never saw it.
     Returns what the summary records: pairs scored, the cut and how it was set, and what the scorer reports of itself."""
-    pairs = [(r, c) for r in results if r['image']['verdict'] is None and 'file' in r['image']
-             for c in r['captions'] if c['verdict'] is None]
+    pairs = [
+        (r, c)
+        for r in results
+        if r['image']['verdict'] is None and 'file' in r['image']
+        for c in r['captions']
+        if c['verdict'] is None
+    ]
     ids = [str(r['id']) for r, _ in pairs]
     if hasattr(scorer, 'fit'):
         scorer.fit([(k, img_dir / r['image']['file'], c['after']) for k, (r, c) in zip(ids, pairs)])
     fold = getattr(scorer, 'fold_of', lambda key: 0)
     folds = [fold(k) for k in ids]
+
     def score(idx, caps):
         out = []
         for i in range(0, len(idx), batch):
-            chunk = idx[i:i + batch]
+            chunk = idx[i : i + batch]
             imgs = [Image.open(img_dir / pairs[j][0]['image']['file']).convert('RGB') for j in chunk]
             kw = dict(keys=[ids[j] for j in chunk]) if hasattr(scorer, 'fit') else {}
-            out.extend(np.asarray(scorer.score(imgs, caps[i:i + batch], **kw), dtype=np.float64).tolist())
+            out.extend(np.asarray(scorer.score(imgs, caps[i : i + batch], **kw), dtype=np.float64).tolist())
         return out
+
     everyone = list(range(len(pairs)))
     scores = score(everyone, [c['after'] for _, c in pairs])
     null = None
@@ -211,13 +327,29 @@ def score_consistency(results: list[dict], scorer, cfg: CleanConfig, img_dir: Pa
     verdicts = consistency_verdicts(scores, cfg, null)
     for (r, c), v, s in zip(pairs, verdicts, scores):
         c['score'] = s
-        if not v.keep: c['consistency'] = asdict(v)
-    how = 'threshold' if cfg.consistency_threshold > -1 else 'fraction' if cfg.consistency_fraction > -1 else 'null_quantile'
+        if not v.keep:
+            c['consistency'] = asdict(v)
+    how = (
+        'threshold'
+        if cfg.consistency_threshold > -1
+        else 'fraction'
+        if cfg.consistency_fraction > -1
+        else 'null_quantile'
+    )
     cut = None
-    if how == 'null_quantile': cut = float(np.quantile(null, cfg.consistency_null_quantile))
-    elif how == 'threshold': cut = cfg.consistency_threshold
-    return dict(scored_pairs=len(pairs), rejected=sum(not v.keep for v in verdicts), cut_rule=how, cut=cut,
-                null_median=float(np.median(null)) if null else None, scorer=getattr(scorer, 'info', {}))
+    if how == 'null_quantile':
+        cut = float(np.quantile(null, cfg.consistency_null_quantile))
+    elif how == 'threshold':
+        cut = cfg.consistency_threshold
+    return dict(
+        scored_pairs=len(pairs),
+        rejected=sum(not v.keep for v in verdicts),
+        cut_rule=how,
+        cut=cut,
+        null_median=float(np.median(null)) if null else None,
+        scorer=getattr(scorer, 'info', {}),
+    )
+
 
 def write_outputs(results: list[dict], work: Path, out_dir: Path, meta: dict) -> dict:
     "The cleaned COCO corpus, manifest.jsonl and summary.json; checks kept + rejected = input."
@@ -227,60 +359,111 @@ def write_outputs(results: list[dict], work: Path, out_dir: Path, meta: dict) ->
         rows = _pair_rows(r)
         manifest += rows
         kept = [(row, c) for row, c in zip(rows, r['captions']) if row['kept']]
-        if not kept: continue
+        if not kept:
+            continue
         new_id = len(images) + 1
         ext = r['image']['file'].rsplit('.', 1)[-1]
         fname = f'{new_id:07d}.{ext}'
         os.replace(work / 'images' / r['image']['file'], out_dir / 'images' / fname)
         extra = {k: v for k, v in r['extra'].items() if k not in ('questions', 'width', 'height')}
         w, h = r['image'].get('size', [None, None])
-        images.append(dict(extra, id=new_id, file_name=fname, width=w, height=h, split=r['split'], orig_id=r['id'], source=r['source']))
-        for row, c in kept: anns.append(dict(id=len(anns) + 1, image_id=new_id, caption=c['after']))
-        for q in r['extra'].get('questions', []): questions.append(dict(q, image_id=new_id))
+        images.append(
+            dict(
+                extra,
+                id=new_id,
+                file_name=fname,
+                width=w,
+                height=h,
+                split=r['split'],
+                orig_id=r['id'],
+                source=r['source'],
+            )
+        )
+        for row, c in kept:
+            anns.append(dict(id=len(anns) + 1, image_id=new_id, caption=c['after']))
+        for q in r['extra'].get('questions', []):
+            questions.append(dict(q, image_id=new_id))
     n_kept = sum(m['kept'] for m in manifest)
     by_rule = {}
     for m in manifest:
-        if not m['kept']: by_rule[m['rule']] = by_rule.get(m['rule'], 0) + 1
-    summary = dict(meta, input_records=len(results), input_pairs=len(manifest), kept_pairs=n_kept,
-                   rejected_pairs=len(manifest) - n_kept, rejected_by_rule=dict(sorted(by_rule.items())),
-                   kept_images=len(images),
-                   transformed={k: sum(any(t.startswith(k) for t in m['transforms']) for m in manifest) for k in ('exif', 'mode', 'text')})
+        if not m['kept']:
+            by_rule[m['rule']] = by_rule.get(m['rule'], 0) + 1
+    summary = dict(
+        meta,
+        input_records=len(results),
+        input_pairs=len(manifest),
+        kept_pairs=n_kept,
+        rejected_pairs=len(manifest) - n_kept,
+        rejected_by_rule=dict(sorted(by_rule.items())),
+        kept_images=len(images),
+        transformed={
+            k: sum(any(t.startswith(k) for t in m['transforms']) for m in manifest) for k in ('exif', 'mode', 'text')
+        },
+    )
     assert summary['kept_pairs'] + summary['rejected_pairs'] == summary['input_pairs'] == len(manifest)
     assert summary['rejected_pairs'] == sum(by_rule.values())
-    coco = dict(info=dict(description='cleaned by vl_lab.clean', source=meta['input']), licenses=[], images=images, annotations=anns)
-    if questions: coco['questions'] = questions
+    coco = dict(
+        info=dict(description='cleaned by vl_lab.clean', source=meta['input']),
+        licenses=[],
+        images=images,
+        annotations=anns,
+    )
+    if questions:
+        coco['questions'] = questions
     write_json(out_dir / 'annotations.json', coco)
-    atomic_write(out_dir / 'manifest.jsonl', ''.join(json.dumps(m, ensure_ascii=True, sort_keys=True) + '\n' for m in manifest))
+    atomic_write(
+        out_dir / 'manifest.jsonl', ''.join(json.dumps(m, ensure_ascii=True, sort_keys=True) + '\n' for m in manifest)
+    )
     write_json(out_dir / 'summary.json', summary)
     return summary
 
+
 # %% ../nbs/03a_clean.ipynb #d7a768c7
-def clean_corpus(input, out_dir, cfg: CleanConfig | None = None, format: str | None = None, image_root=None,
-                 workers: int | None = None, shard_size: int = 256, scorer=None, overwrite: bool = False,
-                 progress: bool = True) -> dict:
+def clean_corpus(
+    input,
+    out_dir,
+    cfg: CleanConfig | None = None,
+    format: str | None = None,
+    image_root=None,
+    workers: int | None = None,
+    shard_size: int = 256,
+    scorer=None,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> dict:
     "Clean the corpus at `input` into `out_dir`; resumes an interrupted run with the same settings. Returns the summary."
     cfg = cfg or CleanConfig()
     rules = enabled_rules(cfg)
-    if 'consistency' in rules and scorer is None: raise VLLabError("the consistency rule needs a scorer model (--scorer PATH)")
+    if 'consistency' in rules and scorer is None:
+        raise VLLabError("the consistency rule needs a scorer model (--scorer PATH)")
     out_dir, work = Path(out_dir), Path(out_dir) / '.work'
-    if out_dir.exists() and not out_dir.is_dir(): raise VLLabError(f"cannot write to {out_dir}: it is a file")
+    if out_dir.exists() and not out_dir.is_dir():
+        raise VLLabError(f"cannot write to {out_dir}: it is a file")
     if (out_dir / 'summary.json').exists() and not overwrite:
         raise VLLabError(f"{out_dir} already holds a cleaned corpus (pass --overwrite to redo it)")
     records = load_records(input, format, image_root)  # format errors surface here, before anything is written
-    meta = dict(input=str(input), format=format, config=config_to_dict(cfg), scorer=getattr(scorer, 'name', None) if scorer else None)
+    meta = dict(
+        input=str(input),
+        format=format,
+        config=config_to_dict(cfg),
+        scorer=getattr(scorer, 'name', None) if scorer else None,
+    )
     try:
-        if overwrite and out_dir.exists(): shutil.rmtree(out_dir)
+        if overwrite and out_dir.exists():
+            shutil.rmtree(out_dir)
         work.mkdir(parents=True, exist_ok=True)
         old = json.loads((work / 'config.json').read_text()) if (work / 'config.json').exists() else None
         if old is not None and (old != meta or old.get('shard_size', shard_size) != shard_size):
             raise VLLabError(f"{out_dir} holds an unfinished run with other settings (pass --overwrite to start again)")
         write_json(work / 'config.json', meta)
-    except OSError as e: raise VLLabError(f"cannot write to {out_dir}: {e.strerror or e}") from None
+    except OSError as e:
+        raise VLLabError(f"cannot write to {out_dir}: {e.strerror or e}") from None
     workers = os.cpu_count() or 1 if workers is None else workers
     n = inspect_corpus(records, work, cfg, rules, workers, shard_size, progress)
     results = [json.loads(l) for i in range(n) for l in (work / f'shard-{i:06d}.jsonl').read_text().splitlines()]
     mark_duplicates(results, cfg, rules)
-    if 'consistency' in rules: meta = dict(meta, consistency=score_consistency(results, scorer, cfg, work / 'images'))
+    if 'consistency' in rules:
+        meta = dict(meta, consistency=score_consistency(results, scorer, cfg, work / 'images'))
     summary = write_outputs(results, work, out_dir, meta)
     shutil.rmtree(work)
     return summary

@@ -16,42 +16,84 @@ __all__ = ['RULE_TRUTH', 'read_manifest', 'measure_cleaning', 'cleaning_section'
 
 # %% ../nbs/03b_cleancard.ipynb #b0163d10
 # (rule or transformation, level, the noise kind it is meant to find)
-RULE_TRUTH = (('corrupt', 'image', 'corrupt'), ('resolution', 'image', 'low_res'), ('duplicate', 'image', 'duplicate'),
-              ('near_duplicate', 'image', 'near_duplicate'), ('mode', 'image', 'unusual_mode'),
-              ('exif', 'image', 'exif_rotated'), ('text', 'caption', 'text_noise'), ('caption_length', 'caption', 'short'),
-              ('consistency', 'caption', 'mismatch'))
+RULE_TRUTH = (
+    ('corrupt', 'image', 'corrupt'),
+    ('resolution', 'image', 'low_res'),
+    ('duplicate', 'image', 'duplicate'),
+    ('near_duplicate', 'image', 'near_duplicate'),
+    ('mode', 'image', 'unusual_mode'),
+    ('exif', 'image', 'exif_rotated'),
+    ('text', 'caption', 'text_noise'),
+    ('caption_length', 'caption', 'short'),
+    ('consistency', 'caption', 'mismatch'),
+)
+
 
 def read_manifest(clean_dir) -> list[dict]:
     "The rows of `clean_dir/manifest.jsonl`."
     p = Path(clean_dir) / 'manifest.jsonl'
-    if not p.exists(): raise VLLabError(f"{p}: no such file (run `vl-lab clean` first)")
+    if not p.exists():
+        raise VLLabError(f"{p}: no such file (run `vl-lab clean` first)")
     return [json.loads(l) for l in p.read_text().splitlines() if l.strip()]
 
+
 def _flagged(rule, level, rows):
-    if rule in ('mode', 'exif'): return {r['id'] for r in rows if any(t.startswith(rule) for t in r['transforms'])}
-    if level == 'image': return {r['id'] for r in rows if r['rule'] == rule}
-    if rule == 'consistency': return {(r['id'], r['caption_index']) for r in rows if r['rule'] == 'consistency'}
+    if rule in ('mode', 'exif'):
+        return {r['id'] for r in rows if any(t.startswith(rule) for t in r['transforms'])}
+    if level == 'image':
+        return {r['id'] for r in rows if r['rule'] == rule}
+    if rule == 'consistency':
+        return {(r['id'], r['caption_index']) for r in rows if r['rule'] == 'consistency'}
     return {(r['id'], r['caption_index']) for r in rows if r['checks'].get(rule)}
+
 
 def measure_cleaning(rows: list[dict], noise: dict, summary: dict | None = None) -> list[dict]:
     "Precision and recall of each rule against the true noise labels (None where the rule flagged or had nothing)."
     img_kind = {str(l['image_id']): l['kind'] for l in noise['images']}
     cap_kinds = {}
-    for l in sorted(noise['annotations'], key=lambda l: l['id']): cap_kinds.setdefault(str(l['image_id']), []).append(l['kind'])
+    for l in sorted(noise['annotations'], key=lambda l: l['id']):
+        cap_kinds.setdefault(str(l['image_id']), []).append(l['kind'])
     cap_kind = {(i, c): k for i, ks in cap_kinds.items() for c, k in enumerate(ks)}
-    ran = set((summary or {}).get('config', {}).get('rules', '').split(',')) | {'mode', 'exif', 'text'} if summary else None
+    ran = (
+        set((summary or {}).get('config', {}).get('rules', '').split(',')) | {'mode', 'exif', 'text'}
+        if summary
+        else None
+    )
     out = []
     for rule, level, kind in RULE_TRUTH:
         truth = {i for i, k in (img_kind.items() if level == 'image' else cap_kind.items()) if k == kind}
         if rule == 'consistency':  # it scores only the pairs every other rule kept: its recall is over those
             truth &= {(r['id'], r['caption_index']) for r in rows if r['rule'] in (None, 'consistency')}
         if ran is not None and rule not in ran:
-            out.append(dict(rule=rule, finds=kind, level=level, flagged=None, noisy=len(truth), correct=None, precision=None, recall=None)); continue
+            out.append(
+                dict(
+                    rule=rule,
+                    finds=kind,
+                    level=level,
+                    flagged=None,
+                    noisy=len(truth),
+                    correct=None,
+                    precision=None,
+                    recall=None,
+                )
+            )
+            continue
         flagged = _flagged(rule, level, rows)
         tp = len(flagged & truth)
-        out.append(dict(rule=rule, finds=kind, level=level, flagged=len(flagged), noisy=len(truth), correct=tp,
-                        precision=tp / len(flagged) if flagged else None, recall=tp / len(truth) if truth else None))
+        out.append(
+            dict(
+                rule=rule,
+                finds=kind,
+                level=level,
+                flagged=len(flagged),
+                noisy=len(truth),
+                correct=tp,
+                precision=tp / len(flagged) if flagged else None,
+                recall=tp / len(truth) if truth else None,
+            )
+        )
     return out
+
 
 # %% ../nbs/03b_cleancard.ipynb #c28d96a7
 _EXAMPLES = """<div class="grid">{% for e in examples %}<div class="card">
@@ -61,51 +103,95 @@ _EXAMPLES = """<div class="grid">{% for e in examples %}<div class="card">
 <div class="muted">caption: {{ e.before }}</div>
 </div>{% endfor %}</div>"""
 
+
 def _thumb(raw_dir, source):
     from vl_lab.datacard import open_image
     from vl_lab.data import resolve_inside
-    if raw_dir is None: return None
+
+    if raw_dir is None:
+        return None
     p, err = resolve_inside(Path(raw_dir) / 'images', source)
     img = open_image(p) if p and not err and p.is_file() else None
     return thumb_html(img, max_side=120) if img else None
+
 
 def cleaning_section(clean_dir, raw_dir=None, per_rule: int = 3) -> dict:
     "The cleaning section of the report: counts per rule, precision/recall where true labels exist, rejected examples."
     clean_dir = Path(clean_dir)
     summary, rows = read_json(clean_dir / 'summary.json'), read_manifest(clean_dir)
-    parts = [render("<p>Cleaning kept <b>{{ s.kept_pairs }}</b> of {{ s.input_pairs }} image-caption pairs "
-                    "({{ '%.1f' % (100 * s.kept_pairs / s.input_pairs) }}%) and {{ s.kept_images }} of {{ s.input_records }} images; "
-                    "{{ s.rejected_pairs }} pairs were rejected. Kept + rejected = input: every pair is in "
-                    "<code>{{ d }}/manifest.jsonl</code> with its rule and detail. Rules run: <code>{{ s.config.rules }}</code>; "
-                    "minimum size {{ s.config.min_size }} px, captions of more than {{ s.config.min_chars - 1 }} characters and "
-                    "at least {{ s.config.min_words }} words.</p>", s=summary, d=str(clean_dir))]
+    parts = [
+        render(
+            "<p>Cleaning kept <b>{{ s.kept_pairs }}</b> of {{ s.input_pairs }} image-caption pairs "
+            "({{ '%.1f' % (100 * s.kept_pairs / s.input_pairs) }}%) and {{ s.kept_images }} of {{ s.input_records }} images; "
+            "{{ s.rejected_pairs }} pairs were rejected. Kept + rejected = input: every pair is in "
+            "<code>{{ d }}/manifest.jsonl</code> with its rule and detail. Rules run: <code>{{ s.config.rules }}</code>; "
+            "minimum size {{ s.config.min_size }} px, captions of more than {{ s.config.min_chars - 1 }} characters and "
+            "at least {{ s.config.min_words }} words.</p>",
+            s=summary,
+            d=str(clean_dir),
+        )
+    ]
     counts = [dict(rule=k, rejected_pairs=v) for k, v in summary['rejected_by_rule'].items()]
     counts += [dict(rule=f'{k} (transformed, kept)', rejected_pairs=v) for k, v in summary['transformed'].items()]
     parts.append(table_html(counts, columns=['rule', 'rejected_pairs'], caption='Pairs per rule'))
     side = Path(raw_dir) / 'noise_labels.json' if raw_dir else None
     if side and side.exists():
         q = measure_cleaning(rows, read_json(side), summary)
-        parts.append(table_html(q, caption='Each rule against the true noise labels (image rules per image, caption rules per caption; '
-                                'consistency over the pairs that reached it, the ones every other rule kept; '
-                                '– where the rule did not run or flagged nothing)'))
+        parts.append(
+            table_html(
+                q,
+                caption='Each rule against the true noise labels (image rules per image, caption rules per caption; '
+                'consistency over the pairs that reached it, the ones every other rule kept; '
+                '– where the rule did not run or flagged nothing)',
+            )
+        )
         if not any(r['rule'] == 'consistency' and r['flagged'] is not None for r in q):
-            parts.append(render('<p class="muted">The image-text consistency rule did not run: it needs a scorer '
-                                '(<code>vl-lab clean --rules ...,consistency --scorer self</code>, or a CLIP model).</p>'))
+            parts.append(
+                render(
+                    '<p class="muted">The image-text consistency rule did not run: it needs a scorer '
+                    '(<code>vl-lab clean --rules ...,consistency --scorer self</code>, or a CLIP model).</p>'
+                )
+            )
     if c := summary.get('consistency'):
         folds = c.get('scorer', {}).get('folds', [])
-        parts.append(render(
-            "<p>Image-text consistency: {{ c.scored_pairs }} pairs scored{% if folds %} by {{ folds | length }} dual encoders "
-            "trained on this corpus, cross-fitted (each scores the pairs of the images it never saw; their validation "
-            "text-to-image R@1: {{ r1 }}){% endif %}; {{ c.rejected }} rejected, below the cut {{ '%.3f' % c.cut if c.cut is not none else '–' }} "
-            "({{ how }}).</p>", c=c, folds=folds, r1=', '.join(f"{f['val_t2i_r1']:.2f}" for f in folds),
-            how={'null_quantile': f"the {100 * summary['config'].get('consistency_null_quantile', 0):.0f}% quantile of the scores "
-                                  f"of shuffled pairs, each image with another image's caption; their median {c.get('null_median') or 0:.3f}",
-                 'threshold': 'a fixed threshold', 'fraction': 'the lowest-scoring fraction'}[c['cut_rule']]))
+        parts.append(
+            render(
+                "<p>Image-text consistency: {{ c.scored_pairs }} pairs scored{% if folds %} by {{ folds | length }} dual encoders "
+                "trained on this corpus, cross-fitted (each scores the pairs of the images it never saw; their validation "
+                "text-to-image R@1: {{ r1 }}){% endif %}; {{ c.rejected }} rejected, below the cut {{ '%.3f' % c.cut if c.cut is not none else '–' }} "
+                "({{ how }}).</p>",
+                c=c,
+                folds=folds,
+                r1=', '.join(f"{f['val_t2i_r1']:.2f}" for f in folds),
+                how={
+                    'null_quantile': f"the {100 * summary['config'].get('consistency_null_quantile', 0):.0f}% quantile of the scores "
+                    f"of shuffled pairs, each image with another image's caption; their median {c.get('null_median') or 0:.3f}",
+                    'threshold': 'a fixed threshold',
+                    'fraction': 'the lowest-scoring fraction',
+                }[c['cut_rule']],
+            )
+        )
     examples, per = [], {}
     for r in rows:
-        if r['kept'] or per.get(r['rule'], 0) >= per_rule or r['caption_index'] > 0 and r['rule'] in ('corrupt', 'resolution', 'duplicate', 'near_duplicate'): continue
+        if (
+            r['kept']
+            or per.get(r['rule'], 0) >= per_rule
+            or r['caption_index'] > 0
+            and r['rule'] in ('corrupt', 'resolution', 'duplicate', 'near_duplicate')
+        ):
+            continue
         per[r['rule']] = per.get(r['rule'], 0) + 1
-        examples.append(dict(rule=r['rule'], source=r['source'], detail=r['detail'], before=r['caption_before'], thumb=_thumb(raw_dir, r['source'])))
+        examples.append(
+            dict(
+                rule=r['rule'],
+                source=r['source'],
+                detail=r['detail'],
+                before=r['caption_before'],
+                thumb=_thumb(raw_dir, r['source']),
+            )
+        )
     parts.append(render('<h3>Rejected examples, with their reason</h3>'))
     parts.append(render(_EXAMPLES, examples=examples))
-    return dict(id='cleaning', title='Data cleaning', body=render('{% for p in parts %}{{ p }}\n{% endfor %}', parts=parts))
+    return dict(
+        id='cleaning', title='Data cleaning', body=render('{% for p in parts %}{{ p }}\n{% endfor %}', parts=parts)
+    )

@@ -4,7 +4,11 @@
 
 # %% ../nbs/03_cleaning.ipynb #4814427d
 from __future__ import annotations
-import hashlib, html, io, re, unicodedata
+import hashlib
+import html
+import io
+import re
+import unicodedata
 from dataclasses import dataclass
 
 import numpy as np
@@ -13,54 +17,96 @@ from PIL import Image, ImageOps
 from .data import has_invalid_utf8
 
 # %% auto #0
-__all__ = ['IMAGE_RULES', 'CAPTION_RULES', 'PAIR_RULES', 'ALL_RULES', 'DEFAULT_RULES', 'CleanConfig', 'Verdict', 'ok', 'Header',
-           'read_header', 'check_bomb', 'check_resolution', 'to_rgb', 'decode_image', 'phash', 'thumbnail',
-           'thumb_correlation', 'content_hash', 'denoise', 'check_encoding', 'check_length', 'consistency_verdicts',
-           'CLIPScorer']
+__all__ = [
+    'IMAGE_RULES',
+    'CAPTION_RULES',
+    'PAIR_RULES',
+    'ALL_RULES',
+    'DEFAULT_RULES',
+    'CleanConfig',
+    'Verdict',
+    'ok',
+    'Header',
+    'read_header',
+    'check_bomb',
+    'check_resolution',
+    'to_rgb',
+    'decode_image',
+    'phash',
+    'thumbnail',
+    'thumb_correlation',
+    'content_hash',
+    'denoise',
+    'check_encoding',
+    'check_length',
+    'consistency_verdicts',
+    'CLIPScorer',
+]
 
 # %% ../nbs/03_cleaning.ipynb #aa00efa2
-IMAGE_RULES = ('missing_file', 'unsafe_path', 'malformed_entry', 'duplicate_id', 'corrupt', 'decompression_bomb',
-               'resolution', 'duplicate', 'near_duplicate')
+IMAGE_RULES = (
+    'missing_file',
+    'unsafe_path',
+    'malformed_entry',
+    'duplicate_id',
+    'corrupt',
+    'decompression_bomb',
+    'resolution',
+    'duplicate',
+    'near_duplicate',
+)
 CAPTION_RULES = ('caption_encoding', 'caption_length')
 PAIR_RULES = ('consistency',)
 ALL_RULES = IMAGE_RULES + CAPTION_RULES + PAIR_RULES
 DEFAULT_RULES = tuple(r for r in ALL_RULES if r != 'consistency')  # consistency needs a scorer model
 
+
 @dataclass
 class CleanConfig:
     "What the cleaning rules check."
-    min_size: int = 224                # minimum width and height in pixels (the lab notes: 224x224)
-    max_pixels: int = 64_000_000       # decompression-bomb guard: larger images are refused from their header
-    min_chars: int = 11                # a caption needs more than 10 characters after denoising (the lab notes)
-    min_words: int = 3                 # ... and at least this many words
-    phash_radius: int = 6              # near duplicates: 64-bit perceptual hashes within this Hamming distance
-    near_dup_min_corr: float = 0.95    # ... confirmed when the correlation of their 32x32 RGB thumbnails is above this
+
+    min_size: int = 224  # minimum width and height in pixels (the lab notes: 224x224)
+    max_pixels: int = 64_000_000  # decompression-bomb guard: larger images are refused from their header
+    min_chars: int = 11  # a caption needs more than 10 characters after denoising (the lab notes)
+    min_words: int = 3  # ... and at least this many words
+    phash_radius: int = 6  # near duplicates: 64-bit perceptual hashes within this Hamming distance
+    near_dup_min_corr: float = 0.95  # ... confirmed when the correlation of their 32x32 RGB thumbnails is above this
     consistency_threshold: float = -1.0  # consistency: reject pairs scoring below this (-1: off)
-    consistency_fraction: float = -1.0   # consistency: else reject this lowest-scoring fraction (DataComp-style; -1: off)
+    consistency_fraction: float = (
+        -1.0
+    )  # consistency: else reject this lowest-scoring fraction (DataComp-style; -1: off)
     consistency_null_quantile: float = 0.85  # else: reject pairs scoring below this quantile of shuffled pairs' scores
     rules: str = ','.join(DEFAULT_RULES)  # rules to apply, comma-separated
+
 
 @dataclass
 class Verdict:
     "The outcome of one rule on one item."
+
     keep: bool
     rule: str
     detail: str = ''
 
-def ok(rule): return Verdict(True, rule)
+
+def ok(rule):
+    return Verdict(True, rule)
+
 
 # %% ../nbs/03_cleaning.ipynb #1cb2afe1
 @dataclass
 class Header:
     "What the header of an image says, before any pixel is decoded."
+
     width: int
     height: int
     mode: str
     format: str
 
+
 def read_header(data: bytes) -> Header | Verdict:
     "The header of encoded image `data`, or a rejecting verdict (`corrupt`, `decompression_bomb`)."
-    if not data: return Verdict(False, 'corrupt', 'zero-byte file')
+    if not data:
+        return Verdict(False, 'corrupt', 'zero-byte file')
     try:
         with Image.open(io.BytesIO(data)) as im:  # parses the header only (no EXIF: parsing it costs 5x the header)
             return Header(im.width, im.height, im.mode, im.format or '?')
@@ -69,38 +115,60 @@ def read_header(data: bytes) -> Header | Verdict:
     except Exception as e:
         return Verdict(False, 'corrupt', f'not an image ({type(e).__name__})')
 
+
 def check_bomb(h: Header, cfg: CleanConfig) -> Verdict:
     "Refuse images whose header claims more than `max_pixels` pixels."
     n = h.width * h.height
-    return ok('decompression_bomb') if n <= cfg.max_pixels else Verdict(False, 'decompression_bomb', f'{h.width}x{h.height} = {n:,} pixels > {cfg.max_pixels:,}')
+    return (
+        ok('decompression_bomb')
+        if n <= cfg.max_pixels
+        else Verdict(False, 'decompression_bomb', f'{h.width}x{h.height} = {n:,} pixels > {cfg.max_pixels:,}')
+    )
+
 
 def check_resolution(h: Header, cfg: CleanConfig) -> Verdict:
     "Refuse images under `min_size` in width or height."
-    if h.width >= cfg.min_size and h.height >= cfg.min_size: return ok('resolution')
+    if h.width >= cfg.min_size and h.height >= cfg.min_size:
+        return ok('resolution')
     return Verdict(False, 'resolution', f'{h.width}x{h.height} < {cfg.min_size}x{cfg.min_size}')
 
+
 # %% ../nbs/03_cleaning.ipynb #16450e5f
-_EXIF_ROT = {2: 'mirrored', 3: 'rotated 180', 4: 'flipped', 5: 'transposed', 6: 'rotated 90 CW', 7: 'transversed', 8: 'rotated 90 CCW'}
+_EXIF_ROT = {
+    2: 'mirrored',
+    3: 'rotated 180',
+    4: 'flipped',
+    5: 'transposed',
+    6: 'rotated 90 CW',
+    7: 'transversed',
+    8: 'rotated 90 CCW',
+}
+
 
 def to_rgb(im: Image.Image) -> tuple[Image.Image, list[str]]:
     "`im` upright and in RGB, with the transformations applied (EXIF orientation, mode conversion)."
     done = []
     o = im.getexif().get(0x0112, 1)
     if o not in (1, None):
-        im = ImageOps.exif_transpose(im); done.append(f'exif: {_EXIF_ROT.get(o, o)}')
-    if im.mode == 'RGB': return im, done
+        im = ImageOps.exif_transpose(im)
+        done.append(f'exif: {_EXIF_ROT.get(o, o)}')
+    if im.mode == 'RGB':
+        return im, done
     mode = im.mode
     if mode in ('I;16', 'I;16B', 'I;16L', 'I', 'F'):
         a = np.asarray(im, dtype=np.float64)
         lo, hi = float(a.min()), float(a.max())
         a = np.zeros_like(a) if hi == lo else (a - lo) / (hi - lo) * 255
         im = Image.fromarray(a.round().astype(np.uint8), 'L')
-    if im.mode == 'P': im = im.convert('RGBA' if 'transparency' in im.info else 'RGB')
+    if im.mode == 'P':
+        im = im.convert('RGBA' if 'transparency' in im.info else 'RGB')
     if im.mode in ('RGBA', 'LA', 'PA', 'La', 'RGBa'):
-        rgba = im.convert('RGBA'); bg = Image.new('RGBA', rgba.size, (255, 255, 255, 255))
+        rgba = im.convert('RGBA')
+        bg = Image.new('RGBA', rgba.size, (255, 255, 255, 255))
         im = Image.alpha_composite(bg, rgba)
     done.append(f'mode: {mode} to RGB')
     return im.convert('RGB'), done
+
 
 def decode_image(data: bytes) -> tuple[Image.Image, list[str]] | Verdict:
     "Decode all pixels (a truncated file fails here) and return the upright RGB image and its transformations."
@@ -111,13 +179,17 @@ def decode_image(data: bytes) -> tuple[Image.Image, list[str]] | Verdict:
     except Exception as e:
         return Verdict(False, 'corrupt', f'cannot decode: {str(e)[:80] or type(e).__name__}')
 
+
 # %% ../nbs/03_cleaning.ipynb #8e2623d8
 def _dct_matrix(n):
     k = np.arange(n)
     m = np.cos(np.pi * (2 * k[None, :] + 1) * k[:, None] / (2 * n)) * np.sqrt(2 / n)
     m[0] /= np.sqrt(2)
     return m
+
+
 _DCT32 = _dct_matrix(32)
+
 
 def phash(im: Image.Image) -> int:
     "64-bit perceptual hash of an image."
@@ -126,9 +198,11 @@ def phash(im: Image.Image) -> int:
     bits = low > np.median(low)
     return int(sum(1 << i for i, b in enumerate(bits) if b))
 
+
 def thumbnail(im: Image.Image) -> np.ndarray:
     "32x32 RGB thumbnail (uint8) used to confirm near duplicates."
     return np.asarray(im.convert('RGB').resize((32, 32), Image.BILINEAR), dtype=np.uint8)
+
 
 def thumb_correlation(a: np.ndarray, b: np.ndarray) -> float:
     "Correlation of two thumbnails, each normalised to zero mean and unit variance (1: same picture)."
@@ -136,9 +210,11 @@ def thumb_correlation(a: np.ndarray, b: np.ndarray) -> float:
     a, b = (a - a.mean()) / (a.std() + 1e-6), (b - b.mean()) / (b.std() + 1e-6)
     return float(a @ b / len(a))
 
+
 def content_hash(data: bytes) -> str:
     "sha256 of the encoded bytes (exact duplicates)."
     return hashlib.sha256(data).hexdigest()
+
 
 # %% ../nbs/03_cleaning.ipynb #f260a22a
 _TAG = re.compile(r'<[^<>]{0,200}>')
@@ -147,62 +223,91 @@ _EMAIL = re.compile(r'\b[\w.+-]+@[\w-]+(?:\.[\w-]+)+\b')
 _PUNCT_RUN = re.compile(r'([!?.,;:])[!?.,;:]+')
 _SPACE = re.compile(r'\s+')
 
+
 def _drop_symbols(s):
     "Remove emoji and other symbols (So, Sk), control and format characters (Cc, Cf), and variation selectors."
-    return ''.join(ch for ch in s if unicodedata.category(ch) not in ('So', 'Sk', 'Cc', 'Cf', 'Cs', 'Co')
-                   and not 0xFE00 <= ord(ch) <= 0xFE0F and not 0x1F3FB <= ord(ch) <= 0x1F3FF or ch in '\t\n\r')
+    return ''.join(
+        ch
+        for ch in s
+        if unicodedata.category(ch) not in ('So', 'Sk', 'Cc', 'Cf', 'Cs', 'Co')
+        and not 0xFE00 <= ord(ch) <= 0xFE0F
+        and not 0x1F3FB <= ord(ch) <= 0x1F3FF
+        or ch in '\t\n\r'
+    )
 
-_STEPS = (('unicode', lambda s: unicodedata.normalize('NFKC', s)),
-          ('entities', html.unescape),
-          ('html', lambda s: _TAG.sub(' ', s)),
-          ('url', lambda s: _URL.sub(' ', s)),
-          ('email', lambda s: _EMAIL.sub(' ', s)),
-          ('symbols', _drop_symbols),
-          ('punctuation', lambda s: _PUNCT_RUN.sub(r'\1', s)),
-          ('whitespace', lambda s: _SPACE.sub(' ', s).strip()))
+
+_STEPS = (
+    ('unicode', lambda s: unicodedata.normalize('NFKC', s)),
+    ('entities', html.unescape),
+    ('html', lambda s: _TAG.sub(' ', s)),
+    ('url', lambda s: _URL.sub(' ', s)),
+    ('email', lambda s: _EMAIL.sub(' ', s)),
+    ('symbols', _drop_symbols),
+    ('punctuation', lambda s: _PUNCT_RUN.sub(r'\1', s)),
+    ('whitespace', lambda s: _SPACE.sub(' ', s).strip()),
+)
+
 
 def denoise(text: str) -> tuple[str, list[str]]:
     "The caption cleaned by regex, and the names of the steps that changed it."
     changed = []
     for name, f in _STEPS:
         new = f(text)
-        if new != text: changed.append(name); text = new
+        if new != text:
+            changed.append(name)
+            text = new
     text = re.sub(r'\s+([.,;:!?])', r'\1', text).strip()  # no space left before punctuation by the removals
     return text, changed
 
+
 def check_encoding(text: str) -> Verdict:
     "Reject captions holding bytes that were not valid UTF-8."
-    return Verdict(False, 'caption_encoding', 'caption bytes are not valid UTF-8') if has_invalid_utf8(text) else ok('caption_encoding')
+    return (
+        Verdict(False, 'caption_encoding', 'caption bytes are not valid UTF-8')
+        if has_invalid_utf8(text)
+        else ok('caption_encoding')
+    )
+
 
 def check_length(text: str, cfg: CleanConfig) -> Verdict:
     "Reject captions of `min_chars - 1` characters or fewer, or under `min_words` words (after denoising)."
-    if not text: return Verdict(False, 'caption_length', 'empty caption')
+    if not text:
+        return Verdict(False, 'caption_length', 'empty caption')
     n, w = len(text), len(text.split())
-    if n < cfg.min_chars: return Verdict(False, 'caption_length', f'{n} characters (needs more than {cfg.min_chars - 1})')
-    if w < cfg.min_words: return Verdict(False, 'caption_length', f'{w} words (needs {cfg.min_words})')
+    if n < cfg.min_chars:
+        return Verdict(False, 'caption_length', f'{n} characters (needs more than {cfg.min_chars - 1})')
+    if w < cfg.min_words:
+        return Verdict(False, 'caption_length', f'{w} words (needs {cfg.min_words})')
     return ok('caption_length')
+
 
 # %% ../nbs/03_cleaning.ipynb #027319fa
 def consistency_verdicts(scores, cfg: CleanConfig, null_scores=None) -> list[Verdict]:
     """Verdicts for pairs with alignment `scores`: below the threshold, in the lowest fraction, or (by default) below
     the `consistency_null_quantile` of `null_scores` (shuffled pairs' scores) are rejected."""
     s = np.asarray(scores, dtype=np.float64)
-    if len(s) == 0: return []
-    if np.isnan(s).any(): raise ValueError('consistency scores contain NaN')
+    if len(s) == 0:
+        return []
+    if np.isnan(s).any():
+        raise ValueError('consistency scores contain NaN')
     if cfg.consistency_threshold > -1:
         cut = cfg.consistency_threshold
     elif cfg.consistency_fraction > -1:
         k = int(np.floor(cfg.consistency_fraction * len(s)))
         cut = np.sort(s)[k] if k < len(s) else np.inf
     else:
-        if null_scores is None or len(null_scores) == 0: raise ValueError('the null-quantile cut needs shuffled pairs\' scores')
+        if null_scores is None or len(null_scores) == 0:
+            raise ValueError('the null-quantile cut needs shuffled pairs\' scores')
         cut = float(np.quantile(np.asarray(null_scores, dtype=np.float64), cfg.consistency_null_quantile))
     return [Verdict(bool(x >= cut), 'consistency', f'score {x:.3f} (cut {cut:.3f})') for x in s]
 
+
 class CLIPScorer:
     "Image-text cosine similarity from a CLIP-style model loaded by name or local path."
+
     def __init__(self, name_or_path: str, device: str = 'cpu', batch_size: int = 64):
         from transformers import AutoTokenizer, CLIPImageProcessor, CLIPModel
+
         self.model = CLIPModel.from_pretrained(name_or_path).eval().to(device)
         self.tok = AutoTokenizer.from_pretrained(name_or_path)
         self.proc = CLIPImageProcessor.from_pretrained(name_or_path)
@@ -210,11 +315,14 @@ class CLIPScorer:
 
     def score(self, images, captions) -> np.ndarray:
         import torch
+
         out = []
         with torch.no_grad():
             for i in range(0, len(images), self.bs):
-                px = self.proc(images=images[i:i + self.bs], return_tensors='pt')['pixel_values'].to(self.device)
-                t = self.tok(captions[i:i + self.bs], padding=True, truncation=True, max_length=77, return_tensors='pt').to(self.device)
+                px = self.proc(images=images[i : i + self.bs], return_tensors='pt')['pixel_values'].to(self.device)
+                t = self.tok(
+                    captions[i : i + self.bs], padding=True, truncation=True, max_length=77, return_tensors='pt'
+                ).to(self.device)
                 ie = self.model.get_image_features(pixel_values=px)
                 te = self.model.get_text_features(input_ids=t['input_ids'], attention_mask=t['attention_mask'])
                 ie, te = (x if torch.is_tensor(x) else x.pooler_output for x in (ie, te))

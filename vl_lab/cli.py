@@ -4,7 +4,9 @@
 
 # %% ../nbs/90_cli.ipynb #9896c065
 from __future__ import annotations
-import argparse, os, sys
+import argparse
+import os
+import sys
 from pathlib import Path
 
 from .core import VLLabError
@@ -12,143 +14,237 @@ from .core import VLLabError
 # %% auto #0
 __all__ = ['make_parser', 'main']
 
+
 # %% ../nbs/90_cli.ipynb #38c550bd
 class _Parser(argparse.ArgumentParser):
     def error(self, message):
         self.exit(2, f"{self.prog}: error: {message}\n")
 
+
 def _positive_int(s: str) -> int:
-    try: v = int(s)
-    except ValueError: raise argparse.ArgumentTypeError(f"expected a positive integer, got {s!r}") from None
-    if v < 1: raise argparse.ArgumentTypeError(f"expected a positive integer, got {v}")
+    try:
+        v = int(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {s!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {v}")
     return v
 
+
 def _cmd_synth(args):
-    from vl_lab.synthetic import NOISE_PRESETS, synth, synth_config
+    from vl_lab.synthetic import synth, synth_config
+
     overrides = {'n_images': args.n_images, 'seed': args.seed}
     for item in args.rate or []:
         k, sep, v = item.partition('=')
-        if not sep: raise VLLabError(f"--rate expects KIND=RATE, got {item!r}")
+        if not sep:
+            raise VLLabError(f"--rate expects KIND=RATE, got {item!r}")
         overrides[f'noise.{k}'] = v
     cfg = synth_config(args.noise, **overrides)
     counts = synth(args.out_dir, cfg, overwrite=args.overwrite, progress=not args.quiet)
-    print(f"wrote {counts['images']} images, {counts['annotations']} captions, {counts['questions']} questions to {args.out_dir}")
+    print(
+        f"wrote {counts['images']} images, {counts['annotations']} captions, {counts['questions']} questions to {args.out_dir}"
+    )
+
 
 def _cmd_clean(args):
     from vl_lab.clean import clean_corpus
     from vl_lab.cleaning import CleanConfig, CLIPScorer
     from vl_lab.core import update_config
+
     over = list(args.set or [])
-    if args.min_size is not None: over.append(f'min_size={args.min_size}')
-    if args.rules is not None: over.append(f'rules={args.rules}')
+    if args.min_size is not None:
+        over.append(f'min_size={args.min_size}')
+    if args.rules is not None:
+        over.append(f'rules={args.rules}')
     cfg = update_config(CleanConfig(), over)
     scorer = None
     if args.scorer == 'self':  # the lab's own dual encoder, trained on this corpus, cross-fitted
         from vl_lab.selfscore import SelfScorer
+
         scorer = SelfScorer(progress=not args.quiet)
     elif args.scorer:
-        try: scorer = CLIPScorer(args.scorer)
-        except (OSError, ValueError) as e: raise VLLabError(f"cannot load the scorer model {args.scorer}: {str(e).splitlines()[0]}") from None
+        try:
+            scorer = CLIPScorer(args.scorer)
+        except (OSError, ValueError) as e:
+            raise VLLabError(f"cannot load the scorer model {args.scorer}: {str(e).splitlines()[0]}") from None
         scorer.name = args.scorer
-    s = clean_corpus(args.input, args.out_dir, cfg, format=args.format, image_root=args.image_root, workers=args.workers,
-                     shard_size=args.shard_size, scorer=scorer, overwrite=args.overwrite, progress=not args.quiet)
+    s = clean_corpus(
+        args.input,
+        args.out_dir,
+        cfg,
+        format=args.format,
+        image_root=args.image_root,
+        workers=args.workers,
+        shard_size=args.shard_size,
+        scorer=scorer,
+        overwrite=args.overwrite,
+        progress=not args.quiet,
+    )
     why = ', '.join(f'{k} {v}' for k, v in s['rejected_by_rule'].items()) or 'none'
-    print(f"kept {s['kept_pairs']} of {s['input_pairs']} pairs ({s['kept_images']} images); rejected {s['rejected_pairs']}: {why}")
+    print(
+        f"kept {s['kept_pairs']} of {s['input_pairs']} pairs ({s['kept_images']} images); rejected {s['rejected_pairs']}: {why}"
+    )
     print(f"wrote {args.out_dir}/annotations.json, images/, manifest.jsonl, summary.json")
+
 
 def _cmd_train(args):
     from vl_lab.train import resolve_config, train
+
     cfg = resolve_config(args.config, args.set or [], data=args.data)
     train(cfg, args.out, resume=args.resume, progress=not args.quiet)
 
+
 def _cmd_evaluate(args):
     from vl_lab.evaluate import evaluate_run, summary_line
+
     m = evaluate_run(args.run_dir, data=args.data, split=args.split, device=args.device, num_beams=args.beams)
     print(summary_line(m))
     print(f"wrote {args.run_dir / 'eval' / args.split}/metrics.json and examples.json")
 
+
 def _cmd_caption_metrics(args):
     import json
     from vl_lab.capmetrics import caption_metrics, load_coco_results
+
     refs, hyps = load_coco_results(args.refs, args.hyps)
     print(json.dumps(caption_metrics(refs, hyps), indent=1))
+
 
 def _cmd_export(args):
     from vl_lab.deploy import deployment_table, export_onnx, quantize_encoders, table_markdown
     from vl_lab.evaluate import load_run
-    if not (args.onnx or args.int8 or args.table): args.onnx = args.int8 = True
+
+    if not (args.onnx or args.int8 or args.table):
+        args.onnx = args.int8 = True
     if args.onnx or args.int8:
         r = export_onnx(args.run_dir)
-        print(f"ONNX: {r['image']}, {r['text']} (max |torch - onnx| image {r['max_abs_diff']['image']:.1e}, text {r['max_abs_diff']['text']:.1e})")
+        print(
+            f"ONNX: {r['image']}, {r['text']} (max |torch - onnx| image {r['max_abs_diff']['image']:.1e}, text {r['max_abs_diff']['text']:.1e})"
+        )
     if args.int8:
         _, tok, cfg, _ = load_run(args.run_dir)
         q = quantize_encoders(r, cfg, tok)
-        print(f"INT8: {q['image']}, {q['text']} (dynamic); {q['image_static']} (static, calibrated on 256 validation images)")
+        print(
+            f"INT8: {q['image']}, {q['text']} (dynamic); {q['image_static']} (static, calibrated on 256 validation images)"
+        )
     if args.table:
         print(table_markdown(deployment_table(args.run_dir)))
 
+
 def _cmd_serve(args):
     from vl_lab.serve import serve
-    serve(args.run_dir, host=args.host, port=args.port, backend=args.backend, max_batch=args.max_batch,
-          max_wait_ms=args.max_wait_ms, max_pixels=args.max_pixels, max_decodes=args.max_decodes)
+
+    serve(
+        args.run_dir,
+        host=args.host,
+        port=args.port,
+        backend=args.backend,
+        max_batch=args.max_batch,
+        max_wait_ms=args.max_wait_ms,
+        max_pixels=args.max_pixels,
+        max_decodes=args.max_decodes,
+    )
+
 
 def _cmd_report(args):
     from vl_lab.report import build_report
+
     runs, corpora = None, None
     if args.plan.exists():
         from vl_lab.runner import plan_corpora, read_plan, run_plan
+
         corpora = plan_corpora(read_plan(args.plan), args.data)  # prepared once, for the runs and the page alike
-        runs = run_plan(args.plan, out=args.out, preset=args.preset, only=args.only, force=args.force, jobs=args.jobs,
-                        corpora=corpora)
-    elif args.plan != Path('lab.yaml'): raise VLLabError(f"{args.plan}: no such plan")
+        runs = run_plan(
+            args.plan,
+            out=args.out,
+            preset=args.preset,
+            only=args.only,
+            force=args.force,
+            jobs=args.jobs,
+            corpora=corpora,
+        )
+    elif args.plan != Path('lab.yaml'):
+        raise VLLabError(f"{args.plan}: no such plan")
     out = build_report(data_dir=args.data or Path('data/shapes'), out_dir=args.out, runs=runs, corpora=corpora)
     if args.table and runs:
         from vl_lab.core import atomic_write
         from vl_lab.labnote import load_runs, results_markdown
+
         atomic_write(args.table, results_markdown(load_runs(args.out, runs), f'Results of {args.plan}'))
         print(f"table: {args.table}")
     print(f"report: {out}")
     if runs and (bad := [r for r in runs if r['status'] == 'failed']):
-        raise VLLabError(f"{len(bad)} run(s) failed: " + ', '.join(f"{r['name']} seed {r['seed']}" for r in bad) + f" (see {out})")
+        raise VLLabError(
+            f"{len(bad)} run(s) failed: " + ', '.join(f"{r['name']} seed {r['seed']}" for r in bad) + f" (see {out})"
+        )
+
 
 # %% ../nbs/90_cli.ipynb #558b36d2
 def make_parser() -> argparse.ArgumentParser:
     "The `vl-lab` argument parser."
     from vl_lab.synthetic import NOISE_PRESETS, SynthConfig
+
     p = _Parser(prog='vl-lab', description='A reproducible lab for vision-language alignment experiments.')
     sub = p.add_subparsers(dest='command', required=True, parser_class=_Parser)
     s = sub.add_parser('synth', help='generate the synthetic shapes corpus (COCO captions format)')
     s.add_argument('out_dir', type=Path, help='folder to write annotations.json, images/ and noise_labels.json into')
-    s.add_argument('--n-images', type=_positive_int, default=SynthConfig.n_images, help='number of images (default %(default)s)')
-    s.add_argument('--seed', type=int, default=SynthConfig.seed, help='random seed: the same seed gives identical bytes')
+    s.add_argument(
+        '--n-images', type=_positive_int, default=SynthConfig.n_images, help='number of images (default %(default)s)'
+    )
+    s.add_argument(
+        '--seed', type=int, default=SynthConfig.seed, help='random seed: the same seed gives identical bytes'
+    )
     s.add_argument('--noise', choices=list(NOISE_PRESETS), default='default', help='noise preset (default %(default)s)')
-    s.add_argument('--rate', action='append', metavar='KIND=RATE', help='override one noise rate, e.g. --rate short=0.1')
+    s.add_argument(
+        '--rate', action='append', metavar='KIND=RATE', help='override one noise rate, e.g. --rate short=0.1'
+    )
     s.add_argument('--overwrite', action='store_true', help='replace OUT_DIR if it holds files')
     s.add_argument('--quiet', action='store_true', help='no progress bar')
     s.set_defaults(func=_cmd_synth)
     from vl_lab.cleaning import ALL_RULES, DEFAULT_RULES
     from vl_lab.data import FORMATS
-    c = sub.add_parser('clean', help='clean a corpus: a cleaned COCO corpus, manifest.jsonl (every input pair) and summary.json')
+
+    c = sub.add_parser(
+        'clean', help='clean a corpus: a cleaned COCO corpus, manifest.jsonl (every input pair) and summary.json'
+    )
     c.add_argument('input', type=Path, help='corpus: a folder or annotation/CSV/tar file')
     c.add_argument('out_dir', type=Path, help='folder for the cleaned corpus')
     c.add_argument('--format', choices=FORMATS, help='corpus format (default: detected)')
-    c.add_argument('--image-root', type=Path, help='folder the image paths are relative to (default: beside the annotations)')
+    c.add_argument(
+        '--image-root', type=Path, help='folder the image paths are relative to (default: beside the annotations)'
+    )
     c.add_argument('--min-size', type=_positive_int, help='minimum width and height in pixels (default 224)')
-    c.add_argument('--rules', help=f"comma-separated rules (default {','.join(DEFAULT_RULES)}; all: {','.join(ALL_RULES)})")
-    c.add_argument('--scorer', help="for the consistency rule: a CLIP-style model (name or local path), or 'self' (a dual "
-                   "encoder trained on this corpus, cross-fitted)")
-    c.add_argument('--set', action='append', metavar='KEY=VALUE', help='any CleanConfig field, e.g. --set phash_radius=4')
+    c.add_argument(
+        '--rules', help=f"comma-separated rules (default {','.join(DEFAULT_RULES)}; all: {','.join(ALL_RULES)})"
+    )
+    c.add_argument(
+        '--scorer',
+        help="for the consistency rule: a CLIP-style model (name or local path), or 'self' (a dual "
+        "encoder trained on this corpus, cross-fitted)",
+    )
+    c.add_argument(
+        '--set', action='append', metavar='KEY=VALUE', help='any CleanConfig field, e.g. --set phash_radius=4'
+    )
     c.add_argument('--workers', type=int, default=None, help='worker processes (default: the number of CPUs)')
     c.add_argument('--shard-size', type=_positive_int, default=256, help='records per shard (the unit of resuming)')
     c.add_argument('--overwrite', action='store_true', help='redo a finished cleaning in OUT_DIR')
     c.add_argument('--quiet', action='store_true', help='no progress bar')
     c.set_defaults(func=_cmd_clean)
     from vl_lab.train import PRESETS
+
     t = sub.add_parser('train', help='train a model (the one training loop); prints val R@1 at the end')
-    t.add_argument('config', metavar='PRESET_OR_CONFIG', help=f"a preset ({', '.join(PRESETS)}) or a YAML file of overrides")
+    t.add_argument(
+        'config', metavar='PRESET_OR_CONFIG', help=f"a preset ({', '.join(PRESETS)}) or a YAML file of overrides"
+    )
     t.add_argument('--data', help='corpus to train on (default: the config\'s data, data/shapes-clean)')
     t.add_argument('--out', type=Path, required=True, help='run folder (history.csv, metrics.json, checkpoints)')
-    t.add_argument('--set', action='append', metavar='KEY=VALUE', help='override a config value, e.g. --set lr=3e-4 --set model.embed_dim=64')
+    t.add_argument(
+        '--set',
+        action='append',
+        metavar='KEY=VALUE',
+        help='override a config value, e.g. --set lr=3e-4 --set model.embed_dim=64',
+    )
     t.add_argument('--resume', action='store_true', help='continue the run in --out from its last checkpoint')
     t.add_argument('--quiet', action='store_true', help='no progress bar')
     t.set_defaults(func=_cmd_train)
@@ -157,44 +253,93 @@ def make_parser() -> argparse.ArgumentParser:
     e.add_argument('--data', help="corpus (default: the one the run trained on)")
     e.add_argument('--split', default='test', help='split to evaluate (default %(default)s)')
     e.add_argument('--device', default=None, help='cpu, cuda, mps (default: the best available)')
-    e.add_argument('--beams', type=_positive_int, default=1, help='beam width for captioning (default %(default)s: greedy)')
+    e.add_argument(
+        '--beams', type=_positive_int, default=1, help='beam width for captioning (default %(default)s: greedy)'
+    )
     e.set_defaults(func=_cmd_evaluate)
-    m = sub.add_parser('caption-metrics', help='BLEU-1..4, METEOR, ROUGE-L, CIDEr of COCO-format results (as pycocoevalcap)')
+    m = sub.add_parser(
+        'caption-metrics', help='BLEU-1..4, METEOR, ROUGE-L, CIDEr of COCO-format results (as pycocoevalcap)'
+    )
     m.add_argument('refs', type=Path, help='COCO captions annotation file (the references)')
     m.add_argument('hyps', type=Path, help='COCO results file: [{"image_id": ..., "caption": ...}]')
     m.set_defaults(func=_cmd_caption_metrics)
     x = sub.add_parser('export', help='export a run to ONNX (parity-checked), INT8, and measure size / latency / R@1')
     x.add_argument('run_dir', type=Path, help='a run folder made by vl-lab train')
     x.add_argument('--onnx', action='store_true', help='export the image and text encoders to ONNX')
-    x.add_argument('--int8', action='store_true', help='also INT8 of the ONNX files: dynamic, and the image encoder static (calibrated on validation images)')
-    x.add_argument('--table', action='store_true', help='fp32 / ONNX / INT8 dynamic and static / pruned: size, latency, test R@1 (export/deployment.json)')
+    x.add_argument(
+        '--int8',
+        action='store_true',
+        help='also INT8 of the ONNX files: dynamic, and the image encoder static (calibrated on validation images)',
+    )
+    x.add_argument(
+        '--table',
+        action='store_true',
+        help='fp32 / ONNX / INT8 dynamic and static / pruned: size, latency, test R@1 (export/deployment.json)',
+    )
     x.set_defaults(func=_cmd_export)
-    v = sub.add_parser('serve', help='serve a run over HTTP (FastAPI): /multimodal/inference, /embed/image, /embed/text',
-                       description='Serve a run over HTTP. Each image must decode to at most --max-pixels 8-bit pixels '
-                       '(16- and 32-bit pixels count twice; a JPEG decodes at 1/2..1/8 scale first and is counted '
-                       'at that size), else 413; at most --max-decodes images decode at once.')
+    v = sub.add_parser(
+        'serve',
+        help='serve a run over HTTP (FastAPI): /multimodal/inference, /embed/image, /embed/text',
+        description='Serve a run over HTTP. Each image must decode to at most --max-pixels 8-bit pixels '
+        '(16- and 32-bit pixels count twice; a JPEG decodes at 1/2..1/8 scale first and is counted '
+        'at that size), else 413; at most --max-decodes images decode at once.',
+    )
     v.add_argument('run_dir', type=Path, help='a run folder made by vl-lab train')
     v.add_argument('--host', default='127.0.0.1', help='address to bind (default %(default)s: this machine only)')
     v.add_argument('--port', type=int, default=8000, help='port (default %(default)s)')
-    v.add_argument('--backend', choices=['torch', 'onnx', 'onnx-int8', 'onnx-int8-static'], default='torch', help='encoder backend (default %(default)s)')
-    v.add_argument('--max-batch', type=_positive_int, default=32, help='items per batched forward pass of concurrent requests (1: no batching; default %(default)s)')
-    v.add_argument('--max-wait-ms', type=float, default=2.0, help='longest wait for concurrent requests to join a batch (default %(default)s)')
-    v.add_argument('--max-pixels', type=_positive_int, default=4096 * 4096,
-                   help='pixel budget of one image, in 8-bit pixels (default %(default)s = 4096x4096)')
-    v.add_argument('--max-decodes', type=_positive_int, default=2,
-                   help='images decoded at the same time, at most (default %(default)s)')
+    v.add_argument(
+        '--backend',
+        choices=['torch', 'onnx', 'onnx-int8', 'onnx-int8-static'],
+        default='torch',
+        help='encoder backend (default %(default)s)',
+    )
+    v.add_argument(
+        '--max-batch',
+        type=_positive_int,
+        default=32,
+        help='items per batched forward pass of concurrent requests (1: no batching; default %(default)s)',
+    )
+    v.add_argument(
+        '--max-wait-ms',
+        type=float,
+        default=2.0,
+        help='longest wait for concurrent requests to join a batch (default %(default)s)',
+    )
+    v.add_argument(
+        '--max-pixels',
+        type=_positive_int,
+        default=4096 * 4096,
+        help='pixel budget of one image, in 8-bit pixels (default %(default)s = 4096x4096)',
+    )
+    v.add_argument(
+        '--max-decodes',
+        type=_positive_int,
+        default=2,
+        help='images decoded at the same time, at most (default %(default)s)',
+    )
     v.set_defaults(func=_cmd_serve)
     r = sub.add_parser('report', help='render the lab report (generating the default corpus if it is missing)')
-    r.add_argument('--plan', type=Path, default=Path('lab.yaml'), help='experiment plan (default %(default)s; none: the data card only)')
+    r.add_argument(
+        '--plan',
+        type=Path,
+        default=Path('lab.yaml'),
+        help='experiment plan (default %(default)s; none: the data card only)',
+    )
     r.add_argument('--data', type=Path, default=None, help="corpus folder (default: the plan's corpus, data/shapes)")
     r.add_argument('--out', type=Path, default=Path('reports'), help='report folder (default %(default)s)')
     r.add_argument('--preset', help='run every experiment with this preset (e.g. gpu-base)')
     r.add_argument('--only', help='run only these experiments (comma-separated names)')
     r.add_argument('--force', action='store_true', help='execute runs again even when complete')
     r.add_argument('--table', type=Path, help="also write the experiments' results as a Markdown table to this file")
-    r.add_argument('--jobs', type=_positive_int, default=os.cpu_count() or 1, help='runs executed in parallel, one thread each (default: the CPU count, %(default)s)')
+    r.add_argument(
+        '--jobs',
+        type=_positive_int,
+        default=os.cpu_count() or 1,
+        help='runs executed in parallel, one thread each (default: the CPU count, %(default)s)',
+    )
     r.set_defaults(func=_cmd_report)
     return p
+
 
 def main(argv=None) -> int:
     "Entry point of the `vl-lab` console script."

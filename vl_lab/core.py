@@ -4,47 +4,78 @@
 
 # %% ../nbs/00_core.ipynb #16ac741b
 from __future__ import annotations
-import dataclasses, hashlib, json, os, platform, random, subprocess, sys, time
-from dataclasses import dataclass, field, fields, is_dataclass
+import dataclasses
+import hashlib
+import json
+import os
+import platform
+import random
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field, fields
 from importlib import metadata
 from pathlib import Path
 
 import numpy as np
 
 # %% auto #0
-__all__ = ['PROVENANCE_PACKAGES', 'VLLabError', 'config_to_dict', 'update_config', 'config_from_dict', 'seed_everything',
-           'get_device', 'file_sha256', 'dir_sha256', 'atomic_write', 'write_json', 'git_info', 'cpu_model',
-           'package_versions', 'provenance']
+__all__ = [
+    'PROVENANCE_PACKAGES',
+    'VLLabError',
+    'config_to_dict',
+    'update_config',
+    'config_from_dict',
+    'seed_everything',
+    'get_device',
+    'file_sha256',
+    'dir_sha256',
+    'atomic_write',
+    'write_json',
+    'git_info',
+    'cpu_model',
+    'package_versions',
+    'provenance',
+]
+
 
 # %% ../nbs/00_core.ipynb #58a25305
 class VLLabError(Exception):
     "An error caused by the user's input; the CLI prints it as one line and exits non-zero."
+
 
 # %% ../nbs/00_core.ipynb #7feaa2ba
 def config_to_dict(cfg) -> dict:
     "A plain, JSON-ready dict of a (nested) config dataclass."
     return dataclasses.asdict(cfg)
 
+
 def _coerce(value, typ, key):
     "Convert `value` (often a string from the command line) to the field type `typ`."
-    if isinstance(typ, str): typ = {'int': int, 'float': float, 'bool': bool, 'str': str}.get(typ.split('|')[0].strip(), None)
-    if typ is None or not isinstance(value, str): return value
+    if isinstance(typ, str):
+        typ = {'int': int, 'float': float, 'bool': bool, 'str': str}.get(typ.split('|')[0].strip(), None)
+    if typ is None or not isinstance(value, str):
+        return value
     try:
         if typ is bool:
             low = value.lower()
-            if low in ('1', 'true', 'yes', 'on'): return True
-            if low in ('0', 'false', 'no', 'off'): return False
+            if low in ('1', 'true', 'yes', 'on'):
+                return True
+            if low in ('0', 'false', 'no', 'off'):
+                return False
             raise ValueError(value)
         return typ(value)
     except ValueError:
         raise VLLabError(f"config key {key!r}: cannot read {value!r} as {typ.__name__}") from None
+
 
 def update_config(cfg, overrides):
     "A copy of dataclass `cfg` with `overrides` (dict of dotted keys, or list of 'key=value') applied; unknown keys are an error."
     if isinstance(overrides, (list, tuple)):
         pairs = {}
         for item in overrides:
-            if '=' not in item: raise VLLabError(f"expected key=value, got {item!r}")
+            if '=' not in item:
+                raise VLLabError(f"expected key=value, got {item!r}")
             k, v = item.split('=', 1)
             pairs[k.strip()] = v.strip()
         overrides = pairs
@@ -63,15 +94,21 @@ def update_config(cfg, overrides):
                 setattr(obj, part, _coerce(value, names[part].type, key))
     return cfg
 
+
 def config_from_dict(cls, d: dict):
     "Build dataclass `cls` from a (nested) dict such as `config_to_dict` wrote; unknown keys are an error."
     flat = {}
+
     def walk(prefix, x):
         for k, v in x.items():
-            if isinstance(v, dict): walk(f"{prefix}{k}.", v)
-            else: flat[f"{prefix}{k}"] = v
+            if isinstance(v, dict):
+                walk(f"{prefix}{k}.", v)
+            else:
+                flat[f"{prefix}{k}"] = v
+
     walk('', d)
     return update_config(cls(), flat)
+
 
 # %% ../nbs/00_core.ipynb #a26fcdca
 def seed_everything(seed: int, deterministic: bool = True) -> np.random.Generator:
@@ -84,7 +121,8 @@ def seed_everything(seed: int, deterministic: bool = True) -> np.random.Generato
     except ImportError:
         return np.random.default_rng(seed)
     torch.manual_seed(seed)
-    if torch.cuda.is_available(): torch.cuda.manual_seed_all(seed)
+    if torch.cuda.is_available():
+        torch.cuda.manual_seed_all(seed)
     if deterministic:
         os.environ.setdefault('CUBLAS_WORKSPACE_CONFIG', ':4096:8')
         torch.use_deterministic_algorithms(True, warn_only=True)
@@ -92,29 +130,37 @@ def seed_everything(seed: int, deterministic: bool = True) -> np.random.Generato
         torch.backends.cudnn.deterministic = True
     return np.random.default_rng(seed)
 
+
 # %% ../nbs/00_core.ipynb #b54cc8ee
 def get_device(prefer: str | None = None) -> str:
     "The device to run on: `prefer` or $VL_LAB_DEVICE if set, else cuda > mps > cpu."
     import torch
+
     prefer = prefer or os.environ.get('VL_LAB_DEVICE') or None
     if prefer and prefer != 'auto':
         if prefer.startswith('cuda') and not torch.cuda.is_available():
             raise VLLabError(f"device {prefer!r} asked for, but CUDA is not available here")
         if prefer == 'mps' and not (hasattr(torch.backends, 'mps') and torch.backends.mps.is_available()):
             raise VLLabError("device 'mps' asked for, but MPS is not available here")
-        if prefer.split(':')[0] not in ('cpu', 'cuda', 'mps'): raise VLLabError(f"unknown device {prefer!r} (cpu, cuda, cuda:N, mps, auto)")
+        if prefer.split(':')[0] not in ('cpu', 'cuda', 'mps'):
+            raise VLLabError(f"unknown device {prefer!r} (cpu, cuda, cuda:N, mps, auto)")
         return prefer
-    if torch.cuda.is_available(): return 'cuda'
-    if hasattr(torch.backends, 'mps') and torch.backends.mps.is_available(): return 'mps'
+    if torch.cuda.is_available():
+        return 'cuda'
+    if hasattr(torch.backends, 'mps') and torch.backends.mps.is_available():
+        return 'mps'
     return 'cpu'
+
 
 # %% ../nbs/00_core.ipynb #f55fb28e
 def file_sha256(path, chunk: int = 1 << 20) -> str:
     "sha256 hex digest of one file's bytes."
     h = hashlib.sha256()
     with open(path, 'rb') as f:
-        while b := f.read(chunk): h.update(b)
+        while b := f.read(chunk):
+            h.update(b)
     return h.hexdigest()
+
 
 def dir_sha256(path) -> str:
     "sha256 over the sorted relative paths and contents of every file under `path`."
@@ -124,6 +170,7 @@ def dir_sha256(path) -> str:
         h.update(file_sha256(p).encode())
     return h.hexdigest()
 
+
 def atomic_write(path, data: bytes | str):
     "Write `data` to `path` through a temporary file in the same folder and a rename."
     path = Path(path)
@@ -131,52 +178,80 @@ def atomic_write(path, data: bytes | str):
     tmp.write_bytes(data.encode() if isinstance(data, str) else data)
     os.replace(tmp, path)
 
+
 def write_json(path, obj):
     "Write `obj` as stable, human-readable JSON (sorted keys), atomically."
     atomic_write(path, json.dumps(obj, indent=1, sort_keys=True, ensure_ascii=False) + '\n')
 
+
 # %% ../nbs/00_core.ipynb #0d00a9e0
-PROVENANCE_PACKAGES = ('vl_lab', 'torch', 'torchvision', 'numpy', 'pillow', 'transformers', 'tokenizers',
-                       'pycocotools', 'pycocoevalcap', 'papermill', 'nbdev', 'scikit-learn', 'onnxruntime')
+PROVENANCE_PACKAGES = (
+    'vl_lab',
+    'torch',
+    'torchvision',
+    'numpy',
+    'pillow',
+    'transformers',
+    'tokenizers',
+    'pycocotools',
+    'pycocoevalcap',
+    'papermill',
+    'nbdev',
+    'scikit-learn',
+    'onnxruntime',
+)
+
 
 def git_info(path='.') -> dict:
     "Commit and dirty flag of the git checkout holding `path` (None where there is no git)."
+
     def run(*args):
         return subprocess.run(['git', *args], cwd=path, capture_output=True, text=True, timeout=30)
+
     try:
         head = run('rev-parse', 'HEAD')
-        if head.returncode: return {'commit': None, 'dirty': None}
+        if head.returncode:
+            return {'commit': None, 'dirty': None}
         dirty = bool(run('status', '--porcelain', '--untracked-files=no').stdout.strip())
         return {'commit': head.stdout.strip(), 'dirty': dirty}
     except (OSError, subprocess.SubprocessError):
         return {'commit': None, 'dirty': None}
 
+
 def cpu_model() -> str:
     "The CPU's model name."
     try:
         for line in Path('/proc/cpuinfo').read_text().splitlines():
-            if line.startswith('model name'): return line.split(':', 1)[1].strip()
-    except OSError: pass
+            if line.startswith('model name'):
+                return line.split(':', 1)[1].strip()
+    except OSError:
+        pass
     return platform.processor() or platform.machine()
+
 
 def package_versions(names=PROVENANCE_PACKAGES) -> dict:
     "Installed versions of `names` (None for those not installed)."
     out = {}
     for n in names:
-        try: out[n] = metadata.version(n)
-        except metadata.PackageNotFoundError: out[n] = None
+        try:
+            out[n] = metadata.version(n)
+        except metadata.PackageNotFoundError:
+            out[n] = None
     return out
+
 
 def provenance(data_dir=None, start_time: float | None = None, repo='.', data_hash: str | None = None) -> dict:
     "Where a run's numbers came from: code, packages, machine, data (hashed unless `data_hash` is given), wall time."
     import torch
+
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
     return {
         'git': git_info(repo),
         'packages': package_versions(),
         'python': sys.version.split()[0],
         'platform': platform.platform(),
-        'cpu': cpu_model(), 'cpu_count': os.cpu_count(),
+        'cpu': cpu_model(),
+        'cpu_count': os.cpu_count(),
         'gpu': gpu,
         'data_hash': data_hash or (dir_sha256(data_dir) if data_dir else None),
         'wall_time_s': round(time.time() - start_time, 3) if start_time else None,

@@ -4,7 +4,8 @@
 
 # %% ../nbs/40a_corpus.ipynb #15c50aa8
 from __future__ import annotations
-import hashlib, json
+import hashlib
+import json
 from pathlib import Path
 
 from .clean import clean_corpus
@@ -13,17 +14,27 @@ from .core import VLLabError, config_to_dict, dir_sha256
 from .synthetic import synth, synth_config
 
 # %% auto #0
-__all__ = ['DEFAULT_DATA', 'KINDS', 'SCORER_FOLDS', 'ensure_corpus', 'cleaning_settings', 'ensure_clean', 'prepare_corpora']
+__all__ = [
+    'DEFAULT_DATA',
+    'KINDS',
+    'SCORER_FOLDS',
+    'ensure_corpus',
+    'cleaning_settings',
+    'ensure_clean',
+    'prepare_corpora',
+]
 
 # %% ../nbs/40a_corpus.ipynb #69d7b996
 DEFAULT_DATA = Path('data/shapes')
 KINDS = ('raw', 'clean', 'consistent')
 SCORER_FOLDS = 3  # the consistency scorer's folds (vl_lab.selfscore)
 
+
 def ensure_corpus(data_dir=DEFAULT_DATA, default=None) -> Path:
     "`data_dir`, generating the default shapes corpus there when it is the default folder and holds no corpus."
     data_dir = Path(data_dir)
-    if (data_dir / 'annotations.json').exists(): return data_dir
+    if (data_dir / 'annotations.json').exists():
+        return data_dir
     is_default = default if default is not None else data_dir.resolve() == DEFAULT_DATA.resolve()
     if not is_default:
         raise VLLabError(f"{data_dir}: no annotations.json (run `vl-lab synth {data_dir}` or point --data at a corpus)")
@@ -31,34 +42,55 @@ def ensure_corpus(data_dir=DEFAULT_DATA, default=None) -> Path:
     synth(data_dir, synth_config(), overwrite=True)
     return data_dir
 
+
 def cleaning_settings(kind: str) -> dict:
     "What a cleaned corpus of `kind` depends on, besides the raw data: the rules' config and the scorer's recipe."
-    if kind == 'clean': return dict(config=config_to_dict(CleanConfig()))
+    if kind == 'clean':
+        return dict(config=config_to_dict(CleanConfig()))
     from vl_lab.train import PRESETS
-    return dict(config=config_to_dict(CleanConfig(rules=','.join(ALL_RULES))), scorer='self', folds=SCORER_FOLDS,
-                preset=PRESETS['cpu-tiny'])
+
+    return dict(
+        config=config_to_dict(CleanConfig(rules=','.join(ALL_RULES))),
+        scorer='self',
+        folds=SCORER_FOLDS,
+        preset=PRESETS['cpu-tiny'],
+    )
+
 
 def ensure_clean(data_dir, clean_dir, data_hash: str, kind: str = 'clean') -> Path:
     "`clean_dir`, (re)made by `clean_corpus` unless it holds a cleaning of exactly this data with these settings."
-    if kind not in ('clean', 'consistent'): raise VLLabError(f"unknown cleaning {kind!r} (clean, consistent)")
+    if kind not in ('clean', 'consistent'):
+        raise VLLabError(f"unknown cleaning {kind!r} (clean, consistent)")
     clean_dir, stamp = Path(clean_dir), Path(clean_dir) / 'source_hash.txt'
     settings = cleaning_settings(kind)
     key = hashlib.sha256(json.dumps(dict(data=data_hash, **settings), sort_keys=True).encode()).hexdigest()
-    if (clean_dir / 'summary.json').exists() and stamp.exists() and stamp.read_text().split()[-1] == key: return clean_dir
-    print(f"cleaning {data_dir} into {clean_dir} ({'rules' if kind == 'clean' else 'rules + image-text consistency'}) ...",
-          flush=True)
+    if (clean_dir / 'summary.json').exists() and stamp.exists() and stamp.read_text().split()[-1] == key:
+        return clean_dir
+    print(
+        f"cleaning {data_dir} into {clean_dir} ({'rules' if kind == 'clean' else 'rules + image-text consistency'}) ...",
+        flush=True,
+    )
     scorer = None
     if kind == 'consistent':
         from vl_lab.selfscore import SelfScorer
+
         scorer = SelfScorer(folds=SCORER_FOLDS)
-    clean_corpus(data_dir, clean_dir, CleanConfig(**{k: v for k, v in settings['config'].items()}), scorer=scorer,
-                 overwrite=True, progress=False)
+    clean_corpus(
+        data_dir,
+        clean_dir,
+        CleanConfig(**{k: v for k, v in settings['config'].items()}),
+        scorer=scorer,
+        overwrite=True,
+        progress=False,
+    )
     stamp.write_text(f"{data_hash}\n{key}\n")
     return clean_dir
 
+
 def prepare_corpora(raw_dir=DEFAULT_DATA, kinds=('raw', 'clean')) -> dict:
     "The corpora of `kinds`, made where missing or stale: {kind: folder}."
-    if bad := set(kinds) - set(KINDS): raise VLLabError(f"unknown corpus kind(s) {', '.join(sorted(bad))} (known: {', '.join(KINDS)})")
+    if bad := set(kinds) - set(KINDS):
+        raise VLLabError(f"unknown corpus kind(s) {', '.join(sorted(bad))} (known: {', '.join(KINDS)})")
     raw = ensure_corpus(Path(raw_dir))
     out, data_hash = {'raw': raw}, None
     for kind in ('clean', 'consistent'):

@@ -4,7 +4,11 @@
 
 # %% ../nbs/02_data.ipynb #d216c0f9
 from __future__ import annotations
-import csv, io, json, os, tarfile
+import csv
+import io
+import json
+import os
+import tarfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
@@ -14,18 +18,38 @@ from PIL import Image
 from .core import VLLabError
 
 # %% auto #0
-__all__ = ['IMAGE_EXTS', 'FORMATS', 'decode_text', 'has_invalid_utf8', 'parse_json', 'read_json', 'ImageRef', 'Record', 'refused',
-           'resolve_inside', 'file_ref', 'load_coco', 'load_karpathy', 'load_csv', 'load_webdataset',
-           'load_imagefolder', 'detect_format', 'load_records']
+__all__ = [
+    'IMAGE_EXTS',
+    'FORMATS',
+    'decode_text',
+    'has_invalid_utf8',
+    'parse_json',
+    'read_json',
+    'ImageRef',
+    'Record',
+    'refused',
+    'resolve_inside',
+    'file_ref',
+    'load_coco',
+    'load_karpathy',
+    'load_csv',
+    'load_webdataset',
+    'load_imagefolder',
+    'detect_format',
+    'load_records',
+]
+
 
 # %% ../nbs/02_data.ipynb #0cc47b10
 def decode_text(b: bytes) -> str:
     "UTF-8 text; undecodable bytes are kept as lone surrogates (see `has_invalid_utf8`)."
     return b.decode('utf-8', 'surrogateescape')
 
+
 def has_invalid_utf8(s: str) -> bool:
     "Whether `s` holds bytes that were not valid UTF-8 (lone surrogates from `decode_text`)."
     return any('\udc80' <= ch <= '\udcff' for ch in s)
+
 
 def parse_json(text: str, where: str):
     "The JSON value of `text`; malformed or too deeply nested JSON is a one-line `VLLabError` naming `where`."
@@ -35,6 +59,7 @@ def parse_json(text: str, where: str):
         raise VLLabError(f"{where}: malformed JSON at line {e.lineno}, column {e.colno}: {e.msg}") from None
     except RecursionError:
         raise VLLabError(f"{where}: JSON nested too deeply to read") from None
+
 
 def read_json(path):
     "Parse the JSON file `path`; a missing, malformed or too deeply nested file is a one-line `VLLabError`."
@@ -47,83 +72,106 @@ def read_json(path):
         raise VLLabError(f"{path}: cannot read: {e.strerror or e}") from None
     return parse_json(decode_text(raw), str(path))
 
+
 # %% ../nbs/02_data.ipynb #a5faed6d
 @dataclass
 class ImageRef:
     "Where an image's bytes are: a file under the dataset root, or bytes read from a stream."
-    source: str                  # what a manifest shows: a path relative to the root, or 'shard.tar:member'
-    path: Path | None = None     # the file on disk (None for streamed bytes, or a refused path)
-    data: bytes | None = None    # bytes held for streamed members (WebDataset)
-    error: str | None = None     # why the reference cannot be used (e.g. the path escapes the dataset root)
-    rule: str = 'unsafe_path'    # the cleaning rule that rejects an item whose reference carries an `error`
+
+    source: str  # what a manifest shows: a path relative to the root, or 'shard.tar:member'
+    path: Path | None = None  # the file on disk (None for streamed bytes, or a refused path)
+    data: bytes | None = None  # bytes held for streamed members (WebDataset)
+    error: str | None = None  # why the reference cannot be used (e.g. the path escapes the dataset root)
+    rule: str = 'unsafe_path'  # the cleaning rule that rejects an item whose reference carries an `error`
 
     def read_bytes(self) -> bytes:
         "The encoded bytes (raises OSError when they cannot be had)."
-        if self.error: raise OSError(self.error)
-        if self.data is not None: return self.data
+        if self.error:
+            raise OSError(self.error)
+        if self.data is not None:
+            return self.data
         return self.path.read_bytes()
 
     def open(self) -> Image.Image:
         "The image, lazily opened (header read; pixels decoded on first use)."
-        if self.error: raise OSError(self.error)
+        if self.error:
+            raise OSError(self.error)
         return Image.open(io.BytesIO(self.data) if self.data is not None else self.path)
+
 
 @dataclass
 class Record:
     "One image and its captions, whatever the corpus format."
-    id: str                                     # unique within the corpus
+
+    id: str  # unique within the corpus
     image: ImageRef
     captions: list[str]
-    split: str | None = None                    # train / val / test (/ restval) when the corpus says so
-    extra: dict = field(default_factory=dict)   # other fields of the source (class labels, questions, ...)
+    split: str | None = None  # train / val / test (/ restval) when the corpus says so
+    extra: dict = field(default_factory=dict)  # other fields of the source (class labels, questions, ...)
+
 
 def refused(source: str, why: str, rule: str = 'malformed_entry', id: str = '') -> Record:
     "A record that cleaning will reject with `rule` and reason `why` (an entry of the wrong type, a duplicate id)."
     return Record(id=id or source, image=ImageRef(source=source, error=why, rule=rule), captions=[])
 
+
 def resolve_inside(root: Path, rel: str, boundary: Path | None = None) -> tuple[Path | None, str | None]:
     """The file `rel` under `root`, or an error when it is absolute, climbs out of `root` (`../`), or its real path
     (links resolved: a linked file, or a linked folder anywhere on the way, `root` itself included) is outside
     `boundary` (default `root`)."""
-    if not isinstance(rel, str): return None, f'image path is a {type(rel).__name__}, not text'
-    if not rel: return None, 'empty image path'
-    if os.path.isabs(rel) or rel.startswith(('/', '\\')): return None, f'absolute image path refused: {rel}'
+    if not isinstance(rel, str):
+        return None, f'image path is a {type(rel).__name__}, not text'
+    if not rel:
+        return None, 'empty image path'
+    if os.path.isabs(rel) or rel.startswith(('/', '\\')):
+        return None, f'absolute image path refused: {rel}'
     if os.path.normpath(rel).replace('\\', '/').split('/')[0] == '..':
         return None, f'image path escapes the dataset root: {rel}'
     bound = Path(boundary if boundary is not None else root).resolve()
     p = (Path(root) / rel).resolve()
-    if p != bound and bound not in p.parents: return None, f'image path escapes the dataset root: {rel}'
+    if p != bound and bound not in p.parents:
+        return None, f'image path escapes the dataset root: {rel}'
     return p, None
+
 
 def file_ref(root: Path, rel: str, boundary: Path | None = None) -> ImageRef:
     "An `ImageRef` to `rel` under `root`, carrying an error if the path is refused."
     p, err = resolve_inside(root, rel, boundary)
     return ImageRef(source=str(rel), path=p, error=err)
 
+
 # %% ../nbs/02_data.ipynb #8218c275
 def _default_root(json_path: Path, image_root) -> tuple[Path, Path]:
     """(image root, boundary): a root the user names is trusted as it is; the default one (`images/` beside the JSON,
     else the JSON's folder) must keep every image's real path inside the JSON's folder."""
-    if image_root: return Path(image_root), Path(image_root)
+    if image_root:
+        return Path(image_root), Path(image_root)
     folder = json_path.parent
     return (folder / 'images' if (folder / 'images').is_dir() else folder), folder
+
 
 def _kind(x) -> str:
     "How a JSON value is named in a message: 'a string', 'a list', ..."
     return {str: 'a string', list: 'a list', dict: 'an object', bool: 'a boolean', type(None): 'null'}.get(
-        type(x), f'a {type(x).__name__}')
+        type(x), f'a {type(x).__name__}'
+    )
+
 
 def _key(x):
     "A JSON value as a dict key (ids may be lists or objects in a hostile file)."
     return x if isinstance(x, (str, int, float, bool, type(None))) else json.dumps(x, sort_keys=True, default=str)
 
+
 def _object_list(d: dict, key: str, path: Path) -> list:
     "`d[key]` (default []): a list of objects, else a one-line error naming the file and the place."
     xs = d.get(key, [])
-    if not isinstance(xs, list): raise VLLabError(f"{path}: '{key}' is {_kind(xs)}, not a list")
+    if not isinstance(xs, list):
+        raise VLLabError(f"{path}: '{key}' is {_kind(xs)}, not a list")
     for i, x in enumerate(xs):
-        if not isinstance(x, dict): raise VLLabError(f"{path}: {key}[{i}] is {_kind(x)}, not an object")
+        if not isinstance(x, dict):
+            raise VLLabError(f"{path}: {key}[{i}] is {_kind(x)}, not an object")
     return xs
+
 
 def load_coco(ann_file, image_root=None) -> Iterator[Record]:
     """Records of a COCO captions annotation file. An image entry that is not an object, or that repeats an earlier
@@ -146,25 +194,41 @@ def load_coco(ann_file, image_root=None) -> Iterator[Record]:
             continue
         k = _key(im.get('id'))
         if k in first:
-            yield refused(str(im.get('file_name')), f"image id {im.get('id')!r} repeats images[{first[k]}]; the "
-                          f"captions of that id stay with the first", 'duplicate_id', id=f"images[{i}] (id {im.get('id')!r})")
+            yield refused(
+                str(im.get('file_name')),
+                f"image id {im.get('id')!r} repeats images[{first[k]}]; the captions of that id stay with the first",
+                'duplicate_id',
+                id=f"images[{i}] (id {im.get('id')!r})",
+            )
             continue
         first[k] = i
         extra = {x: v for x, v in im.items() if x not in ('id', 'file_name', 'split')}
-        if k in qs: extra['questions'] = qs[k]
-        yield Record(id=str(im.get('id')), image=file_ref(root, im.get('file_name') or '', bound),
-                     captions=caps.get(k, []), split=im.get('split'), extra=extra)
+        if k in qs:
+            extra['questions'] = qs[k]
+        yield Record(
+            id=str(im.get('id')),
+            image=file_ref(root, im.get('file_name') or '', bound),
+            captions=caps.get(k, []),
+            split=im.get('split'),
+            extra=extra,
+        )
+
 
 def _karpathy_problem(im, k: int) -> str | None:
     "Why Karpathy entry `k` cannot be read (None when it can)."
-    if not isinstance(im, dict): return f'images[{k}] is {_kind(im)}, not an object'
+    if not isinstance(im, dict):
+        return f'images[{k}] is {_kind(im)}, not an object'
     for x in ('filepath', 'filename'):
-        if x in im and not isinstance(im[x], str): return f'images[{k}].{x} is {_kind(im[x])}, not text'
+        if x in im and not isinstance(im[x], str):
+            return f'images[{k}].{x} is {_kind(im[x])}, not text'
     sents = im.get('sentences', [])
-    if not isinstance(sents, list): return f'images[{k}].sentences is {_kind(sents)}, not a list'
+    if not isinstance(sents, list):
+        return f'images[{k}].sentences is {_kind(sents)}, not a list'
     for j, s in enumerate(sents):
-        if not isinstance(s, dict): return f'images[{k}].sentences[{j}] is {_kind(s)}, not an object'
+        if not isinstance(s, dict):
+            return f'images[{k}].sentences[{j}] is {_kind(s)}, not an object'
     return None
+
 
 def load_karpathy(json_file, image_root=None) -> Iterator[Record]:
     "Records of a Karpathy split file (dataset_coco.json, dataset_flickr8k.json, dataset_flickr30k.json)."
@@ -181,12 +245,20 @@ def load_karpathy(json_file, image_root=None) -> Iterator[Record]:
         rel = '/'.join(x for x in (im.get('filepath'), im.get('filename')) if x)
         rid = im.get('cocoid', im.get('imgid', k))
         if _key(rid) in first:
-            yield refused(rel, f"image id {rid!r} repeats images[{first[_key(rid)]}]", 'duplicate_id', id=f'images[{k}]')
+            yield refused(
+                rel, f"image id {rid!r} repeats images[{first[_key(rid)]}]", 'duplicate_id', id=f'images[{k}]'
+            )
             continue
         first[_key(rid)] = k
         extra = {x: im[x] for x in ('cocoid', 'imgid', 'sentids') if x in im}
-        yield Record(id=str(rid), image=file_ref(root, rel, bound), captions=[s.get('raw', '') for s in im.get('sentences', [])],
-                     split=im.get('split'), extra=extra)
+        yield Record(
+            id=str(rid),
+            image=file_ref(root, rel, bound),
+            captions=[s.get('raw', '') for s in im.get('sentences', [])],
+            split=im.get('split'),
+            extra=extra,
+        )
+
 
 # %% ../nbs/02_data.ipynb #6e330a0c
 def load_csv(path, image_root=None, img_key='filepath', caption_key='title', sep=None) -> Iterator[Record]:
@@ -194,8 +266,10 @@ def load_csv(path, image_root=None, img_key='filepath', caption_key='title', sep
     path = Path(path)
     root = Path(image_root) if image_root else path.parent
     sep = sep or ('\t' if path.suffix.lower() in ('.tsv', '.tab') else ',')
-    try: text = decode_text(path.read_bytes())
-    except OSError as e: raise VLLabError(f"{path}: cannot read: {e.strerror or e}") from None
+    try:
+        text = decode_text(path.read_bytes())
+    except OSError as e:
+        raise VLLabError(f"{path}: cannot read: {e.strerror or e}") from None
     rows = csv.DictReader(io.StringIO(text, newline=''), delimiter=sep)
     if not rows.fieldnames or img_key not in rows.fieldnames or caption_key not in rows.fieldnames:
         raise VLLabError(f"{path}: needs columns {img_key!r} and {caption_key!r} (found {rows.fieldnames})")
@@ -203,38 +277,64 @@ def load_csv(path, image_root=None, img_key='filepath', caption_key='title', sep
     for n, row in enumerate(rows, start=2):  # line 1 is the header
         rel = row.get(img_key) or ''
         if rel not in groups:
-            groups[rel] = Record(id=str(n), image=file_ref(root, rel), captions=[], split=row.get('split') or None,
-                                 extra={k: v for k, v in row.items() if k not in (img_key, caption_key, 'split') and k})
+            groups[rel] = Record(
+                id=str(n),
+                image=file_ref(root, rel),
+                captions=[],
+                split=row.get('split') or None,
+                extra={k: v for k, v in row.items() if k not in (img_key, caption_key, 'split') and k},
+            )
         groups[rel].captions.append(row.get(caption_key) or '')
     yield from groups.values()
+
 
 # %% ../nbs/02_data.ipynb #77eaf042
 IMAGE_EXTS = ('.jpg', '.jpeg', '.png', '.webp', '.bmp', '.gif', '.tif', '.tiff')
 
+
 def _member_kind(m: tarfile.TarInfo) -> str:
     return 'symbolic link' if m.issym() else 'hard link' if m.islnk() else 'special file'
+
 
 def _wds_record(shard: Path, key: str, parts: dict) -> Record:
     "One sample; `parts` maps an extension to the member's bytes, or to the kind of a member that is not a file."
     img_ext = next((e for e in parts if '.' + e in IMAGE_EXTS and isinstance(parts[e], bytes)), None)
     caps, extra = [], {}
-    if isinstance(parts.get('txt'), bytes): caps = [decode_text(parts['txt'])]
+    if isinstance(parts.get('txt'), bytes):
+        caps = [decode_text(parts['txt'])]
     if isinstance(parts.get('json'), bytes):
         try:
             meta = parse_json(decode_text(parts['json']), f'{key}.json')
         except VLLabError as e:
             meta, extra['json_error'] = {}, str(e)
         if isinstance(meta, dict):
-            c = meta.pop('captions', None) or meta.pop('caption', None) or meta.pop('text', None) or meta.pop('txt', None)
-            if not caps and c is not None: caps = c if isinstance(c, list) else [c]
+            c = (
+                meta.pop('captions', None)
+                or meta.pop('caption', None)
+                or meta.pop('text', None)
+                or meta.pop('txt', None)
+            )
+            if not caps and c is not None:
+                caps = c if isinstance(c, list) else [c]
             extra.update(meta)
     links = [f'{key}.{e} is a {k}' for e, k in parts.items() if isinstance(k, str)]
     if img_ext:
-        return Record(id=f"{shard.stem}/{key}", image=ImageRef(source=f"{shard.name}:{key}.{img_ext}", data=parts[img_ext]),
-                      captions=list(caps), split=extra.pop('split', None), extra=extra)
+        return Record(
+            id=f"{shard.stem}/{key}",
+            image=ImageRef(source=f"{shard.name}:{key}.{img_ext}", data=parts[img_ext]),
+            captions=list(caps),
+            split=extra.pop('split', None),
+            extra=extra,
+        )
     why = f"no image in the sample{' (' + '; '.join(links) + ', refused)' if links else ''}"
-    return Record(id=f"{shard.stem}/{key}", image=ImageRef(source=f"{shard.name}:{key}", error=why),
-                  captions=list(caps), split=extra.pop('split', None), extra=extra)
+    return Record(
+        id=f"{shard.stem}/{key}",
+        image=ImageRef(source=f"{shard.name}:{key}", error=why),
+        captions=list(caps),
+        split=extra.pop('split', None),
+        extra=extra,
+    )
+
 
 def load_webdataset(shards) -> Iterator[Record]:
     """Records streamed from WebDataset tar shards (one path, a folder of .tar files, or a list). A member that is a
@@ -243,34 +343,41 @@ def load_webdataset(shards) -> Iterator[Record]:
         p = Path(shards)
         shards = sorted(p.glob('*.tar')) if p.is_dir() else [p]
     for shard in map(Path, shards):
-        try: tf = tarfile.open(shard, mode='r|*')
-        except (OSError, tarfile.TarError) as e: raise VLLabError(f"{shard}: not a readable tar shard: {e}") from None
+        try:
+            tf = tarfile.open(shard, mode='r|*')
+        except (OSError, tarfile.TarError) as e:
+            raise VLLabError(f"{shard}: not a readable tar shard: {e}") from None
         key, parts = None, {}
         with tf:
             for m in tf:
-                if m.isdir(): continue
+                if m.isdir():
+                    continue
                 name = m.name.lstrip('./')
                 base = name.rsplit('/', 1)[-1]
                 k, _, ext = base.partition('.')
-                k = name[:len(name) - len(base)] + k
+                k = name[: len(name) - len(base)] + k
                 if key is not None and k != key:
                     yield _wds_record(shard, key, parts)
                     parts = {}
                 key = k
                 parts[ext.lower()] = tf.extractfile(m).read() if m.isfile() else _member_kind(m)
-            if key is not None: yield _wds_record(shard, key, parts)
+            if key is not None:
+                yield _wds_record(shard, key, parts)
+
 
 # %% ../nbs/02_data.ipynb #f769659f
 def load_imagefolder(root) -> Iterator[Record]:
     "Records of an image folder described by metadata.jsonl file(s); a line that is not an object is a refused record."
     root = Path(root)
     metas = [root / 'metadata.jsonl'] if (root / 'metadata.jsonl').exists() else sorted(root.glob('*/metadata.jsonl'))
-    if not metas: raise VLLabError(f"{root}: no metadata.jsonl")
+    if not metas:
+        raise VLLabError(f"{root}: no metadata.jsonl")
     for meta in metas:
         folder = meta.parent
         split = folder.name if folder != root else None
         for n, line in enumerate(decode_text(meta.read_bytes()).splitlines(), start=1):
-            if not line.strip(): continue
+            if not line.strip():
+                continue
             row = parse_json(line, f"{meta} line {n}")
             if not isinstance(row, dict):
                 yield refused(f"{meta.name}:{n}", f"{meta.name} line {n} is {_kind(row)}, not an object")
@@ -281,39 +388,66 @@ def load_imagefolder(root) -> Iterator[Record]:
                 yield refused(f"{meta.name}:{n}", f"{meta.name} line {n}: file_name is {_kind(rel)}, not text")
                 continue
             p, err = resolve_inside(root, (folder.relative_to(root) / rel).as_posix() if rel else '')
-            yield Record(id=(folder.relative_to(root) / rel).as_posix() if rel else f"{meta.name}:{n}",
-                         image=ImageRef(source=rel, path=p, error=err), captions=caps if isinstance(caps, list) else [caps],
-                         split=row.pop('split', split), extra=row)
+            yield Record(
+                id=(folder.relative_to(root) / rel).as_posix() if rel else f"{meta.name}:{n}",
+                image=ImageRef(source=rel, path=p, error=err),
+                captions=caps if isinstance(caps, list) else [caps],
+                split=row.pop('split', split),
+                extra=row,
+            )
+
 
 # %% ../nbs/02_data.ipynb #de18cc69
 FORMATS = ('coco', 'karpathy', 'csv', 'webdataset', 'imagefolder')
 
+
 def detect_format(input) -> str:
     "The corpus format of `input` (a file or folder), or a `VLLabError` asking for `--format`."
     p = Path(input)
-    if not p.exists(): raise VLLabError(f"{p}: no such file or folder")
+    if not p.exists():
+        raise VLLabError(f"{p}: no such file or folder")
     if p.is_dir():
-        if (p / 'annotations.json').exists(): return 'coco'
-        if (p / 'metadata.jsonl').exists() or any(p.glob('*/metadata.jsonl')): return 'imagefolder'
-        if any(p.glob('*.tar')): return 'webdataset'
-        raise VLLabError(f"{p}: cannot tell the corpus format (no annotations.json, metadata.jsonl or .tar shards); name it with --format")
+        if (p / 'annotations.json').exists():
+            return 'coco'
+        if (p / 'metadata.jsonl').exists() or any(p.glob('*/metadata.jsonl')):
+            return 'imagefolder'
+        if any(p.glob('*.tar')):
+            return 'webdataset'
+        raise VLLabError(
+            f"{p}: cannot tell the corpus format (no annotations.json, metadata.jsonl or .tar shards); name it with --format"
+        )
     suf = p.suffix.lower()
-    if suf == '.tar': return 'webdataset'
-    if suf in ('.csv', '.tsv', '.tab'): return 'csv'
-    if suf == '.jsonl': return 'imagefolder'
+    if suf == '.tar':
+        return 'webdataset'
+    if suf in ('.csv', '.tsv', '.tab'):
+        return 'csv'
+    if suf == '.jsonl':
+        return 'imagefolder'
     if suf == '.json':
         d = read_json(p)
-        if isinstance(d, dict) and 'annotations' in d: return 'coco'
-        if isinstance(d, dict) and isinstance(d.get('images'), list) and (not d['images'] or (isinstance(d['images'][0], dict) and 'sentences' in d['images'][0])): return 'karpathy'
+        if isinstance(d, dict) and 'annotations' in d:
+            return 'coco'
+        if (
+            isinstance(d, dict)
+            and isinstance(d.get('images'), list)
+            and (not d['images'] or (isinstance(d['images'][0], dict) and 'sentences' in d['images'][0]))
+        ):
+            return 'karpathy'
     raise VLLabError(f"{p}: cannot tell the corpus format; name it with --format ({', '.join(FORMATS)})")
+
 
 def load_records(input, format: str | None = None, image_root=None, **opts) -> Iterator[Record]:
     "Records of the corpus at `input`, in the named or detected `format`."
     fmt = format or detect_format(input)
     p = Path(input)
-    if fmt == 'coco': return load_coco(p / 'annotations.json' if p.is_dir() else p, image_root)
-    if fmt == 'karpathy': return load_karpathy(p, image_root)
-    if fmt == 'csv': return load_csv(p, image_root, **opts)
-    if fmt == 'webdataset': return load_webdataset(p)
-    if fmt == 'imagefolder': return load_imagefolder(p.parent if p.suffix == '.jsonl' else p)
+    if fmt == 'coco':
+        return load_coco(p / 'annotations.json' if p.is_dir() else p, image_root)
+    if fmt == 'karpathy':
+        return load_karpathy(p, image_root)
+    if fmt == 'csv':
+        return load_csv(p, image_root, **opts)
+    if fmt == 'webdataset':
+        return load_webdataset(p)
+    if fmt == 'imagefolder':
+        return load_imagefolder(p.parent if p.suffix == '.jsonl' else p)
     raise VLLabError(f"unknown format {fmt!r} (choose from {', '.join(FORMATS)})")

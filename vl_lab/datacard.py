@@ -17,8 +17,17 @@ from .page import fig_html, render, table_html, thumb_html
 from .synthetic import CAPTION_NOISE, IMAGE_NOISE
 
 # %% auto #0
-__all__ = ['load_corpus', 'open_image', 'wilson', 'split_rows', 'noise_rows', 'datacard_figures', 'example_cards',
-           'datacard_section']
+__all__ = [
+    'load_corpus',
+    'open_image',
+    'wilson',
+    'split_rows',
+    'noise_rows',
+    'datacard_figures',
+    'example_cards',
+    'datacard_section',
+]
+
 
 # %% ../nbs/05_datacard.ipynb #c7736847
 def load_corpus(data_dir) -> tuple[dict, dict | None]:
@@ -26,80 +35,133 @@ def load_corpus(data_dir) -> tuple[dict, dict | None]:
     data_dir = Path(data_dir)
     ann = read_json(data_dir / 'annotations.json')
     for key in ('images', 'annotations'):
-        if not isinstance(ann.get(key), list): raise VLLabError(f"{data_dir / 'annotations.json'}: no '{key}' list")
+        if not isinstance(ann.get(key), list):
+            raise VLLabError(f"{data_dir / 'annotations.json'}: no '{key}' list")
     side = data_dir / 'noise_labels.json'
     return ann, (read_json(side) if side.exists() else None)
+
 
 def open_image(path) -> Image.Image | None:
     "The image at `path` upright and RGB (as the cleaning rules decode it), or None when it cannot be decoded."
     from vl_lab.cleaning import decode_image
-    try: out = decode_image(Path(path).read_bytes())
-    except OSError: return None
+
+    try:
+        out = decode_image(Path(path).read_bytes())
+    except OSError:
+        return None
     return out[0] if isinstance(out, tuple) else None
+
 
 # %% ../nbs/05_datacard.ipynb #648ef858
 def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
     "95% Wilson score interval of a proportion k/n."
-    if n == 0: return (math.nan, math.nan)
-    p = k / n; d = 1 + z * z / n
-    c = (p + z * z / (2 * n)) / d; h = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / d
+    if n == 0:
+        return (math.nan, math.nan)
+    p = k / n
+    d = 1 + z * z / n
+    c = (p + z * z / (2 * n)) / d
+    h = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / d
     return (max(0.0, c - h), min(1.0, c + h))
+
 
 def split_rows(ann: dict) -> list[dict]:
     "Images, captions and questions per split."
     split_of = {im['id']: im.get('split', 'all') for im in ann['images']}
     rows = {}
-    for s in split_of.values(): rows.setdefault(s, Counter())['images'] += 1
-    for a in ann['annotations']: rows[split_of[a['image_id']]]['captions'] += 1
-    for q in ann.get('questions', []): rows[split_of[q['image_id']]]['questions'] += 1
+    for s in split_of.values():
+        rows.setdefault(s, Counter())['images'] += 1
+    for a in ann['annotations']:
+        rows[split_of[a['image_id']]]['captions'] += 1
+    for q in ann.get('questions', []):
+        rows[split_of[q['image_id']]]['questions'] += 1
     order = sorted(rows, key=lambda s: (['train', 'val', 'test'] + [s]).index(s))
-    out = [dict(split=s, images=rows[s]['images'], captions=rows[s]['captions'], questions=rows[s]['questions']) for s in order]
+    out = [
+        dict(split=s, images=rows[s]['images'], captions=rows[s]['captions'], questions=rows[s]['questions'])
+        for s in order
+    ]
     out.append(dict(split='total', **{k: sum(r[k] for r in out) for k in ('images', 'captions', 'questions')}))
     return out
+
 
 def noise_rows(noise: dict) -> list[dict]:
     "Per noise kind: configured rate, count, and measured rate with its 95% interval."
     rates = noise['config']['noise']
     rows = []
-    for level, kinds, labels in (('image', IMAGE_NOISE, noise['images']), ('caption', CAPTION_NOISE, noise['annotations'])):
+    for level, kinds, labels in (
+        ('image', IMAGE_NOISE, noise['images']),
+        ('caption', CAPTION_NOISE, noise['annotations']),
+    ):
         counts, n = Counter(l['kind'] for l in labels), len(labels)
         for k in kinds:
             lo, hi = wilson(counts[k], n)
-            rows.append(dict(kind=k, level=level, configured=rates[k], count=counts[k], of=n,
-                             measured=counts[k] / n if n else math.nan, ci95=f"{lo:.3f}–{hi:.3f}"))
+            rows.append(
+                dict(
+                    kind=k,
+                    level=level,
+                    configured=rates[k],
+                    count=counts[k],
+                    of=n,
+                    measured=counts[k] / n if n else math.nan,
+                    ci95=f"{lo:.3f}–{hi:.3f}",
+                )
+            )
     return rows
+
 
 # %% ../nbs/05_datacard.ipynb #d16fde68
 def _caption_kinds(ann, noise):
     kind = {l['id']: l['kind'] for l in noise['annotations']} if noise else {}
     return [kind.get(a['id'], 'unlabelled') for a in ann['annotations']]
 
+
 def datacard_figures(ann: dict, noise: dict | None) -> list:
     "Caption lengths by caption kind, classes per split, objects per image and image sizes, as embedded figures."
-    import matplotlib; matplotlib.use('Agg')
-    import matplotlib.pyplot as plt, pandas as pd, seaborn as sns
-    caps = pd.DataFrame(dict(words=[len(a['caption'].split()) for a in ann['annotations']],
-                             characters=[len(a['caption']) for a in ann['annotations']],
-                             kind=_caption_kinds(ann, noise)))
+    import matplotlib
+
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    import pandas as pd
+    import seaborn as sns
+
+    caps = pd.DataFrame(
+        dict(
+            words=[len(a['caption'].split()) for a in ann['annotations']],
+            characters=[len(a['caption']) for a in ann['annotations']],
+            kind=_caption_kinds(ann, noise),
+        )
+    )
     figs = []
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.4))
     for ax, col in zip(axes, ('characters', 'words')):
-        sns.histplot(caps, x=col, hue='kind', multiple='stack', discrete=(col == 'words'), ax=ax, bins=40 if col == 'characters' else 'auto')
+        sns.histplot(
+            caps,
+            x=col,
+            hue='kind',
+            multiple='stack',
+            discrete=(col == 'words'),
+            ax=ax,
+            bins=40 if col == 'characters' else 'auto',
+        )
         ax.set_title(f'caption length ({col})')
     axes[0].axvline(10.5, color='k', ls=':', lw=1)
     figs.append(fig_html(fig, 'caption length histograms'))
     imgs = pd.DataFrame(ann['images'])
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.4))
     if 'class_name' in imgs:
-        sns.countplot(imgs, x='class_name', hue='split' if 'split' in imgs else None, ax=axes[0]); axes[0].set_title('class (largest shape) per split')
+        sns.countplot(imgs, x='class_name', hue='split' if 'split' in imgs else None, ax=axes[0])
+        axes[0].set_title('class (largest shape) per split')
         axes[0].tick_params(axis='x', rotation=30)
     if 'n_objects' in imgs:
-        sns.countplot(imgs, x='n_objects', ax=axes[1]); axes[1].set_title('objects per image')
+        sns.countplot(imgs, x='n_objects', ax=axes[1])
+        axes[1].set_title('objects per image')
     side = np.minimum(imgs['width'], imgs['height'])
-    sns.histplot(x=side, ax=axes[2], bins=30); axes[2].axvline(224, color='k', ls=':', lw=1)
-    axes[2].set_title('short side of the image (px; dotted: 224)'); axes[2].set_xlabel('pixels')
+    sns.histplot(x=side, ax=axes[2], bins=30)
+    axes[2].axvline(224, color='k', ls=':', lw=1)
+    axes[2].set_title('short side of the image (px; dotted: 224)')
+    axes[2].set_xlabel('pixels')
     figs.append(fig_html(fig, 'class, object count and image size distributions'))
     return figs
+
 
 # %% ../nbs/05_datacard.ipynb #5500a2b8
 _CARDS = """<div class="grid">{% for c in cards %}<div class="card">
@@ -109,50 +171,94 @@ _CARDS = """<div class="grid">{% for c in cards %}<div class="card">
 {% if c.note %}<div class="muted">{{ c.note }}</div>{% endif %}
 </div>{% endfor %}</div>"""
 
+
 def _card(data_dir, im, caps, tag, note=None):
     # through the loaders' one safe-path function: an absolute or escaping file_name shows no thumbnail
     path, _ = resolve_inside(Path(data_dir) / 'images', im['file_name'], boundary=data_dir)
     img = open_image(path) if path is not None else None
-    return dict(thumb=thumb_html(img, alt=im['file_name']) if img else None, file=im['file_name'], tag=tag,
-                captions=caps, note=note)
+    return dict(
+        thumb=thumb_html(img, alt=im['file_name']) if img else None,
+        file=im['file_name'],
+        tag=tag,
+        captions=caps,
+        note=note,
+    )
+
 
 def example_cards(data_dir, ann: dict, noise: dict | None, n: int = 12) -> str:
     "HTML grid of `n` clean training images with their true captions, and one example per noise kind."
     caps = {}
     ckind = dict(zip((a['id'] for a in ann['annotations']), _caption_kinds(ann, noise)))
-    for a in ann['annotations']: caps.setdefault(a['image_id'], []).append((a['caption'], ckind[a['id']]))
+    for a in ann['annotations']:
+        caps.setdefault(a['image_id'], []).append((a['caption'], ckind[a['id']]))
     ikind = {l['image_id']: l for l in noise['images']} if noise else {}
     good = lambda i: [(c, k) for c, k in caps.get(i, []) if k in ('clean', 'unlabelled')]  # its true captions
-    clean = [im for im in ann['images'] if ikind.get(im['id'], {}).get('kind', 'clean') == 'clean'
-             and im.get('split', 'train') == 'train' and good(im['id'])]
+    clean = [
+        im
+        for im in ann['images']
+        if ikind.get(im['id'], {}).get('kind', 'clean') == 'clean'
+        and im.get('split', 'train') == 'train'
+        and good(im['id'])
+    ]
     grid = render(_CARDS, cards=[_card(data_dir, im, good(im['id']), im.get('class_name', '')) for im in clean[:n]])
-    if not noise: return grid
+    if not noise:
+        return grid
     by_id = {im['id']: im for im in ann['images']}
     gallery = []
     for k in IMAGE_NOISE:
         lab = next((l for l in noise['images'] if l['kind'] == k), None)
-        if lab: gallery.append(_card(data_dir, by_id[lab['image_id']], caps.get(lab['image_id'], []), k,
-                                     note=', '.join(f"{a}: {b}" for a, b in lab['detail'].items())))
+        if lab:
+            gallery.append(
+                _card(
+                    data_dir,
+                    by_id[lab['image_id']],
+                    caps.get(lab['image_id'], []),
+                    k,
+                    note=', '.join(f"{a}: {b}" for a, b in lab['detail'].items()),
+                )
+            )
     for k in CAPTION_NOISE:
         lab = next((l for l in noise['annotations'] if l['kind'] == k), None)
         if lab:
             cap = next(a['caption'] for a in ann['annotations'] if a['id'] == lab['id'])
-            gallery.append(_card(data_dir, by_id[lab['image_id']], [(cap, k)], k,
-                                 note=f"true caption: {lab['clean_caption']}" if lab.get('clean_caption') else 'describes another image'))
+            gallery.append(
+                _card(
+                    data_dir,
+                    by_id[lab['image_id']],
+                    [(cap, k)],
+                    k,
+                    note=f"true caption: {lab['clean_caption']}"
+                    if lab.get('clean_caption')
+                    else 'describes another image',
+                )
+            )
     return grid + render('<h3>One example of each kind of injected noise</h3>') + render(_CARDS, cards=gallery)
+
 
 # %% ../nbs/05_datacard.ipynb #f342fa37
 def datacard_section(data_dir) -> dict:
     "The data card of the corpus in `data_dir`, as a report section."
     ann, noise = load_corpus(data_dir)
-    parts = [render("<p>Corpus <code>{{ d }}</code>: {{ n }} images, {{ c }} captions{% if info %}, made by "
-                    "<code>{{ info.generator }}</code> with seed {{ info.config.seed }} and the "
-                    "<code>{{ info.config.noise_preset }}</code> noise preset{% endif %}.</p>",
-                    d=str(data_dir), n=len(ann['images']), c=len(ann['annotations']), info=ann.get('info', {}).get('config') and ann['info']),
-             table_html(split_rows(ann), caption='Counts per split')]
+    parts = [
+        render(
+            "<p>Corpus <code>{{ d }}</code>: {{ n }} images, {{ c }} captions{% if info %}, made by "
+            "<code>{{ info.generator }}</code> with seed {{ info.config.seed }} and the "
+            "<code>{{ info.config.noise_preset }}</code> noise preset{% endif %}.</p>",
+            d=str(data_dir),
+            n=len(ann['images']),
+            c=len(ann['annotations']),
+            info=ann.get('info', {}).get('config') and ann['info'],
+        ),
+        table_html(split_rows(ann), caption='Counts per split'),
+    ]
     if noise:
-        parts.append(table_html(noise_rows(noise), caption='Injected noise: configured rate against measured rate '
-                                '(true labels from the sidecar noise_labels.json, which no cleaning code reads)'))
+        parts.append(
+            table_html(
+                noise_rows(noise),
+                caption='Injected noise: configured rate against measured rate '
+                '(true labels from the sidecar noise_labels.json, which no cleaning code reads)',
+            )
+        )
     parts += datacard_figures(ann, noise)
     parts.append(render('<h3>Examples (clean training images)</h3>'))
     parts.append(example_cards(data_dir, ann, noise))

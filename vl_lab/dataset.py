@@ -17,46 +17,68 @@ from .transforms import PairTransform, TransformConfig
 # %% auto #0
 __all__ = ['answer_vocabulary', 'PairDataset', 'make_collate', 'EpochBatches']
 
+
 # %% ../nbs/12_dataset.ipynb #9307e2d3
 def answer_vocabulary(records, min_count: int = 1) -> list[str]:
     "Answers of the records' questions, most frequent first (ties alphabetical)."
     c = Counter(q['answer'] for r in records for q in r.extra.get('questions', []) if q.get('answer'))
     return [a for a, n in sorted(c.items(), key=lambda x: (-x[1], x[0])) if n >= min_count]
 
+
 # %% ../nbs/12_dataset.ipynb #cde0e9e5
 class PairDataset(torch.utils.data.Dataset):
     "Image-caption pairs of `records`, decoded once, transformed per `(epoch, index)`."
-    def __init__(self, records: list[Record], transform: TransformConfig, train: bool, seed: int = 0,
-                 answers: list[str] | None = None, cache_limit: int = 20000, captions_per_item: int = 1):
+
+    def __init__(
+        self,
+        records: list[Record],
+        transform: TransformConfig,
+        train: bool,
+        seed: int = 0,
+        answers: list[str] | None = None,
+        cache_limit: int = 20000,
+        captions_per_item: int = 1,
+    ):
         self.train, self.seed, self.tf = train, seed, PairTransform(transform, train)
         self.k = captions_per_item if train else 1  # evaluation: each image's first caption
         self.answer_id = {a: i for i, a in enumerate(answers or [])}
         self.records, self.images, self.skipped = [], [], Counter()
-        random_tf = train and (transform.random_resized_crop or transform.hflip_p > 0 or transform.color_jitter or transform.synonym_p > 0)
+        random_tf = train and (
+            transform.random_resized_crop or transform.hflip_p > 0 or transform.color_jitter or transform.synonym_p > 0
+        )
         self.cache, self.fixed = len(records) <= cache_limit, not random_tf
         for r in records:
-            if not r.captions: self.skipped['no caption'] += 1; continue
+            if not r.captions:
+                self.skipped['no caption'] += 1
+                continue
             img = self._decode(r)
-            if isinstance(img, str): self.skipped[img] += 1; continue
+            if isinstance(img, str):
+                self.skipped[img] += 1
+                continue
             self.records.append(r)
             if self.cache:  # fixed preprocessing is done once; random augmentation starts from the resized image
                 self.images.append(img if random_tf else self.tf(img, None, np.random.default_rng(0))[0])
 
     def _decode(self, r: Record):
-        try: data = r.image.read_bytes()
-        except OSError as e: return f'unreadable file ({type(e).__name__})'
+        try:
+            data = r.image.read_bytes()
+        except OSError as e:
+            return f'unreadable file ({type(e).__name__})'
         out = decode_image(data)
-        if not isinstance(out, tuple): return 'undecodable image'
+        if not isinstance(out, tuple):
+            return 'undecodable image'
         img = out[0]
         s = self.tf.cfg.size
         scale = s / min(img.size)  # keep a little more than the crop needs; the transform does the rest
         return img.resize((max(s, round(img.width * scale)), max(s, round(img.height * scale))), Image.BICUBIC)
 
-    def __len__(self): return len(self.records)
+    def __len__(self):
+        return len(self.records)
 
     def image(self, i, rng):
         img = self.images[i] if self.cache else self._decode(self.records[i])
-        if self.cache and self.fixed: return img
+        if self.cache and self.fixed:
+            return img
         return self.tf(img, None, rng)[0]
 
     def __getitem__(self, key):
@@ -78,11 +100,14 @@ class PairDataset(torch.utils.data.Dataset):
             item['answer'] = self.answer_id.get(q['answer'], -100) if q else -100
         return item
 
+
 def make_collate(tokenizer, max_len: int):
     "A collate function: stacks pixels, tokenizes captions (and questions) to at most `max_len` tokens."
+
     def tok(texts):
         t = tokenizer(list(texts), padding='longest', truncation=True, max_length=max_len, return_tensors='pt')
         return t['input_ids'], t['attention_mask']
+
     def collate(items):
         b = dict(pixels=torch.stack([x['pixels'] for x in items]), captions=[x['caption'] for x in items])
         b['ids'], b['mask'] = tok(b['captions'])
@@ -94,23 +119,50 @@ def make_collate(tokenizer, max_len: int):
             b['q_ids'], b['q_mask'] = tok([x['question'] for x in items])
             b['answer'] = torch.tensor([x['answer'] for x in items])
         return b
+
     return collate
+
 
 # %% ../nbs/12_dataset.ipynb #518d4b57
 class EpochBatches(torch.utils.data.Sampler):
     "Batches of `(epoch, index)` keys: this process's slice of each global batch of a seeded permutation."
-    def __init__(self, n: int, batch_size: int, seed: int, shuffle: bool = True, drop_last: bool = True, rank: int = 0, world: int = 1):
-        if batch_size % world: raise ValueError(f'batch size {batch_size} is not divisible by {world} processes')
-        self.n, self.bs, self.seed, self.shuffle, self.drop_last, self.rank, self.world = n, batch_size, seed, shuffle, drop_last, rank, world
+
+    def __init__(
+        self,
+        n: int,
+        batch_size: int,
+        seed: int,
+        shuffle: bool = True,
+        drop_last: bool = True,
+        rank: int = 0,
+        world: int = 1,
+    ):
+        if batch_size % world:
+            raise ValueError(f'batch size {batch_size} is not divisible by {world} processes')
+        self.n, self.bs, self.seed, self.shuffle, self.drop_last, self.rank, self.world = (
+            n,
+            batch_size,
+            seed,
+            shuffle,
+            drop_last,
+            rank,
+            world,
+        )
         self.epoch = 0
 
-    def set_epoch(self, epoch: int): self.epoch = epoch
+    def set_epoch(self, epoch: int):
+        self.epoch = epoch
 
-    def __len__(self): return self.n // self.bs if self.drop_last else -(-self.n // self.bs)
+    def __len__(self):
+        return self.n // self.bs if self.drop_last else -(-self.n // self.bs)
 
     def __iter__(self):
-        order = np.random.default_rng([self.seed, 10**6 + self.epoch]).permutation(self.n) if self.shuffle else np.arange(self.n)
+        order = (
+            np.random.default_rng([self.seed, 10**6 + self.epoch]).permutation(self.n)
+            if self.shuffle
+            else np.arange(self.n)
+        )
         per = self.bs // self.world
         for b in range(len(self)):
-            g = order[b * self.bs:(b + 1) * self.bs]
-            yield [(self.epoch, int(i)) for i in g[self.rank * per:(self.rank + 1) * per]]
+            g = order[b * self.bs : (b + 1) * self.bs]
+            yield [(self.epoch, int(i)) for i in g[self.rank * per : (self.rank + 1) * per]]

@@ -14,39 +14,45 @@ import torch.nn.functional as F
 # %% auto #0
 __all__ = ['DecoderConfig', 'CaptionDecoder', 'greedy_search', 'beam_search']
 
+
 # %% ../nbs/10b_decoder.ipynb #652406d2
 @dataclass
 class DecoderConfig:
     "Sizes of the caption decoder; the defaults are CPU-sized."
-    vocab_size: int = 1000   # tokenizer vocabulary, special tokens included
-    d_model: int = 192       # width of the embeddings and of every layer
-    n_layers: int = 2        # decoder layers: causal self-attention, cross-attention to the image, MLP
-    n_heads: int = 4         # attention heads; must divide d_model
-    max_len: int = 32        # longest caption in tokens, BOS and EOS included (the size of the position table)
-    dropout: float = 0.1     # on the embeddings, the attention weights and the sublayer outputs
-    pad_id: int = 0          # padding: never attended to as a key, never generated
-    bos_id: int = 2          # every input caption starts with it; never generated
-    eos_id: int = 3          # ends a caption; a generated row stops at it
+
+    vocab_size: int = 1000  # tokenizer vocabulary, special tokens included
+    d_model: int = 192  # width of the embeddings and of every layer
+    n_layers: int = 2  # decoder layers: causal self-attention, cross-attention to the image, MLP
+    n_heads: int = 4  # attention heads; must divide d_model
+    max_len: int = 32  # longest caption in tokens, BOS and EOS included (the size of the position table)
+    dropout: float = 0.1  # on the embeddings, the attention weights and the sublayer outputs
+    pad_id: int = 0  # padding: never attended to as a key, never generated
+    bos_id: int = 2  # every input caption starts with it; never generated
+    eos_id: int = 3  # ends a caption; a generated row stops at it
+
 
 # %% ../nbs/10b_decoder.ipynb #29ec7eca
 class CaptionDecoder(nn.Module):
     "A transformer decoder that writes captions conditioned on image tokens (`memory`)."
+
     def __init__(self, cfg: DecoderConfig, memory_dim: int):
         super().__init__()
         assert cfg.d_model % cfg.n_heads == 0, f'n_heads={cfg.n_heads} must divide d_model={cfg.d_model}'
         self.cfg = cfg
         self.wte = nn.Embedding(cfg.vocab_size, cfg.d_model)  # token embedding, shared with the LM head
-        self.wpe = nn.Embedding(cfg.max_len, cfg.d_model)     # learned positions
-        self.mem_proj = nn.Linear(memory_dim, cfg.d_model)    # image tokens -> decoder width
-        self.mem_norm = nn.LayerNorm(cfg.d_model)             # memory normalised, as an encoder's output is
+        self.wpe = nn.Embedding(cfg.max_len, cfg.d_model)  # learned positions
+        self.mem_proj = nn.Linear(memory_dim, cfg.d_model)  # image tokens -> decoder width
+        self.mem_norm = nn.LayerNorm(cfg.d_model)  # memory normalised, as an encoder's output is
         self.drop = nn.Dropout(cfg.dropout)
-        layer = nn.TransformerDecoderLayer(cfg.d_model, cfg.n_heads, 4 * cfg.d_model, cfg.dropout, activation='gelu',
-                                           batch_first=True, norm_first=True)
+        layer = nn.TransformerDecoderLayer(
+            cfg.d_model, cfg.n_heads, 4 * cfg.d_model, cfg.dropout, activation='gelu', batch_first=True, norm_first=True
+        )
         self.layers = nn.TransformerDecoder(layer, cfg.n_layers)
         self.ln_f = nn.LayerNorm(cfg.d_model)
         self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
-        self.lm_head.weight = self.wte.weight                 # weight tying, as in GPT-2
-        for emb in (self.wte, self.wpe): nn.init.normal_(emb.weight, std=0.02)
+        self.lm_head.weight = self.wte.weight  # weight tying, as in GPT-2
+        for emb in (self.wte, self.wpe):
+            nn.init.normal_(emb.weight, std=0.02)
 
     def forward(self, memory, input_ids, memory_pad_mask=None):
         """Teacher forcing: logits (B, T, vocab_size) of the next token at each position of `input_ids` (B, T), which
@@ -56,8 +62,14 @@ class CaptionDecoder(nn.Module):
         pos = torch.arange(T, device=input_ids.device)
         x = self.drop(self.wte(input_ids) + self.wpe(pos))
         causal = torch.ones(T, T, dtype=torch.bool, device=input_ids.device).triu(1)  # True: a later position, hidden
-        x = self.layers(x, self.mem_norm(self.mem_proj(memory)), tgt_mask=causal, tgt_is_causal=True,
-                        tgt_key_padding_mask=input_ids == self.cfg.pad_id, memory_key_padding_mask=memory_pad_mask)
+        x = self.layers(
+            x,
+            self.mem_norm(self.mem_proj(memory)),
+            tgt_mask=causal,
+            tgt_is_causal=True,
+            tgt_key_padding_mask=input_ids == self.cfg.pad_id,
+            memory_key_padding_mask=memory_pad_mask,
+        )
         return self.lm_head(self.ln_f(x))
 
     @torch.no_grad()
@@ -67,8 +79,10 @@ class CaptionDecoder(nn.Module):
         max_len = max_len or self.cfg.max_len
         assert 2 <= max_len <= self.cfg.max_len, f'max_len={max_len} is not in [2, {self.cfg.max_len}]'
         assert num_beams >= 1, f'num_beams={num_beams}'
-        if num_beams == 1: return greedy_search(self, memory, memory_pad_mask, max_len)
+        if num_beams == 1:
+            return greedy_search(self, memory, memory_pad_mask, max_len)
         return beam_search(self, memory, memory_pad_mask, max_len, num_beams, length_penalty)
+
 
 # %% ../nbs/10b_decoder.ipynb #a6d05be4
 def _next_logprobs(model, memory, ids, memory_pad_mask):
@@ -76,6 +90,7 @@ def _next_logprobs(model, memory, ids, memory_pad_mask):
     logp = model(memory, ids, memory_pad_mask)[:, -1].float().log_softmax(-1)
     logp[:, [model.cfg.pad_id, model.cfg.bos_id]] = -math.inf
     return logp
+
 
 @torch.no_grad()
 def greedy_search(model, memory, memory_pad_mask, max_len):
@@ -87,8 +102,10 @@ def greedy_search(model, memory, memory_pad_mask, max_len):
         tok = _next_logprobs(model, memory, ids, memory_pad_mask).argmax(-1).masked_fill(done, cfg.pad_id)
         ids = torch.cat([ids, tok[:, None]], 1)
         done |= tok == cfg.eos_id
-        if done.all(): break
+        if done.all():
+            break
     return ids[:, 1:]
+
 
 # %% ../nbs/10b_decoder.ipynb #31e61e5a
 @torch.no_grad()
@@ -97,11 +114,13 @@ def beam_search(model, memory, memory_pad_mask, max_len, num_beams, length_penal
     scores its sum of log-probs / length ** length_penalty, the length counting the tokens generated, EOS included."""
     cfg, B, k, V, L, dev = model.cfg, memory.shape[0], num_beams, model.cfg.vocab_size, max_len - 1, memory.device
     memory = memory.repeat_interleave(k, 0)
-    if memory_pad_mask is not None: memory_pad_mask = memory_pad_mask.repeat_interleave(k, 0)
+    if memory_pad_mask is not None:
+        memory_pad_mask = memory_pad_mask.repeat_interleave(k, 0)
     ids = torch.full((B, k, 1), cfg.bos_id, dtype=torch.long, device=dev)  # live beams
-    scores = torch.full((B, k), -math.inf, device=dev); scores[:, 0] = 0   # their sums of log-probs; one beam at first
-    best = torch.full((B,), -math.inf, device=dev)                          # best finished hypothesis: its score
-    best_ids = torch.full((B, L), cfg.pad_id, dtype=torch.long, device=dev) # ... and its tokens
+    scores = torch.full((B, k), -math.inf, device=dev)
+    scores[:, 0] = 0  # their sums of log-probs; one beam at first
+    best = torch.full((B,), -math.inf, device=dev)  # best finished hypothesis: its score
+    best_ids = torch.full((B, L), cfg.pad_id, dtype=torch.long, device=dev)  # ... and its tokens
     rows = torch.arange(B, device=dev)
 
     def offer(score, seqs):  # score (B, k), seqs (B, k, n): keep each example's best if it beats the best so far
@@ -113,13 +132,15 @@ def beam_search(model, memory, memory_pad_mask, max_len, num_beams, length_penal
     for t in range(1, L + 1):  # t: tokens generated once this step is done
         cand = scores[..., None] + _next_logprobs(model, memory, ids.view(B * k, t), memory_pad_mask).view(B, k, V)
         eos = torch.full((B, k, 1), cfg.eos_id, dtype=torch.long, device=dev)
-        offer(cand[..., cfg.eos_id] / t ** length_penalty, torch.cat([ids[..., 1:], eos], 2))
+        offer(cand[..., cfg.eos_id] / t**length_penalty, torch.cat([ids[..., 1:], eos], 2))
         cand[..., cfg.eos_id] = -math.inf
         scores, idx = cand.view(B, k * V).topk(k, 1)
         ids = torch.cat([ids[rows[:, None], idx // V], (idx % V)[..., None]], 2)
-        if t == L: offer(scores / L ** length_penalty, ids[..., 1:])
+        if t == L:
+            offer(scores / L**length_penalty, ids[..., 1:])
         # done when no live beam can beat `best`: more tokens only lower its sum, and divide it by at most this
-        bound = scores.max(1).values / max((t + 1) ** length_penalty, L ** length_penalty)
-        if (best >= bound).all(): break
+        bound = scores.max(1).values / max((t + 1) ** length_penalty, L**length_penalty)
+        if (best >= bound).all():
+            break
     width = int((best_ids != cfg.pad_id).sum(1).max())
-    return best_ids[:, :max(width, 1)]
+    return best_ids[:, : max(width, 1)]

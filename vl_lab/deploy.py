@@ -4,7 +4,11 @@
 
 # %% ../nbs/50_deploy.ipynb #bc193779
 from __future__ import annotations
-import copy, io, logging, time, zlib
+import copy
+import io
+import logging
+import time
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -19,46 +23,81 @@ from .metrics import retrieval_metrics
 from .train import split_records
 
 # %% auto #0
-__all__ = ['ImageEncoder', 'TextEncoder', 'eval_split', 'sample_batch', 'ort_session', 'OrtEncoders', 'max_abs_diff',
-           'export_onnx', 'quantize_int8', 'calibration_batches', 'quantize_encoders', 'weight_sparsity', 'prune',
-           'encoder_params', 'run_row', 'deployment_table', 'table_markdown']
+__all__ = [
+    'ImageEncoder',
+    'TextEncoder',
+    'eval_split',
+    'sample_batch',
+    'ort_session',
+    'OrtEncoders',
+    'max_abs_diff',
+    'export_onnx',
+    'quantize_int8',
+    'calibration_batches',
+    'quantize_encoders',
+    'weight_sparsity',
+    'prune',
+    'encoder_params',
+    'run_row',
+    'deployment_table',
+    'table_markdown',
+]
+
 
 # %% ../nbs/50_deploy.ipynb #875fd43b
 class ImageEncoder(nn.Module):
     "pixels (B, 3, H, W) -> normalised image embedding (B, D)."
+
     def __init__(self, model):
         super().__init__()
         self.image_tower, self.image_proj = model.image_tower, model.image_proj
+
     def forward(self, pixels):
         return nn.functional.normalize(self.image_proj(self.image_tower(pixels)[0]), dim=-1)
 
+
 class TextEncoder(nn.Module):
     "(input_ids, attention_mask) (B, L) -> normalised text embedding (B, D)."
+
     def __init__(self, model):
         super().__init__()
         self.text_tower, self.text_proj = model.text_tower, model.text_proj
+
     def forward(self, input_ids, attention_mask):
         return nn.functional.normalize(self.text_proj(self.text_tower(input_ids, attention_mask)[0]), dim=-1)
+
 
 def eval_split(cfg, split: str = 'test') -> PairDataset:
     "The run's evaluation split as a dataset."
     recs = split_records(list(load_records(cfg.data)), split)
-    if not recs: raise VLLabError(f"{cfg.data}: no records in split {split!r}")
+    if not recs:
+        raise VLLabError(f"{cfg.data}: no records in split {split!r}")
     return PairDataset(recs, cfg.transform, train=False, seed=cfg.seed)
+
 
 def sample_batch(ds, tok, max_len: int, n: int = 8):
     "(pixels, input_ids, attention_mask) of `n` images and captions of `ds`, repeated when `ds` is smaller."
     rng = np.random.default_rng(0)
     caps = [c for r in ds.records for c in r.captions]
     px = torch.stack([ds.image(i % len(ds), rng) for i in range(n)])
-    t = tok([caps[i % len(caps)] for i in range(n)], padding='longest', truncation=True, max_length=max_len, return_tensors='pt')
+    t = tok(
+        [caps[i % len(caps)] for i in range(n)],
+        padding='longest',
+        truncation=True,
+        max_length=max_len,
+        return_tensors='pt',
+    )
     return px, t['input_ids'], t['attention_mask']
+
 
 # %% ../nbs/50_deploy.ipynb #518940f6
 def _ort():
-    try: import onnxruntime
-    except ImportError: raise VLLabError('onnxruntime is not installed (pip install onnx onnxruntime)') from None
+    try:
+        import onnxruntime
+    except ImportError:
+        raise VLLabError('onnxruntime is not installed (pip install onnx onnxruntime)') from None
     return onnxruntime
+
 
 def ort_session(path, threads: int | None = None):
     "A CPU onnxruntime session of `path` (`threads` intra-op threads; default: torch's)."
@@ -68,26 +107,37 @@ def ort_session(path, threads: int | None = None):
     so.log_severity_level = 3
     return ort.InferenceSession(str(path), so, providers=['CPUExecutionProvider'])
 
+
 class OrtEncoders:
     "The image and text ONNX files behind `encode_image` / `encode_text`, as `VLModel` has them (so `embed_split` works)."
+
     def __init__(self, image_path, text_path, threads: int | None = None):
         self.image, self.text = ort_session(image_path, threads), ort_session(text_path, threads)
+
     def encode_image(self, pixels):
         return torch.from_numpy(self.image.run(None, {'pixels': pixels.numpy()})[0]), None
+
     def encode_text(self, ids, mask):
-        return torch.from_numpy(self.text.run(None, {'input_ids': ids.numpy(), 'attention_mask': mask.numpy()})[0]), None
+        return torch.from_numpy(
+            self.text.run(None, {'input_ids': ids.numpy(), 'attention_mask': mask.numpy()})[0]
+        ), None
+
 
 def max_abs_diff(model, enc, batch) -> dict:
     "Largest |torch - other| of image and text embeddings on `batch` (pixels, ids, mask)."
     px, ids, mask = batch
     with torch.no_grad():
-        return dict(image=float((model.encode_image(px)[0] - enc.encode_image(px)[0]).abs().max()),
-                    text=float((model.encode_text(ids, mask)[0] - enc.encode_text(ids, mask)[0]).abs().max()))
+        return dict(
+            image=float((model.encode_image(px)[0] - enc.encode_image(px)[0]).abs().max()),
+            text=float((model.encode_text(ids, mask)[0] - enc.encode_text(ids, mask)[0]).abs().max()),
+        )
+
 
 # %% ../nbs/50_deploy.ipynb #aeb5ba8d
 def export_onnx(run_dir, out_dir=None, opset: int = 17, atol: float = 1e-4) -> dict:
     "Write the run's image and text encoders to OUT_DIR (default RUN_DIR/export)/{image,text}.onnx; check them with onnxruntime."
     import warnings
+
     model, tok, cfg, _ = load_run(run_dir)
     out = Path(out_dir or Path(run_dir) / 'export')
     out.mkdir(parents=True, exist_ok=True)
@@ -96,86 +146,139 @@ def export_onnx(run_dir, out_dir=None, opset: int = 17, atol: float = 1e-4) -> d
     kw = dict(opset_version=opset, dynamo=False, do_constant_folding=True)
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter('ignore')  # the legacy exporter's deprecation notice and tracer warnings
-        torch.onnx.export(ImageEncoder(model), (px,), out / 'image.onnx', input_names=['pixels'], output_names=['embedding'],
-                          dynamic_axes={'pixels': {0: 'batch'}, 'embedding': {0: 'batch'}}, **kw)
-        torch.onnx.export(TextEncoder(model), (ids, mask), out / 'text.onnx', input_names=['input_ids', 'attention_mask'],
-                          output_names=['embedding'], dynamic_axes={'input_ids': {0: 'batch', 1: 'seq'},
-                          'attention_mask': {0: 'batch', 1: 'seq'}, 'embedding': {0: 'batch'}}, **kw)
+        torch.onnx.export(
+            ImageEncoder(model),
+            (px,),
+            out / 'image.onnx',
+            input_names=['pixels'],
+            output_names=['embedding'],
+            dynamic_axes={'pixels': {0: 'batch'}, 'embedding': {0: 'batch'}},
+            **kw,
+        )
+        torch.onnx.export(
+            TextEncoder(model),
+            (ids, mask),
+            out / 'text.onnx',
+            input_names=['input_ids', 'attention_mask'],
+            output_names=['embedding'],
+            dynamic_axes={
+                'input_ids': {0: 'batch', 1: 'seq'},
+                'attention_mask': {0: 'batch', 1: 'seq'},
+                'embedding': {0: 'batch'},
+            },
+            **kw,
+        )
     diff = max_abs_diff(model, OrtEncoders(out / 'image.onnx', out / 'text.onnx'), batch)
     worst = max(diff, key=diff.get)
     if diff[worst] > atol:
         raise VLLabError(f"ONNX {worst} encoder differs from torch by {diff[worst]:.2e} (> {atol:g}) on a test batch")
     return dict(image=out / 'image.onnx', text=out / 'text.onnx', opset=opset, max_abs_diff=diff)
 
+
 # %% ../nbs/50_deploy.ipynb #ce916050
 class _Batches:
     "onnxruntime's calibration reader over a list of input dicts."
-    def __init__(self, batches): self.it = iter(batches)
-    def get_next(self): return next(self.it, None)
+
+    def __init__(self, batches):
+        self.it = iter(batches)
+
+    def get_next(self):
+        return next(self.it, None)
+
 
 def quantize_int8(onnx_path, out_path=None, calibration=None) -> Path:
     "INT8 (QInt8 weights) of an ONNX file: dynamic, or static with activation ranges from `calibration` (a list of input dicts). Default OUT_PATH: NAME.int8.onnx / NAME.int8-static.onnx beside it."
     _ort()
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_dynamic, quantize_static
+
     onnx_path = Path(onnx_path)
-    if not onnx_path.is_file(): raise VLLabError(f"{onnx_path}: no such ONNX file")
-    if calibration is not None and not len(calibration): raise VLLabError('static INT8 needs at least one calibration batch')
+    if not onnx_path.is_file():
+        raise VLLabError(f"{onnx_path}: no such ONNX file")
+    if calibration is not None and not len(calibration):
+        raise VLLabError('static INT8 needs at least one calibration batch')
     out = Path(out_path or onnx_path.with_suffix('.int8.onnx' if calibration is None else '.int8-static.onnx'))
     logging.disable(logging.WARNING)  # its advice to run shape-inference pre-processing first, on the root logger
     try:
-        if calibration is None: quantize_dynamic(onnx_path, out, weight_type=QuantType.QInt8)
-        else: quantize_static(onnx_path, out, _Batches(calibration), quant_format=QuantFormat.QOperator,
-                              weight_type=QuantType.QInt8, activation_type=QuantType.QUInt8)
-    finally: logging.disable(logging.NOTSET)
+        if calibration is None:
+            quantize_dynamic(onnx_path, out, weight_type=QuantType.QInt8)
+        else:
+            quantize_static(
+                onnx_path,
+                out,
+                _Batches(calibration),
+                quant_format=QuantFormat.QOperator,
+                weight_type=QuantType.QInt8,
+                activation_type=QuantType.QUInt8,
+            )
+    finally:
+        logging.disable(logging.NOTSET)
     return out
+
 
 def calibration_batches(cfg, tok, n: int = 256, batch: int = 32) -> list[dict]:
     "`n` validation images of the run as image-encoder inputs ({'pixels': array}) in batches of `batch`: static INT8's calibration data."
     px = sample_batch(eval_split(cfg, 'val'), tok, cfg.model.max_len, n)[0].numpy()
-    return [{'pixels': px[i:i + batch]} for i in range(0, n, batch)]
+    return [{'pixels': px[i : i + batch]} for i in range(0, n, batch)]
+
 
 def quantize_encoders(files: dict, cfg, tok, n_calibration: int = 256) -> dict:
     "INT8 files of exported encoders: `image` and `text` dynamic, and `image_static` calibrated on `n_calibration` validation images."
-    return dict(image=quantize_int8(files['image']), text=quantize_int8(files['text']),
-                image_static=quantize_int8(files['image'], calibration=calibration_batches(cfg, tok, n_calibration)))
+    return dict(
+        image=quantize_int8(files['image']),
+        text=quantize_int8(files['text']),
+        image_static=quantize_int8(files['image'], calibration=calibration_batches(cfg, tok, n_calibration)),
+    )
+
 
 # %% ../nbs/50_deploy.ipynb #a87ce5d0
 def _prunable(model) -> list:
     parts = [model.image_tower, model.image_proj, model.text_tower, model.text_proj]
     return [(m, 'weight') for p in parts for m in p.modules() if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d))]
 
+
 def weight_sparsity(model) -> float:
     "Fraction of zeros among the encoders' Linear / Conv weights."
     ws = [m.weight for m, _ in _prunable(model)]
     return sum(int((w == 0).sum()) for w in ws) / sum(w.numel() for w in ws)
 
+
 def prune(model, sparsity: float):
     "A copy of `model` with the `sparsity` fraction of smallest-magnitude encoder weights set to zero (global L1)."
     from torch.nn.utils import prune as P
-    if not 0 <= sparsity < 1: raise VLLabError(f"sparsity {sparsity}: must be in [0, 1)")
+
+    if not 0 <= sparsity < 1:
+        raise VLLabError(f"sparsity {sparsity}: must be in [0, 1)")
     m = copy.deepcopy(model).to(memory_format=torch.contiguous_format)  # torch's pruning flattens weights with view()
     params = _prunable(m)
     P.global_unstructured(params, pruning_method=P.L1Unstructured, amount=sparsity)
-    for mod, name in params: P.remove(mod, name)
+    for mod, name in params:
+        P.remove(mod, name)
     return m
+
 
 # %% ../nbs/50_deploy.ipynb #132d83e1
 def _sizes(paths=None, state=None) -> dict:
     data = b''.join(Path(p).read_bytes() for p in paths) if paths else _state_bytes(state)
     return dict(size_mb=len(data) / 2**20, size_zlib_mb=len(zlib.compress(data, 6)) / 2**20)
 
+
 def _state_bytes(model) -> bytes:
     buf = io.BytesIO()
     torch.save({**ImageEncoder(model).state_dict(), **TextEncoder(model).state_dict()}, buf)
     return buf.getvalue()
 
+
 def _latency(fn, n: int) -> tuple[float, float]:
     "(median, p99) milliseconds of `fn()` over `n` calls after 5 warm-up calls."
-    for _ in range(5): fn()
+    for _ in range(5):
+        fn()
     ts = []
     for _ in range(n):
-        t0 = time.perf_counter(); fn(); ts.append((time.perf_counter() - t0) * 1e3)
+        t0 = time.perf_counter()
+        fn()
+        ts.append((time.perf_counter() - t0) * 1e3)
     return float(np.median(ts)), float(np.percentile(ts, 99))
+
 
 @torch.no_grad()
 def _measure(enc, ds, tok, L, n_latency: int, ref=None) -> dict:
@@ -187,24 +290,41 @@ def _measure(enc, ds, tok, L, n_latency: int, ref=None) -> dict:
             row[f'{k}_b{b}_median_ms'], row[f'{k}_b{b}_p99_ms'] = _latency(fn, n_latency)
     img, txt, owner, _ = embed_split(enc, tok, ds, L, 'cpu')
     row['t2i_R@1'] = retrieval_metrics(img, txt, owner)['t2i_R@1']
-    row['min_cosine_vs_fp32'] = None if ref is None else float(min((img * ref[0]).sum(1).min(), (txt * ref[1]).sum(1).min()))
+    row['min_cosine_vs_fp32'] = (
+        None if ref is None else float(min((img * ref[0]).sum(1).min(), (txt * ref[1]).sum(1).min()))
+    )
     return row, (img, txt)
+
 
 def encoder_params(model) -> int:
     "Number of parameters of the image and text encoders (towers and projections)."
     return sum(p.numel() for m in (ImageEncoder(model), TextEncoder(model)) for p in m.parameters())
 
+
 def _torch_row(variant: str, model, ds, tok, L, n_latency: int, ref=None) -> tuple[dict, tuple]:
     "The row of a torch model (size of its encoders' state, sparsity, latency, retrieval) and its test embeddings."
     row, emb = _measure(model, ds, tok, L, n_latency, ref)
-    return dict(variant=variant, format='torch', params=encoder_params(model), **_sizes(state=model), weight_sparsity=weight_sparsity(model), **row), emb
+    return dict(
+        variant=variant,
+        format='torch',
+        params=encoder_params(model),
+        **_sizes(state=model),
+        weight_sparsity=weight_sparsity(model),
+        **row,
+    ), emb
+
 
 def run_row(run_dir, variant: str, n_latency: int = 50) -> dict:
     "The torch fp32 row of a run as `variant` (a student beside its teacher's variants, say)."
     model, tok, cfg, _ = load_run(run_dir)
-    return dict(_torch_row(variant, model, eval_split(cfg), tok, cfg.model.max_len, n_latency)[0], run=Path(run_dir).name)
+    return dict(
+        _torch_row(variant, model, eval_split(cfg), tok, cfg.model.max_len, n_latency)[0], run=Path(run_dir).name
+    )
 
-def deployment_table(run_dir, sparsities=(0.3, 0.6), n_latency: int = 50, opset: int = 17, out_dir=None, n_calibration: int = 256) -> list[dict]:
+
+def deployment_table(
+    run_dir, sparsities=(0.3, 0.6), n_latency: int = 50, opset: int = 17, out_dir=None, n_calibration: int = 256
+) -> list[dict]:
     "Size, latency and test t2i R@1 of each deployment variant of a run; exports to and writes deployment.json in OUT_DIR (default RUN_DIR/export)."
     run_dir = Path(run_dir)
     out = Path(out_dir or run_dir / 'export')
@@ -214,23 +334,49 @@ def deployment_table(run_dir, sparsities=(0.3, 0.6), n_latency: int = 50, opset:
     ds, L, n = eval_split(cfg), cfg.model.max_len, encoder_params(model)
     row, ref = _torch_row('torch fp32', model, ds, tok, L, n_latency)
     rows = [row | {'min_cosine_vs_fp32': 1.0}]
-    for name, files in (('onnx fp32', (ex['image'], ex['text'])), ('onnx int8', (q['image'], q['text'])),
-                        ('onnx int8 static', (q['image_static'], q['text']))):
-        rows.append(dict(variant=name, format='onnx', params=n, **_sizes(paths=files), weight_sparsity=None,
-                         **_measure(OrtEncoders(*files), ds, tok, L, n_latency, ref)[0]))
+    for name, files in (
+        ('onnx fp32', (ex['image'], ex['text'])),
+        ('onnx int8', (q['image'], q['text'])),
+        ('onnx int8 static', (q['image_static'], q['text'])),
+    ):
+        rows.append(
+            dict(
+                variant=name,
+                format='onnx',
+                params=n,
+                **_sizes(paths=files),
+                weight_sparsity=None,
+                **_measure(OrtEncoders(*files), ds, tok, L, n_latency, ref)[0],
+            )
+        )
     rows += [_torch_row(f'torch pruned {s:.0%}', prune(model, s), ds, tok, L, n_latency, ref)[0] for s in sparsities]
-    for r in rows: r.update(run=run_dir.name, **{'t2i_R@1_delta': r['t2i_R@1'] - rows[0]['t2i_R@1']})
-    write_json(out / 'deployment.json', dict(
-        rows=rows, test_images=len(ds), threads=torch.get_num_threads(), n_latency=n_latency, calibration_images=n_calibration,
-        latency='milliseconds per call, image and text encoders timed separately, batch 1 and 32, after 5 warm-up calls'))
+    for r in rows:
+        r.update(run=run_dir.name, **{'t2i_R@1_delta': r['t2i_R@1'] - rows[0]['t2i_R@1']})
+    write_json(
+        out / 'deployment.json',
+        dict(
+            rows=rows,
+            test_images=len(ds),
+            threads=torch.get_num_threads(),
+            n_latency=n_latency,
+            calibration_images=n_calibration,
+            latency='milliseconds per call, image and text encoders timed separately, batch 1 and 32, after 5 warm-up calls',
+        ),
+    )
     return rows
+
 
 def table_markdown(rows: list[dict]) -> str:
     "The deployment table as markdown (sizes in MB, latencies in ms at batch 1 / 32, medians)."
-    lines = ['| variant | MB | MB zlib | sparsity | image ms b1 / b32 | text ms b1 / b32 | t2i R@1 | delta | min cos |', '|' + '---|' * 9]
+    lines = [
+        '| variant | MB | MB zlib | sparsity | image ms b1 / b32 | text ms b1 / b32 | t2i R@1 | delta | min cos |',
+        '|' + '---|' * 9,
+    ]
     for r in rows:
         sp = '' if r['weight_sparsity'] is None else f"{r['weight_sparsity']:.2f}"
-        lines.append(f"| {r['variant']} | {r['size_mb']:.2f} | {r['size_zlib_mb']:.2f} | {sp} | {r['image_b1_median_ms']:.2f} / "
-                     f"{r['image_b32_median_ms']:.1f} | {r['text_b1_median_ms']:.2f} / {r['text_b32_median_ms']:.1f} | "
-                     f"{r['t2i_R@1']:.3f} | {r.get('t2i_R@1_delta', 0):+.3f} | {'' if r['min_cosine_vs_fp32'] is None else format(r['min_cosine_vs_fp32'], '.3f')} |")
+        lines.append(
+            f"| {r['variant']} | {r['size_mb']:.2f} | {r['size_zlib_mb']:.2f} | {sp} | {r['image_b1_median_ms']:.2f} / "
+            f"{r['image_b32_median_ms']:.1f} | {r['text_b1_median_ms']:.2f} / {r['text_b32_median_ms']:.1f} | "
+            f"{r['t2i_R@1']:.3f} | {r.get('t2i_R@1_delta', 0):+.3f} | {'' if r['min_cosine_vs_fp32'] is None else format(r['min_cosine_vs_fp32'], '.3f')} |"
+        )
     return '\n'.join(lines)

@@ -14,11 +14,13 @@ from .page import render, table_html
 # %% auto #0
 __all__ = ['variant_table', 'findings', 'deployment_section']
 
+
 # %% ../nbs/43_deploynote.ipynb #3e6beb56
 def _pm(xs, signed=False) -> str:
     m, s, n = mean_std(xs)
     f = '+.3f' if signed else '.3f'
     return '–' if n == 0 else f"{m:{f}} ± {s:.3f}" if n > 1 else f"{m:{f}}"
+
 
 def variant_table(rows: list[dict]) -> list[dict]:
     "One row per variant (in the order measured): runs, parameters, size, median latencies, R@1 mean ± std and its change."
@@ -28,14 +30,23 @@ def variant_table(rows: list[dict]) -> list[dict]:
         rs = [r for r in rows if r['variant'] == v]
         med = lambda k: float(np.median([r[k] for r in rs]))
         sp = [r['weight_sparsity'] for r in rs if r['weight_sparsity'] is not None]
-        out.append({'variant': v, 'runs': len(rs), 'parameters (M)': f"{rs[0]['params'] / 1e6:.2f}", 'size MB': f"{med('size_mb'):.2f}",
-                    'zlib MB': f"{med('size_zlib_mb'):.2f}", 'sparsity': f"{np.mean(sp):.2f}" if sp else '–',
-                    'image ms b1 / b32': f"{med('image_b1_median_ms'):.2f} / {med('image_b32_median_ms'):.1f}",
-                    'text ms b1 / b32': f"{med('text_b1_median_ms'):.2f} / {med('text_b32_median_ms'):.1f}",
-                    'p99 ms b1 image / text': f"{med('image_b1_p99_ms'):.2f} / {med('text_b1_p99_ms'):.2f}",
-                    'test t2i R@1': _pm([r['t2i_R@1'] for r in rs]),
-                    'vs teacher fp32': _pm([r['t2i_R@1'] - base[r['seed']] for r in rs if r['seed'] in base], signed=True)})
+        out.append(
+            {
+                'variant': v,
+                'runs': len(rs),
+                'parameters (M)': f"{rs[0]['params'] / 1e6:.2f}",
+                'size MB': f"{med('size_mb'):.2f}",
+                'zlib MB': f"{med('size_zlib_mb'):.2f}",
+                'sparsity': f"{np.mean(sp):.2f}" if sp else '–',
+                'image ms b1 / b32': f"{med('image_b1_median_ms'):.2f} / {med('image_b32_median_ms'):.1f}",
+                'text ms b1 / b32': f"{med('text_b1_median_ms'):.2f} / {med('text_b32_median_ms'):.1f}",
+                'p99 ms b1 image / text': f"{med('image_b1_p99_ms'):.2f} / {med('text_b1_p99_ms'):.2f}",
+                'test t2i R@1': _pm([r['t2i_R@1'] for r in rs]),
+                'vs teacher fp32': _pm([r['t2i_R@1'] - base[r['seed']] for r in rs if r['seed'] in base], signed=True),
+            }
+        )
     return out
+
 
 # %% ../nbs/43_deploynote.ipynb #904cd579
 def _paired(rows, variant) -> tuple[float, float, int, bool]:
@@ -44,48 +55,82 @@ def _paired(rows, variant) -> tuple[float, float, int, bool]:
     m, s, n = mean_std(d)
     return m, s, n, bool(n > 1 and abs(m) > 2 * s / math.sqrt(n))
 
+
 def _med(rows, variant, key) -> float:
     return float(np.median([r[key] for r in rows if r['variant'] == variant]))
+
 
 def findings(rows: list[dict]) -> list[str]:
     "What the deployment table shows, computed from its rows."
     have, out = {r['variant'] for r in rows}, []
-    say = lambda m, s, n, sig: (f"{m:+.3f} ± {s:.3f} over {n} seeds, " + ('more than twice its standard error' if sig else 'within twice its standard error: no measurable change')
-                                if n > 1 else f"{m:+.3f} (one seed: no spread to judge it by)")
+    say = lambda m, s, n, sig: (
+        f"{m:+.3f} ± {s:.3f} over {n} seeds, "
+        + ('more than twice its standard error' if sig else 'within twice its standard error: no measurable change')
+        if n > 1
+        else f"{m:+.3f} (one seed: no spread to judge it by)"
+    )
     ratio = lambda v, w, k: _med(rows, v, k) / _med(rows, w, k)
-    for v, what in (('onnx int8', 'INT8 (dynamic, ONNX Runtime)'),
-                    ('onnx int8 static', 'INT8 static (image encoder static, activation ranges calibrated on validation images; text encoder dynamic)')):
+    for v, what in (
+        ('onnx int8', 'INT8 (dynamic, ONNX Runtime)'),
+        (
+            'onnx int8 static',
+            'INT8 static (image encoder static, activation ranges calibrated on validation images; text encoder dynamic)',
+        ),
+    ):
         if {v, 'onnx fp32'} <= have:
-            out.append(f"{what}: the files are {ratio('onnx fp32', v, 'size_mb'):.1f}x smaller than ONNX fp32; "
-                       f"at batch 32 the image encoder takes {ratio(v, 'onnx fp32', 'image_b32_median_ms'):.2f}x and the text encoder "
-                       f"{ratio(v, 'onnx fp32', 'text_b32_median_ms'):.2f}x the fp32 time; test R@1 changed by {say(*_paired(rows, v))}.")
+            out.append(
+                f"{what}: the files are {ratio('onnx fp32', v, 'size_mb'):.1f}x smaller than ONNX fp32; "
+                f"at batch 32 the image encoder takes {ratio(v, 'onnx fp32', 'image_b32_median_ms'):.2f}x and the text encoder "
+                f"{ratio(v, 'onnx fp32', 'text_b32_median_ms'):.2f}x the fp32 time; test R@1 changed by {say(*_paired(rows, v))}."
+            )
     if {'onnx fp32', 'torch fp32'} <= have:
-        out.append(f"ONNX fp32 against torch fp32 at batch 1: image encoder {ratio('onnx fp32', 'torch fp32', 'image_b1_median_ms'):.2f}x, "
-                   f"text encoder {ratio('onnx fp32', 'torch fp32', 'text_b1_median_ms'):.2f}x the time; test R@1 changed by {say(*_paired(rows, 'onnx fp32'))}.")
+        out.append(
+            f"ONNX fp32 against torch fp32 at batch 1: image encoder {ratio('onnx fp32', 'torch fp32', 'image_b1_median_ms'):.2f}x, "
+            f"text encoder {ratio('onnx fp32', 'torch fp32', 'text_b1_median_ms'):.2f}x the time; test R@1 changed by {say(*_paired(rows, 'onnx fp32'))}."
+        )
     for v in sorted(x for x in have if x.startswith('torch pruned')):
-        out.append(f"{v[6:].capitalize()}: compressed size {ratio(v, 'torch fp32', 'size_zlib_mb'):.2f}x fp32's; image encoder "
-                   f"at batch 32 {ratio(v, 'torch fp32', 'image_b32_median_ms'):.2f}x the fp32 time (dense kernels skip no zeros); test R@1 changed by {say(*_paired(rows, v))}.")
+        out.append(
+            f"{v[6:].capitalize()}: compressed size {ratio(v, 'torch fp32', 'size_zlib_mb'):.2f}x fp32's; image encoder "
+            f"at batch 32 {ratio(v, 'torch fp32', 'image_b32_median_ms'):.2f}x the fp32 time (dense kernels skip no zeros); test R@1 changed by {say(*_paired(rows, v))}."
+        )
     if {'distilled student', 'student alone'} <= have:
         r1 = lambda v: [r['t2i_R@1'] for r in rows if r['variant'] == v]
         c = compare(r1('distilled student'), r1('student alone'))
-        what = (f"test R@1 {c['means'][0]:.3f} ± {c['stds'][0]:.3f} with its teacher against {c['means'][1]:.3f} ± {c['stds'][1]:.3f} "
-                f"without (seeds: {c['n'][0]} and {c['n'][1]})")
-        verdict = ('too few seeds to tell a difference from seed noise' if not c['enough_seeds'] else
-                   f"distillation {'helped' if c['diff'] > 0 else 'hurt'}: {c['diff']:+.3f}, more than twice the standard error {c['se']:.3f}"
-                   if c['significant'] else f"the difference {c['diff']:+.3f} is within twice its standard error {c['se']:.3f}: no effect of distillation could be measured")
-        size = _med(rows, 'student alone', 'params') / _med(rows, 'torch fp32', 'params') if 'torch fp32' in have else math.nan
+        what = (
+            f"test R@1 {c['means'][0]:.3f} ± {c['stds'][0]:.3f} with its teacher against {c['means'][1]:.3f} ± {c['stds'][1]:.3f} "
+            f"without (seeds: {c['n'][0]} and {c['n'][1]})"
+        )
+        verdict = (
+            'too few seeds to tell a difference from seed noise'
+            if not c['enough_seeds']
+            else f"distillation {'helped' if c['diff'] > 0 else 'hurt'}: {c['diff']:+.3f}, more than twice the standard error {c['se']:.3f}"
+            if c['significant']
+            else f"the difference {c['diff']:+.3f} is within twice its standard error {c['se']:.3f}: no effect of distillation could be measured"
+        )
+        size = (
+            _med(rows, 'student alone', 'params') / _med(rows, 'torch fp32', 'params')
+            if 'torch fp32' in have
+            else math.nan
+        )
         out.append(f"Distillation: the student has {size:.2f}x the teacher's parameters; {what}; {verdict}.")
     return out
+
 
 # %% ../nbs/43_deploynote.ipynb #68ece061
 def deployment_section(runs) -> dict | None:
     "The report's deployment section from the (first) deployment run among `runs`; None when there is none."
     dep = next((r for r in runs if 'deployment' in r), None)
-    if dep is None: return None
+    if dep is None:
+        return None
     d, rows = dep['deployment'], dep['deployment']['rows']
-    caption = (f"Test split; R@1 as mean ± sample std over runs (seeds); sizes and latencies are medians over runs; latency in ms per call of each "
-               f"encoder at batch 1 / 32, median (and 99th percentile at batch 1) of {d['n_latency']} calls on {d['threads']} CPU thread(s), all variants measured in one "
-               f"process (run {dep['run_id']}). The machine may be shared: compare ratios, not absolute times.")
-    body = render('{{ t }}<h3>Findings (computed from the table)</h3><ul>{% for f in fs %}<li>{{ f }}</li>{% endfor %}</ul>',
-                  t=table_html(variant_table(rows), caption=caption), fs=findings(rows) or ['Nothing to compare.'])
+    caption = (
+        f"Test split; R@1 as mean ± sample std over runs (seeds); sizes and latencies are medians over runs; latency in ms per call of each "
+        f"encoder at batch 1 / 32, median (and 99th percentile at batch 1) of {d['n_latency']} calls on {d['threads']} CPU thread(s), all variants measured in one "
+        f"process (run {dep['run_id']}). The machine may be shared: compare ratios, not absolute times."
+    )
+    body = render(
+        '{{ t }}<h3>Findings (computed from the table)</h3><ul>{% for f in fs %}<li>{{ f }}</li>{% endfor %}</ul>',
+        t=table_html(variant_table(rows), caption=caption),
+        fs=findings(rows) or ['Nothing to compare.'],
+    )
     return dict(id='deployment', title='Deployment', body=body)

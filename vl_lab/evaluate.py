@@ -8,7 +8,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import yaml
 
 from .core import VLLabError, config_from_dict, get_device, write_json
 from .data import load_records
@@ -19,54 +18,100 @@ from .tokenizer import load_tokenizer
 from .train import TrainConfig, _special_ids, load_checkpoint, split_records
 
 # %% auto #0
-__all__ = ['COUNT_TEMPLATES', 'PROBE_IMAGES', 'load_run', 'embed_split', 'encode_texts', 'zero_shot_tasks', 'linear_probe',
-           'zero_shot', 'itm_eval', 'generate_captions', 'vqa_prior', 'vqa_eval', 'evaluate_run', 'summary_line']
+__all__ = [
+    'COUNT_TEMPLATES',
+    'PROBE_IMAGES',
+    'load_run',
+    'embed_split',
+    'encode_texts',
+    'zero_shot_tasks',
+    'linear_probe',
+    'zero_shot',
+    'itm_eval',
+    'generate_captions',
+    'vqa_prior',
+    'vqa_eval',
+    'evaluate_run',
+    'summary_line',
+]
+
 
 # %% ../nbs/31_evaluate.ipynb #5fed8b99
 def load_run(run_dir, device: str = 'cpu', which: str = 'best.pt'):
     "(model in eval mode, tokenizer, TrainConfig, answer vocabulary) of a trained run."
     run_dir = Path(run_dir)
-    if not (run_dir / 'params.yaml').is_file(): raise VLLabError(f"{run_dir}: not a run folder (no params.yaml)")
+    if not (run_dir / 'params.yaml').is_file():
+        raise VLLabError(f"{run_dir}: not a run folder (no params.yaml)")
     ck = load_checkpoint(run_dir / which)
     cfg = config_from_dict(TrainConfig, ck['config'])
     tok = load_tokenizer(run_dir / 'tokenizer')
-    tasks = task_list(cfg.model.tasks) if not cfg.stages else [t for t in ('contrastive', 'itm', 'caption', 'vqa')
-                                                              if any(t in task_list(s.get('tasks', cfg.model.tasks)) for s in cfg.stages)]
+    tasks = (
+        task_list(cfg.model.tasks)
+        if not cfg.stages
+        else [
+            t
+            for t in ('contrastive', 'itm', 'caption', 'vqa')
+            if any(t in task_list(s.get('tasks', cfg.model.tasks)) for s in cfg.stages)
+        ]
+    )
     mcfg = config_from_dict(type(cfg.model), {**ck['config']['model'], 'tasks': ','.join(tasks)})
-    model = VLModel(mcfg, vocab_size=len(tok), n_answers=len(ck['answers']), hf_configs=ck['hf_configs'], special_ids=_special_ids(tok))
+    model = VLModel(
+        mcfg,
+        vocab_size=len(tok),
+        n_answers=len(ck['answers']),
+        hf_configs=ck['hf_configs'],
+        special_ids=_special_ids(tok),
+    )
     model.load_state_dict(ck['model'])
     return model.to(device).eval(), tok, cfg, list(ck['answers'])
+
 
 # %% ../nbs/31_evaluate.ipynb #29988d93
 @torch.no_grad()
 def embed_split(model, tok, ds: PairDataset, max_len: int, device, batch: int = 128):
     "Image embeddings and tokens' owner: (image_emb (N, D), text_emb (M, D), text_to_image (M,), captions)."
     rng = np.random.default_rng(0)
-    imgs = [model.encode_image(torch.stack([ds.image(i, rng) for i in range(s, min(s + batch, len(ds)))]).to(device))[0].cpu()
-            for s in range(0, len(ds), batch)]
+    imgs = [
+        model.encode_image(torch.stack([ds.image(i, rng) for i in range(s, min(s + batch, len(ds)))]).to(device))[
+            0
+        ].cpu()
+        for s in range(0, len(ds), batch)
+    ]
     caps = [(i, c) for i, r in enumerate(ds.records) for c in r.captions]
     txts = []
     for s in range(0, len(caps), batch):
-        t = tok([c for _, c in caps[s:s + batch]], padding='longest', truncation=True, max_length=max_len, return_tensors='pt')
+        t = tok(
+            [c for _, c in caps[s : s + batch]],
+            padding='longest',
+            truncation=True,
+            max_length=max_len,
+            return_tensors='pt',
+        )
         txts.append(model.encode_text(t['input_ids'].to(device), t['attention_mask'].to(device))[0].cpu())
     return torch.cat(imgs), torch.cat(txts), torch.tensor([i for i, _ in caps]), [c for _, c in caps]
+
 
 @torch.no_grad()
 def encode_texts(model, tok, texts, max_len, device):
     t = tok(list(texts), padding='longest', truncation=True, max_length=max_len, return_tensors='pt')
     return model.encode_text(t['input_ids'].to(device), t['attention_mask'].to(device))[0].cpu()
 
+
 # %% ../nbs/31_evaluate.ipynb #454de3cd
 # the number of objects in the captions' own words, each class with as many objects named as it has (an ensemble over
 # drawn colours and shapes): prompts that name one object for '1' but none for '2' and '3' measure the wording, not
 # the count (with 'Two shapes side by side.' the test images of 1, 2 and 3 objects were called 2, 3 and 3)
-COUNT_TEMPLATES = {1: ("A single {}.", "{} alone on a plain background.", "{} in the center."),
-                   2: ("Two shapes side by side: {} and {}.", "{} and {}.", "{} to the left of {}."),
-                   3: ("Three shapes: {}, {} and {}.", "{}, {} and {} from left to right.", "{} between {} and {}.")}
+COUNT_TEMPLATES = {
+    1: ("A single {}.", "{} alone on a plain background.", "{} in the center."),
+    2: ("Two shapes side by side: {} and {}.", "{} and {}.", "{} to the left of {}."),
+    3: ("Three shapes: {}, {} and {}.", "{}, {} and {} from left to right.", "{} between {} and {}."),
+}
+
 
 def zero_shot_tasks(records) -> dict:
     "The zero-shot tasks a split supports: {name: dict(what, index, labels, prompts={class: [prompt, ...]})}."
     from vl_lab.scenes import COLORS, SHAPE_WORDS
+
     objs = [r.extra.get('objects') for r in records]
     if all(isinstance(o, list) and o and all('shape' in x and 'color' in x for x in o) for o in objs):
         single = [i for i, o in enumerate(objs) if len(o) == 1]
@@ -80,18 +125,42 @@ def zero_shot_tasks(records) -> dict:
             phrase = f"{rng.choice(list(COLORS))} {w}"
             return ('an ' if phrase[0] in 'aeiou' else 'a ') + phrase
 
-        count = {str(n): [t.format(*[thing() for _ in range(n)]) for t in ts for _ in range(20)]
-                 for n, ts in COUNT_TEMPLATES.items()}
-        return {'shape': dict(what='the shape of the lone object (single-object images)', index=single,
-                              labels=[objs[i][0]['shape'] for i in single], prompts=shape),
-                'colour': dict(what='the colour of the lone object (single-object images)', index=single,
-                               labels=[objs[i][0]['color'] for i in single], prompts=colour),
-                'count': dict(what='the number of objects (every image)', index=list(range(len(objs))),
-                              labels=[str(len(o)) for o in objs], prompts=count)}
+        count = {
+            str(n): [t.format(*[thing() for _ in range(n)]) for t in ts for _ in range(20)]
+            for n, ts in COUNT_TEMPLATES.items()
+        }
+        return {
+            'shape': dict(
+                what='the shape of the lone object (single-object images)',
+                index=single,
+                labels=[objs[i][0]['shape'] for i in single],
+                prompts=shape,
+            ),
+            'colour': dict(
+                what='the colour of the lone object (single-object images)',
+                index=single,
+                labels=[objs[i][0]['color'] for i in single],
+                prompts=colour,
+            ),
+            'count': dict(
+                what='the number of objects (every image)',
+                index=list(range(len(objs))),
+                labels=[str(len(o)) for o in objs],
+                prompts=count,
+            ),
+        }
     labels = [r.extra.get('class_name') for r in records]
-    if not all(labels): return {}
-    return {'class': dict(what='the class name, generic templates', index=list(range(len(labels))), labels=labels,
-                          prompts={c: [t.format(c) for t in PROMPT_TEMPLATES] for c in sorted(set(labels))})}
+    if not all(labels):
+        return {}
+    return {
+        'class': dict(
+            what='the class name, generic templates',
+            index=list(range(len(labels))),
+            labels=labels,
+            prompts={c: [t.format(c) for t in PROMPT_TEMPLATES] for c in sorted(set(labels))},
+        )
+    }
+
 
 def linear_probe(train_emb, train_labels, test_emb, test_labels) -> float:
     """Test accuracy of a logistic regression fitted on frozen training embeddings: whether the embedding holds the
@@ -99,26 +168,43 @@ def linear_probe(train_emb, train_labels, test_emb, test_labels) -> float:
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
-    if len(set(train_labels)) < 2: return float('nan')
+
+    if len(set(train_labels)) < 2:
+        return float('nan')
     clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000))
     clf.fit(torch.nn.functional.normalize(train_emb, dim=-1).numpy(), list(train_labels))
     return float(clf.score(torch.nn.functional.normalize(test_emb, dim=-1).numpy(), list(test_labels)))
+
 
 def zero_shot(model, tok, img_emb, task: dict, max_len, device, probe: tuple | None = None) -> dict:
     """Zero-shot classification of the images of `task` (from `zero_shot_tasks`) by their nearest prompt ensemble;
     `probe` = (training image embeddings, the same task on the training records) adds `probe_accuracy`."""
     classes = [c for c in task['prompts'] if c in set(task['labels'])]
-    emb = torch.stack([torch.nn.functional.normalize(torch.nn.functional.normalize(
-        encode_texts(model, tok, task['prompts'][c], max_len, device), dim=-1).mean(0), dim=-1) for c in classes])
+    emb = torch.stack(
+        [
+            torch.nn.functional.normalize(
+                torch.nn.functional.normalize(
+                    encode_texts(model, tok, task['prompts'][c], max_len, device), dim=-1
+                ).mean(0),
+                dim=-1,
+            )
+            for c in classes
+        ]
+    )
     pred = (img_emb[task['index']] @ emb.t()).argmax(1).tolist()
     labels = task['labels']
     m = classification_metrics([classes.index(l) for l in labels], pred, labels=list(range(len(classes))))
-    out = m | dict(what=task['what'], classes=classes, chance_accuracy=max(labels.count(c) for c in classes) / len(labels))
+    out = m | dict(
+        what=task['what'], classes=classes, chance_accuracy=max(labels.count(c) for c in classes) / len(labels)
+    )
     if probe is not None:
         train_emb, train_task = probe
-        out['probe_accuracy'] = linear_probe(train_emb[train_task['index']], train_task['labels'], img_emb[task['index']], labels)
+        out['probe_accuracy'] = linear_probe(
+            train_emb[train_task['index']], train_task['labels'], img_emb[task['index']], labels
+        )
         out['probe_images'] = len(train_task['index'])
     return out
+
 
 @torch.no_grad()
 def itm_eval(model, tok, ds, max_len, device, seed: int = 0) -> dict:
@@ -130,16 +216,18 @@ def itm_eval(model, tok, ds, max_len, device, seed: int = 0) -> dict:
     idx = list(range(n)) * 2
     logits = []
     for s in range(0, 2 * n, 64):
-        px = torch.stack([ds.image(i, rng) for i in idx[s:s + 64]]).to(device)
-        t = tok(caps[s:s + 64], padding='longest', truncation=True, max_length=max_len, return_tensors='pt')
+        px = torch.stack([ds.image(i, rng) for i in idx[s : s + 64]]).to(device)
+        t = tok(caps[s : s + 64], padding='longest', truncation=True, max_length=max_len, return_tensors='pt')
         ids, mask = t['input_ids'].to(device), t['attention_mask'].to(device)
         temb, ttok = model.encode_text(ids, mask)
         iemb, itok = model.encode_image(px)
         logits.append(model.itm_logits(temb, ttok, mask, iemb, itok).cpu())
     from sklearn.metrics import roc_auc_score
+
     logits, y = torch.cat(logits), [1] * n + [0] * n
     auc = roc_auc_score(y, logits.float().softmax(1)[:, 1].numpy())
     return itm_accuracy(logits, torch.tensor(y)) | dict(chance_accuracy=0.5, auc=float(auc))
+
 
 @torch.no_grad()
 def generate_captions(model, tok, ds, device, num_beams: int = 1, batch: int = 64) -> list[str]:
@@ -152,9 +240,11 @@ def generate_captions(model, tok, ds, device, num_beams: int = 1, batch: int = 6
         out += tok.batch_decode(ids, skip_special_tokens=True)
     return [c.strip() for c in out]
 
+
 def vqa_prior(train_records, questions: list[str]) -> list[str]:
     "The question-only baseline's answers: the most frequent training answer to the same question (see above)."
     from collections import Counter
+
     by_q, by_start, every = {}, {}, Counter()
     for r in train_records:
         for q in r.extra.get('questions', []):
@@ -169,20 +259,34 @@ def vqa_prior(train_records, questions: list[str]) -> list[str]:
         out.append(top(c) if c else fallback)
     return out
 
+
 @torch.no_grad()
 def vqa_eval(model, tok, ds, answers, max_len, device, train_records=None) -> dict:
     "VQA accuracy over every question of the split's images, with the majority and question-only baselines."
     items = [(i, q) for i, r in enumerate(ds.records) for q in r.extra.get('questions', [])]
-    if not items: return {}
+    if not items:
+        return {}
     rng, preds = np.random.default_rng(0), []
     for s in range(0, len(items), 64):
-        chunk = items[s:s + 64]
+        chunk = items[s : s + 64]
         px = torch.stack([ds.image(i, rng) for i, _ in chunk]).to(device)
-        t = tok([q['question'] for _, q in chunk], padding='longest', truncation=True, max_length=max_len, return_tensors='pt')
+        t = tok(
+            [q['question'] for _, q in chunk],
+            padding='longest',
+            truncation=True,
+            max_length=max_len,
+            return_tensors='pt',
+        )
         _, qtok = model.text_tower(t['input_ids'].to(device), t['attention_mask'].to(device))
         _, itok = model.image_tower(px)
-        preds += [answers[k] for k in model.vqa_head(model.fusion(qtok, t['attention_mask'].to(device), itok)).argmax(1).tolist()]
-    gts, types = [q.get('answers') or [q['answer']] * 10 for _, q in items], [q.get('answer_type', 'all') for _, q in items]
+        preds += [
+            answers[k]
+            for k in model.vqa_head(model.fusion(qtok, t['attention_mask'].to(device), itok)).argmax(1).tolist()
+        ]
+    gts, types = (
+        [q.get('answers') or [q['answer']] * 10 for _, q in items],
+        [q.get('answer_type', 'all') for _, q in items],
+    )
     res = vqa_accuracy(preds, gts, answer_types=types)
     top = max(sum(q['answer'] == a for _, q in items) for a in set(q['answer'] for _, q in items)) / len(items)
     res |= dict(chance_accuracy_majority_answer=top, questions=len(items), predictions=preds)
@@ -191,26 +295,45 @@ def vqa_eval(model, tok, ds, answers, max_len, device, train_records=None) -> di
         res |= dict(question_only_accuracy=prior['overall'], question_only_per_answer_type=prior['per_answer_type'])
     return res
 
+
 # %% ../nbs/31_evaluate.ipynb #adfd330e
 def _examples(sim_t2i, owner, caps, ds, n: int = 8) -> dict:
     "Top-5 captions of the first images, and the captions whose own image ranked worst (hardest failures)."
     src = [r.image.source for r in ds.records]
-    top = [dict(image=src[i], own=ds.records[i].captions[:2], top5=[caps[j] for j in sim_t2i[:, i].topk(min(5, len(caps))).indices.tolist()])
-           for i in range(min(n, len(ds)))]
+    top = [
+        dict(
+            image=src[i],
+            own=ds.records[i].captions[:2],
+            top5=[caps[j] for j in sim_t2i[:, i].topk(min(5, len(caps))).indices.tolist()],
+        )
+        for i in range(min(n, len(ds)))
+    ]
     own = sim_t2i[torch.arange(len(caps)), owner]
     rank = 1 + (sim_t2i > own[:, None]).sum(1)
     worst = rank.argsort(descending=True)[:n].tolist()
-    hard = [dict(caption=caps[j], image=src[int(owner[j])], rank=int(rank[j]), retrieved=src[int(sim_t2i[j].argmax())]) for j in worst]
+    hard = [
+        dict(caption=caps[j], image=src[int(owner[j])], rank=int(rank[j]), retrieved=src[int(sim_t2i[j].argmax())])
+        for j in worst
+    ]
     first = [int((owner == i).nonzero()[0]) for i in range(min(n, len(ds)))]  # the first caption of the first images
-    t2i = [dict(caption=caps[j], image=src[int(owner[j])], rank=int(rank[j]),
-                top5=[src[k] for k in sim_t2i[j].topk(min(5, len(src))).indices.tolist()]) for j in first]
+    t2i = [
+        dict(
+            caption=caps[j],
+            image=src[int(owner[j])],
+            rank=int(rank[j]),
+            top5=[src[k] for k in sim_t2i[j].topk(min(5, len(src))).indices.tolist()],
+        )
+        for j in first
+    ]
     return dict(top5=top, hardest_t2i=hard, t2i_top5=t2i)
+
 
 # Greedy decoding by default: on the shapes corpus, beam search (3 beams) collapses onto the corpus's commonest generic
 # caption ('three shapes in a row on a striped background.' for 69 of 200 test images; 46 distinct captions, CIDEr
 # 0.63), where greedy decoding of the same model names shapes and colours (164 distinct, CIDEr 1.01): the known
 # generic-caption bias of beam search. `distinct` (the fraction of distinct captions) keeps it visible.
 PROBE_IMAGES = 1000
+
 
 def evaluate_run(run_dir, data=None, split: str = 'test', device: str | None = None, num_beams: int = 1) -> dict:
     "Every task the run supports on `split` of `data` (default: the data it trained on); writes RUN_DIR/eval/SPLIT/."
@@ -219,7 +342,8 @@ def evaluate_run(run_dir, data=None, split: str = 'test', device: str | None = N
     model, tok, cfg, answers = load_run(run_dir, device)
     data = data or cfg.data
     recs = split_records(list(load_records(data)), split)
-    if not recs: raise VLLabError(f"{data}: no records in split {split!r}")
+    if not recs:
+        raise VLLabError(f"{data}: no records in split {split!r}")
     ds = PairDataset(recs, cfg.transform, train=False, seed=cfg.seed)
     L = cfg.model.max_len
     out, examples = dict(split=split, data=str(data), images=len(ds), skipped=dict(ds.skipped), tasks=model.tasks), {}
@@ -234,22 +358,31 @@ def evaluate_run(run_dir, data=None, split: str = 'test', device: str | None = N
             train_ds = PairDataset(train_recs[:PROBE_IMAGES], cfg.transform, train=False)  # the probes' images
             train_tasks = zero_shot_tasks(train_ds.records) if len(train_ds) else {}
             train_img = embed_split(model, tok, train_ds, L, device)[0] if train_tasks else None
-            out['zero_shot'] = {k: zero_shot(model, tok, img, t, L, device,
-                                             (train_img, train_tasks[k]) if k in train_tasks else None)
-                                for k, t in tasks.items()}
-    if 'itm' in model.tasks: out['itm'] = itm_eval(model, tok, ds, L, device, cfg.seed)
+            out['zero_shot'] = {
+                k: zero_shot(model, tok, img, t, L, device, (train_img, train_tasks[k]) if k in train_tasks else None)
+                for k, t in tasks.items()
+            }
+    if 'itm' in model.tasks:
+        out['itm'] = itm_eval(model, tok, ds, L, device, cfg.seed)
     if 'caption' in model.tasks:
         from vl_lab.capmetrics import caption_metrics
+
         hyps = generate_captions(model, tok, ds, device, num_beams)
         refs = {i: r.captions for i, r in enumerate(ds.records)}
-        out['captioning'] = caption_metrics(refs, dict(enumerate(hyps))) | dict(num_beams=num_beams, distinct=len(set(hyps)) / max(len(hyps), 1))
-        examples['captions'] = [dict(image=r.image.source, generated=h, references=r.captions) for r, h in list(zip(ds.records, hyps))[:8]]
+        out['captioning'] = caption_metrics(refs, dict(enumerate(hyps))) | dict(
+            num_beams=num_beams, distinct=len(set(hyps)) / max(len(hyps), 1)
+        )
+        examples['captions'] = [
+            dict(image=r.image.source, generated=h, references=r.captions) for r, h in list(zip(ds.records, hyps))[:8]
+        ]
     if 'vqa' in model.tasks:
         if v := vqa_eval(model, tok, ds, answers, L, device, train_recs):
             preds = v.pop('predictions')
             items = [(r, q) for r in ds.records for q in r.extra.get('questions', [])]
-            examples['vqa'] = [dict(image=r.image.source, question=q['question'], predicted=p, answer=q['answer'])
-                               for (r, q), p in list(zip(items, preds))[:12]]
+            examples['vqa'] = [
+                dict(image=r.image.source, question=q['question'], predicted=p, answer=q['answer'])
+                for (r, q), p in list(zip(items, preds))[:12]
+            ]
             out['vqa'] = v
     dest = run_dir / 'eval' / split
     dest.mkdir(parents=True, exist_ok=True)
@@ -257,15 +390,23 @@ def evaluate_run(run_dir, data=None, split: str = 'test', device: str | None = N
     write_json(dest / 'examples.json', examples)
     return out
 
+
 def summary_line(m: dict) -> str:
     "One line of the headline numbers, each with its chance level."
     parts = []
-    if r := m.get('retrieval'): parts.append(f"t2i R@1 {r['t2i_R@1']:.3f} (chance {r['chance_t2i_R@1']:.4f}), i2t R@1 {r['i2t_R@1']:.3f} (chance {r['chance_i2t_R@1']:.4f})")
+    if r := m.get('retrieval'):
+        parts.append(
+            f"t2i R@1 {r['t2i_R@1']:.3f} (chance {r['chance_t2i_R@1']:.4f}), i2t R@1 {r['i2t_R@1']:.3f} (chance {r['chance_i2t_R@1']:.4f})"
+        )
     for k, z in (m.get('zero_shot') or {}).items():
         parts.append(f"zero-shot {k} accuracy {z['accuracy']:.3f} (majority class {z['chance_accuracy']:.3f})")
-    if i := m.get('itm'): parts.append(f"ITM accuracy {i['accuracy']:.3f} (chance 0.5), AUC {i.get('auc', float('nan')):.3f}")
-    if c := m.get('captioning'): parts.append(f"BLEU-4 {c['Bleu_4']:.3f}, CIDEr {c['CIDEr']:.3f}, METEOR {c['METEOR']:.3f}")
+    if i := m.get('itm'):
+        parts.append(f"ITM accuracy {i['accuracy']:.3f} (chance 0.5), AUC {i.get('auc', float('nan')):.3f}")
+    if c := m.get('captioning'):
+        parts.append(f"BLEU-4 {c['Bleu_4']:.3f}, CIDEr {c['CIDEr']:.3f}, METEOR {c['METEOR']:.3f}")
     if v := m.get('vqa'):
         prior = f", question only {v['question_only_accuracy']:.3f}" if 'question_only_accuracy' in v else ''
-        parts.append(f"VQA accuracy {v['overall']:.3f} (majority answer {v['chance_accuracy_majority_answer']:.3f}{prior})")
+        parts.append(
+            f"VQA accuracy {v['overall']:.3f} (majority answer {v['chance_accuracy_majority_answer']:.3f}{prior})"
+        )
     return f"{m['split']}: {m['images']} images; " + '; '.join(parts)

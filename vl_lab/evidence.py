@@ -13,13 +13,16 @@ from .page import fig_html, render, thumb_html
 # %% auto #0
 __all__ = ['thumb', 'evidence_section']
 
+
 # %% ../nbs/44_evidence.ipynb #28066171
 def thumb(data_dir, source, max_side: int = 96):
     "An embedded thumbnail of image `source` of the corpus at `data_dir`, or None when it cannot be shown."
     from vl_lab.datacard import open_image
+
     p, err = resolve_inside(Path(data_dir) / 'images', source or '')
     img = open_image(p) if p and not err and p.is_file() else None
     return thumb_html(img, max_side=max_side, alt=str(source)) if img else None
+
 
 # %% ../nbs/44_evidence.ipynb #c614932f
 _RETRIEVAL = """<div class="grid">{% for e in rows %}<div class="card"><div><b>{{ e.caption }}</b></div>
@@ -32,53 +35,107 @@ _VQA = """<div class="grid">{% for e in rows %}<div class="card">{% if e.img %}{
 <div>{{ e.question }}</div><div><span class="tag">{{ 'right' if e.ok else 'wrong' }}</span> predicted <b>{{ e.predicted }}</b>,
 true <b>{{ e.answer }}</b></div></div>{% endfor %}</div>"""
 
+
 def _read(run: dict, name: str) -> dict:
     p = Path(run['dir']) / 'eval' / run['metrics']['eval']['split'] / name
     return json.loads(p.read_text()) if p.exists() else {}
 
+
 def _confusion_figure(z: dict):
-    import matplotlib; matplotlib.use('Agg')
+    import matplotlib
+
+    matplotlib.use('Agg')
     import matplotlib.pyplot as plt
     import numpy as np
+
     cm = np.array(z['confusion'], dtype=float)
     fig, ax = plt.subplots(figsize=(0.5 * len(cm) + 2, 0.45 * len(cm) + 1.6))
     ax.imshow(cm / np.maximum(cm.sum(1, keepdims=True), 1), cmap='Blues', vmin=0, vmax=1)
     labels = [str(c).replace('$', '') for c in z['classes']]  # data text is never parsed as mathtext
     ax.set_xticks(range(len(cm)), labels, rotation=45, ha='right', fontsize=8)
     ax.set_yticks(range(len(cm)), labels, fontsize=8)
-    for (i, j), v in np.ndenumerate(cm): ax.text(j, i, int(v), ha='center', va='center', fontsize=7)
-    ax.set_xlabel('predicted'); ax.set_ylabel('true')
+    for (i, j), v in np.ndenumerate(cm):
+        ax.text(j, i, int(v), ha='center', va='center', fontsize=7)
+    ax.set_xlabel('predicted')
+    ax.set_ylabel('true')
     ax.set_title(f"{z['what']}: accuracy {z['accuracy']:.2f} (majority {z['chance_accuracy']:.2f})", fontsize=9)
     return fig
+
 
 def evidence_section(runs, n: int = 6) -> dict | None:
     "Retrieved images, captions, VQA answers and zero-shot confusion matrices of the first run that has each."
     done = [r for r in runs if 'metrics' in r and r['metrics'].get('eval')]
-    if not done: return None
+    if not done:
+        return None
     parts = []
     if ret := next((r for r in done if _read(r, 'examples.json').get('t2i_top5')), None):
         data = ret['metrics']['eval']['data']
-        rows = [dict(caption=e['caption'], rank=e['rank'],
-                     top=[dict(img=thumb(data, s, 72), hit=s == e['image']) for s in e['top5']])
-                for e in _read(ret, 'examples.json')['t2i_top5'][:n]]
-        parts.append(render('<h3>Text-to-image retrieval ({{ name }}, seed {{ seed }})</h3><p>For the first caption of the '
-                            'first test images, the five images the model ranks first, left to right; the right image is '
-                            'framed green.</p>', name=ret['name'], seed=ret['seed']) + render(_RETRIEVAL, rows=rows))
+        rows = [
+            dict(
+                caption=e['caption'],
+                rank=e['rank'],
+                top=[dict(img=thumb(data, s, 72), hit=s == e['image']) for s in e['top5']],
+            )
+            for e in _read(ret, 'examples.json')['t2i_top5'][:n]
+        ]
+        parts.append(
+            render(
+                '<h3>Text-to-image retrieval ({{ name }}, seed {{ seed }})</h3><p>For the first caption of the '
+                'first test images, the five images the model ranks first, left to right; the right image is '
+                'framed green.</p>',
+                name=ret['name'],
+                seed=ret['seed'],
+            )
+            + render(_RETRIEVAL, rows=rows)
+        )
     if cap := next((r for r in done if _read(r, 'examples.json').get('captions')), None):
         data = cap['metrics']['eval']['data']
-        rows = [dict(img=thumb(data, e['image']), generated=e['generated'], refs=e['references'][:3])
-                for e in _read(cap, 'examples.json')['captions'][:n]]
-        parts.append(render('<h3>Generated captions ({{ name }}, seed {{ seed }}), beside three references</h3>',
-                            name=cap['name'], seed=cap['seed']) + render(_CAPTIONS, rows=rows))
+        rows = [
+            dict(img=thumb(data, e['image']), generated=e['generated'], refs=e['references'][:3])
+            for e in _read(cap, 'examples.json')['captions'][:n]
+        ]
+        parts.append(
+            render(
+                '<h3>Generated captions ({{ name }}, seed {{ seed }}), beside three references</h3>',
+                name=cap['name'],
+                seed=cap['seed'],
+            )
+            + render(_CAPTIONS, rows=rows)
+        )
     if vqa := next((r for r in done if _read(r, 'examples.json').get('vqa')), None):
         data = vqa['metrics']['eval']['data']
-        rows = [dict(img=thumb(data, e['image'], 96), question=e['question'], predicted=e['predicted'], answer=e['answer'],
-                     ok=e['predicted'] == e['answer']) for e in _read(vqa, 'examples.json')['vqa'][:2 * n]]
-        parts.append(render('<h3>VQA ({{ name }}, seed {{ seed }})</h3>', name=vqa['name'], seed=vqa['seed'])
-                     + render(_VQA, rows=rows))
+        rows = [
+            dict(
+                img=thumb(data, e['image'], 96),
+                question=e['question'],
+                predicted=e['predicted'],
+                answer=e['answer'],
+                ok=e['predicted'] == e['answer'],
+            )
+            for e in _read(vqa, 'examples.json')['vqa'][: 2 * n]
+        ]
+        parts.append(
+            render('<h3>VQA ({{ name }}, seed {{ seed }})</h3>', name=vqa['name'], seed=vqa['seed'])
+            + render(_VQA, rows=rows)
+        )
     if zs := next((r for r in done if r['metrics']['eval'].get('zero_shot')), None):
-        figs = [fig_html(_confusion_figure(z), f'zero-shot confusion: {k}') for k, z in zs['metrics']['eval']['zero_shot'].items()]
-        parts.append(render('<h3>Zero-shot confusion matrices ({{ name }}, seed {{ seed }}; rows: true class, '
-                            'share of the row)</h3>{% for f in figs %}{{ f }}{% endfor %}', name=zs['name'], seed=zs['seed'], figs=figs))
-    if not parts: return None
-    return dict(id='evidence', title='Evidence: what the models do', body=render('{% for p in parts %}{{ p }}{% endfor %}', parts=parts))
+        figs = [
+            fig_html(_confusion_figure(z), f'zero-shot confusion: {k}')
+            for k, z in zs['metrics']['eval']['zero_shot'].items()
+        ]
+        parts.append(
+            render(
+                '<h3>Zero-shot confusion matrices ({{ name }}, seed {{ seed }}; rows: true class, '
+                'share of the row)</h3>{% for f in figs %}{{ f }}{% endfor %}',
+                name=zs['name'],
+                seed=zs['seed'],
+                figs=figs,
+            )
+        )
+    if not parts:
+        return None
+    return dict(
+        id='evidence',
+        title='Evidence: what the models do',
+        body=render('{% for p in parts %}{{ p }}{% endfor %}', parts=parts),
+    )

@@ -4,7 +4,8 @@
 
 # %% ../nbs/42_labnote.ipynb #0995ff44
 from __future__ import annotations
-import json, math
+import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -14,9 +15,25 @@ import yaml
 from .page import fig_html, render, table_html
 
 # %% auto #0
-__all__ = ['HEADLINE', 'CHANCE', 'load_runs', 'mean_std', 'fmt_ms', 'curve_observations', 'training_section',
-           'evaluation_section', 'compare', 'data_ablations', 'cleaning_conclusions', 'weak_score',
-           'conclusions_section', 'next_steps_section', 'results_markdown', 'runs_section']
+__all__ = [
+    'HEADLINE',
+    'CHANCE',
+    'load_runs',
+    'mean_std',
+    'fmt_ms',
+    'curve_observations',
+    'training_section',
+    'evaluation_section',
+    'compare',
+    'data_ablations',
+    'cleaning_conclusions',
+    'weak_score',
+    'conclusions_section',
+    'next_steps_section',
+    'results_markdown',
+    'runs_section',
+]
+
 
 # %% ../nbs/42_labnote.ipynb #6f8cee7a
 def load_runs(out_dir, records: list[dict]) -> list[dict]:
@@ -25,34 +42,45 @@ def load_runs(out_dir, records: list[dict]) -> list[dict]:
     for rec in records:
         d = Path(out_dir) / 'runs' / rec['run_id']
         r = dict(rec, dir=d)
-        if (d / 'failed.json').exists(): r['failure'] = json.loads((d / 'failed.json').read_text())
-        if (d / 'run.json').exists(): r['plan_params'] = json.loads((d / 'run.json').read_text()).get('params', {})
+        if (d / 'failed.json').exists():
+            r['failure'] = json.loads((d / 'failed.json').read_text())
+        if (d / 'run.json').exists():
+            r['plan_params'] = json.loads((d / 'run.json').read_text()).get('params', {})
         if rec['status'] in ('done', 'cached') and (d / 'metrics.json').exists():
             m = json.loads((d / 'metrics.json').read_text())
             if 'deployment' in m:  # a deployment run: measurements of other runs, no training
                 r['deployment'] = m['deployment']
             else:
-                r.update(params=yaml.safe_load((d / 'params.yaml').read_text()), metrics=m,
-                         history=pd.read_csv(d / 'history.csv'))
+                r.update(
+                    params=yaml.safe_load((d / 'params.yaml').read_text()),
+                    metrics=m,
+                    history=pd.read_csv(d / 'history.csv'),
+                )
         runs.append(r)
     return runs
+
 
 def mean_std(xs) -> tuple[float, float, int]:
     "Mean, sample standard deviation (0 for one value) and count of the non-missing values."
     xs = [x for x in xs if x is not None and not (isinstance(x, float) and math.isnan(x))]
-    if not xs: return (math.nan, math.nan, 0)
+    if not xs:
+        return (math.nan, math.nan, 0)
     return (float(np.mean(xs)), float(np.std(xs, ddof=1)) if len(xs) > 1 else 0.0, len(xs))
 
+
 def fmt_ms(m, s, n, digits=3) -> str:
-    if n == 0: return '–'
+    if n == 0:
+        return '–'
     return f"{m:.{digits}f} ± {s:.{digits}f} (n={n})" if n > 1 else f"{m:.{digits}f} (n=1)"
+
 
 # %% ../nbs/42_labnote.ipynb #11355cb3
 def curve_observations(h: pd.DataFrame, tol: float = 0.05) -> dict:
     """Facts about one run's epoch curves: first and last train loss, the share of its fall in the first 3 epochs, the
     epoch from which the validation loss stabilised (None when it was still falling at the end)."""
     ep = h[h.kind == 'epoch'].reset_index(drop=True)
-    if ep.empty: return {}
+    if ep.empty:
+        return {}
     loss, val = ep['loss'].to_numpy(), ep['val_loss'].to_numpy()
     fall = loss[0] - loss[-1]
     first3 = (loss[0] - loss[min(2, len(loss) - 1)]) / fall if fall > 0 else math.nan
@@ -62,61 +90,120 @@ def curve_observations(h: pd.DataFrame, tol: float = 0.05) -> dict:
     if not falling:
         ok = [i for i in range(len(val)) if total <= 0 or val[i:].min() >= val[i] - tol * total]
         stable = int(ep.epoch[ok[0]]) if ok else int(ep.epoch.iloc[-1])
-    return dict(first_loss=float(loss[0]), last_loss=float(loss[-1]), share_first3=float(first3), stable_epoch=stable,
-                last_epoch=int(ep.epoch.iloc[-1]), still_falling=falling)
+    return dict(
+        first_loss=float(loss[0]),
+        last_loss=float(loss[-1]),
+        share_first3=float(first3),
+        stable_epoch=stable,
+        last_epoch=int(ep.epoch.iloc[-1]),
+        still_falling=falling,
+    )
+
 
 # %% ../nbs/42_labnote.ipynb #ea9a6aed
-HEADLINE = (('retrieval', 't2i_R@1'), ('retrieval', 'i2t_R@1'), ('retrieval', 't2i_MRR'), ('itm', 'accuracy'),
-            ('itm', 'auc'), ('captioning', 'Bleu_4'), ('captioning', 'CIDEr'), ('captioning', 'METEOR'),
-            ('captioning', 'ROUGE_L'), ('vqa', 'overall'))
-CHANCE = {('retrieval', 't2i_R@1'): ('retrieval', 'chance_t2i_R@1'), ('retrieval', 'i2t_R@1'): ('retrieval', 'chance_i2t_R@1'),
-          ('itm', 'accuracy'): ('itm', 'chance_accuracy'), ('itm', 'auc'): ('itm', 'chance_accuracy'),
-          ('vqa', 'overall'): ('vqa', 'chance_accuracy_majority_answer')}
+HEADLINE = (
+    ('retrieval', 't2i_R@1'),
+    ('retrieval', 'i2t_R@1'),
+    ('retrieval', 't2i_MRR'),
+    ('itm', 'accuracy'),
+    ('itm', 'auc'),
+    ('captioning', 'Bleu_4'),
+    ('captioning', 'CIDEr'),
+    ('captioning', 'METEOR'),
+    ('captioning', 'ROUGE_L'),
+    ('vqa', 'overall'),
+)
+CHANCE = {
+    ('retrieval', 't2i_R@1'): ('retrieval', 'chance_t2i_R@1'),
+    ('retrieval', 'i2t_R@1'): ('retrieval', 'chance_i2t_R@1'),
+    ('itm', 'accuracy'): ('itm', 'chance_accuracy'),
+    ('itm', 'auc'): ('itm', 'chance_accuracy'),
+    ('vqa', 'overall'): ('vqa', 'chance_accuracy_majority_answer'),
+}
+
 
 def _groups(runs):
     g = {}
     for r in runs:
-        if 'metrics' in r: g.setdefault(r['name'], []).append(r)
+        if 'metrics' in r:
+            g.setdefault(r['name'], []).append(r)
     return g
+
 
 def _get(r, task, key):
     return r['metrics'].get('eval', {}).get(task, {}).get(key)
 
+
 def _zs(r, task, key):
     return (r['metrics'].get('eval', {}).get('zero_shot') or {}).get(task, {}).get(key)
+
 
 def _epochs(p: dict) -> int:
     "Epochs of a run's config: the sum over its stages when it has stages."
     return sum(int(s.get('epochs', p['epochs'])) for s in p['stages']) if p.get('stages') else p['epochs']
 
+
 def training_section(runs) -> dict:
     "Configuration table, curves (mean over seeds) and observations per experiment."
-    import matplotlib; matplotlib.use('Agg')
+    import matplotlib
+
+    matplotlib.use('Agg')
     import matplotlib.pyplot as plt
+
     groups, rows, obs = _groups(runs), [], []
     for name, rs in groups.items():
         p, m = rs[0]['params'], rs[0]['params']['model']
-        text = m['text_model'].split('/')[-1] or (f"BERT {m['text_layers']}x{m['text_width']}" if m['text_layers']
-                                                  else f"word embeddings x{m['text_width']}")
-        rows.append({'experiment': name, 'seeds': len(rs), 'optimizer': 'AdamW', 'learning rate': p['lr'],
-                     'warmup steps': p['warmup_steps'], 'batch size': p['batch_size'],
-                     'captions per step': p.get('captions_per_image', 1), 'epochs': _epochs(p), 'tasks': m['tasks'],
-                     'image tower': f"{m['image_tower']} {m['image_size']} px", 'text tower': text,
-                     'frozen': p['freeze'] or '–', 'precision': p['precision'],
-                     'train images': rs[0]['metrics']['train']['data']['train_images']})
+        text = m['text_model'].split('/')[-1] or (
+            f"BERT {m['text_layers']}x{m['text_width']}" if m['text_layers'] else f"word embeddings x{m['text_width']}"
+        )
+        rows.append(
+            {
+                'experiment': name,
+                'seeds': len(rs),
+                'optimizer': 'AdamW',
+                'learning rate': p['lr'],
+                'warmup steps': p['warmup_steps'],
+                'batch size': p['batch_size'],
+                'captions per step': p.get('captions_per_image', 1),
+                'epochs': _epochs(p),
+                'tasks': m['tasks'],
+                'image tower': f"{m['image_tower']} {m['image_size']} px",
+                'text tower': text,
+                'frozen': p['freeze'] or '–',
+                'precision': p['precision'],
+                'train images': rs[0]['metrics']['train']['data']['train_images'],
+            }
+        )
         o = [curve_observations(r['history']) for r in rs]
         falling = sum(x['still_falling'] for x in o)
         stable = sorted(x['stable_epoch'] for x in o if x['stable_epoch'] is not None)
-        if falling == len(o): end = 'was still falling at the last epoch in every seed: more epochs would help'
-        elif falling: end = (f"stabilised at epoch {stable[len(stable) // 2]} (median) in {len(o) - falling} seed(s) and was "
-                             f"still falling at the last epoch in {falling}")
-        else: end = f"stabilised at epoch {stable[len(stable) // 2]} (median over seeds) of {o[0]['last_epoch']}"
-        share = np.nanmean([x['share_first3'] for x in o]) if any(not math.isnan(x['share_first3']) for x in o) else math.nan
-        obs.append(render("<li><b>{{ n }}</b>: the training loss fell from {{ a }} to {{ b }} (mean over {{ k }} "
-                          "seed{{ 's' if k > 1 else '' }}){% if s %}; {{ s }}% of that fall came in the first 3 epochs{% endif %}. "
-                          "The validation loss {{ end }}.</li>", n=name, a=f"{np.mean([x['first_loss'] for x in o]):.3f}",
-                          b=f"{np.mean([x['last_loss'] for x in o]):.3f}", k=len(o), end=end,
-                          s='' if math.isnan(share) else f"{100 * share:.0f}"))
+        if falling == len(o):
+            end = 'was still falling at the last epoch in every seed: more epochs would help'
+        elif falling:
+            end = (
+                f"stabilised at epoch {stable[len(stable) // 2]} (median) in {len(o) - falling} seed(s) and was "
+                f"still falling at the last epoch in {falling}"
+            )
+        else:
+            end = f"stabilised at epoch {stable[len(stable) // 2]} (median over seeds) of {o[0]['last_epoch']}"
+        share = (
+            np.nanmean([x['share_first3'] for x in o])
+            if any(not math.isnan(x['share_first3']) for x in o)
+            else math.nan
+        )
+        obs.append(
+            render(
+                "<li><b>{{ n }}</b>: the training loss fell from {{ a }} to {{ b }} (mean over {{ k }} "
+                "seed{{ 's' if k > 1 else '' }}){% if s %}; {{ s }}% of that fall came in the first 3 epochs{% endif %}. "
+                "The validation loss {{ end }}.</li>",
+                n=name,
+                a=f"{np.mean([x['first_loss'] for x in o]):.3f}",
+                b=f"{np.mean([x['last_loss'] for x in o]):.3f}",
+                k=len(o),
+                end=end,
+                s='' if math.isnan(share) else f"{100 * share:.0f}",
+            )
+        )
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.6))
     for name, rs in groups.items():
         eps = [r['history'][r['history'].kind == 'epoch'] for r in rs]
@@ -124,13 +211,23 @@ def training_section(runs) -> dict:
         e = np.arange(1, n_ep + 1)
         for ax, col in zip(axes, ('loss', 'val_t2i_r1')):
             if col in eps[0] and eps[0][col].notna().all():
-                ys = np.stack([x[col].to_numpy()[:n_ep] for x in eps]); m, s = ys.mean(0), ys.std(0)
-                ax.plot(e, m, marker='o', label=name); ax.fill_between(e, m - s, m + s, alpha=0.2)
-    axes[0].set_title('training loss per epoch (mean ± std over seeds)'); axes[1].set_title('validation text-to-image R@1')
-    for ax in axes: ax.set_xlabel('epoch'); ax.legend(fontsize=7)
-    body = render('{{ t }}{{ f }}<h3>Observations (computed from the curves)</h3><ul>{% for o in obs %}{{ o }}{% endfor %}</ul>',
-                  t=table_html(rows, caption='Training configuration'), f=fig_html(fig, 'training curves'), obs=obs)
+                ys = np.stack([x[col].to_numpy()[:n_ep] for x in eps])
+                m, s = ys.mean(0), ys.std(0)
+                ax.plot(e, m, marker='o', label=name)
+                ax.fill_between(e, m - s, m + s, alpha=0.2)
+    axes[0].set_title('training loss per epoch (mean ± std over seeds)')
+    axes[1].set_title('validation text-to-image R@1')
+    for ax in axes:
+        ax.set_xlabel('epoch')
+        ax.legend(fontsize=7)
+    body = render(
+        '{{ t }}{{ f }}<h3>Observations (computed from the curves)</h3><ul>{% for o in obs %}{{ o }}{% endfor %}</ul>',
+        t=table_html(rows, caption='Training configuration'),
+        f=fig_html(fig, 'training curves'),
+        obs=obs,
+    )
     return dict(id='training', title='Model training', body=body)
+
 
 def evaluation_section(runs) -> dict:
     "Headline metrics per experiment: mean ± std over seeds, with the chance level or baseline of each."
@@ -139,43 +236,69 @@ def evaluation_section(runs) -> dict:
         row = {'experiment': name}
         for task, key in HEADLINE:
             ms = mean_std([_get(r, task, key) for r in rs])
-            if ms[2]: row[f'{task} {key}'] = fmt_ms(*ms)
+            if ms[2]:
+                row[f'{task} {key}'] = fmt_ms(*ms)
         if (q := mean_std([_get(r, 'vqa', 'question_only_accuracy') for r in rs]))[2]:
             row['vqa question-only baseline'] = fmt_ms(*q)
         rows.append(row)
-        for t in (rs[0]['metrics'].get('eval', {}).get('zero_shot') or {}):
-            zs_rows.append({'experiment': name, 'task': t, 'what it classifies': _zs(rs[0], t, 'what'),
-                            'images': _zs(rs[0], t, 'n'), 'classes': len(_zs(rs[0], t, 'classes') or []),
-                            'accuracy': fmt_ms(*mean_std([_zs(r, t, 'accuracy') for r in rs])),
-                            'macro F1': fmt_ms(*mean_std([_zs(r, t, 'macro_f1') for r in rs])),
-                            'majority class': _zs(rs[0], t, 'chance_accuracy'),
-                            'linear probe': fmt_ms(*mean_std([_zs(r, t, 'probe_accuracy') for r in rs]))})
+        for t in rs[0]['metrics'].get('eval', {}).get('zero_shot') or {}:
+            zs_rows.append(
+                {
+                    'experiment': name,
+                    'task': t,
+                    'what it classifies': _zs(rs[0], t, 'what'),
+                    'images': _zs(rs[0], t, 'n'),
+                    'classes': len(_zs(rs[0], t, 'classes') or []),
+                    'accuracy': fmt_ms(*mean_std([_zs(r, t, 'accuracy') for r in rs])),
+                    'macro F1': fmt_ms(*mean_std([_zs(r, t, 'macro_f1') for r in rs])),
+                    'majority class': _zs(rs[0], t, 'chance_accuracy'),
+                    'linear probe': fmt_ms(*mean_std([_zs(r, t, 'probe_accuracy') for r in rs])),
+                }
+            )
     chance = {'experiment': 'chance / majority'}
     for (task, key), (ct, ck) in CHANCE.items():
         vals = [_get(r, ct, ck) for r in runs if 'metrics' in r and _get(r, ct, ck) is not None]
-        if vals: chance[f'{task} {key}'] = f"{np.mean(vals):.4f}"
+        if vals:
+            chance[f'{task} {key}'] = f"{np.mean(vals):.4f}"
     cols = ['experiment'] + [f'{t} {k}' for t, k in HEADLINE if any(f'{t} {k}' in r for r in rows)]
     cols += ['vqa question-only baseline'] if any('vqa question-only baseline' in r for r in rows) else []
     split = next((r['metrics']['eval']['split'] for r in runs if 'metrics' in r), 'test')
-    body = table_html(rows + [chance], columns=cols, caption=f'On the {split} split (mean ± sample std over seeds; chance: a '
-                      'random ranking, the majority answer or 0.5; VQA also against the question-only language prior)')
+    body = table_html(
+        rows + [chance],
+        columns=cols,
+        caption=f'On the {split} split (mean ± sample std over seeds; chance: a '
+        'random ranking, the majority answer or 0.5; VQA also against the question-only language prior)',
+    )
     if zs_rows:
-        body = render('{{ a }}<h3>Zero-shot classification</h3><p>Prompts written as the captions are, ensembled over the '
-                      'other attribute; each task against its majority class. The linear probe (a logistic regression fitted on the '
-                      'frozen image embeddings of the run\'s training images) says whether the embedding holds the '
-                      'attribute at all: a zero-shot failure with the probe at chance is the image tower\'s, not the '
-                      'prompts\'.</p>{{ b }}', a=body,
-                      b=table_html(zs_rows, caption='Zero-shot tasks (mean ± std over seeds)'))
+        body = render(
+            '{{ a }}<h3>Zero-shot classification</h3><p>Prompts written as the captions are, ensembled over the '
+            'other attribute; each task against its majority class. The linear probe (a logistic regression fitted on the '
+            'frozen image embeddings of the run\'s training images) says whether the embedding holds the '
+            'attribute at all: a zero-shot failure with the probe at chance is the image tower\'s, not the '
+            'prompts\'.</p>{{ b }}',
+            a=body,
+            b=table_html(zs_rows, caption='Zero-shot tasks (mean ± std over seeds)'),
+        )
     return dict(id='evaluation', title='Evaluation metrics', body=body)
+
 
 # %% ../nbs/42_labnote.ipynb #4bf32de0
 def compare(a: list, b: list) -> dict:
     "Difference of means a - b, its standard error (Welch), and whether it exceeds twice that error."
     (ma, sa, na), (mb, sb, nb) = mean_std(a), mean_std(b)
-    se = math.sqrt((sa ** 2 / na if na > 1 else 0) + (sb ** 2 / nb if nb > 1 else 0))
+    se = math.sqrt((sa**2 / na if na > 1 else 0) + (sb**2 / nb if nb > 1 else 0))
     d = ma - mb
-    return dict(diff=d, se=se, n=(na, nb), means=(ma, mb), stds=(sa, sb), rel=d / mb if mb else math.nan,
-                significant=bool(se > 0 and abs(d) > 2 * se), enough_seeds=na > 1 and nb > 1)
+    return dict(
+        diff=d,
+        se=se,
+        n=(na, nb),
+        means=(ma, mb),
+        stds=(sa, sb),
+        rel=d / mb if mb else math.nan,
+        significant=bool(se > 0 and abs(d) > 2 * se),
+        enough_seeds=na > 1 and nb > 1,
+    )
+
 
 def data_ablations(runs) -> list[list[tuple]]:
     """Groups of experiments that differ only in the data they train on (same notebook, preset, overrides, teacher and
@@ -183,23 +306,31 @@ def data_ablations(runs) -> list[list[tuple]]:
     groups = {}
     for name, rs in _groups(runs).items():
         p = dict(rs[0].get('plan_params') or {})
-        if not p.get('data') or p.get('teacher'): continue
+        if not p.get('data') or p.get('teacher'):
+            continue
         key = json.dumps({k: v for k, v in p.items() if k not in ('data', 'seed', 'out')}, sort_keys=True, default=str)
         groups.setdefault(key, []).append((Path(p['data']).name, name, rs))
     order = lambda d: 2 if d.endswith('-consistent') else 1 if d.endswith('-clean') else 0
-    label = lambda d: ('rules + consistency' if d.endswith('-consistent') else 'rules' if d.endswith('-clean') else 'raw')
+    label = lambda d: 'rules + consistency' if d.endswith('-consistent') else 'rules' if d.endswith('-clean') else 'raw'
     out = []
     for members in groups.values():
         if len({d for d, _, _ in members}) > 1:
             out.append([(label(d), n, rs) for d, n, rs in sorted(members, key=lambda m: (order(m[0]), m[0]))])
     return out
 
+
 def _verdict(c, what) -> str:
-    if not c['enough_seeds']: return 'too few seeds to tell a difference from seed noise'
+    if not c['enough_seeds']:
+        return 'too few seeds to tell a difference from seed noise'
     if c['significant']:
-        return (f"{what} {'raised' if c['diff'] > 0 else 'lowered'} it by {abs(c['diff']):.3f} ({100 * abs(c['rel']):.0f}% "
-                f"relative), more than twice the standard error {c['se']:.3f}")
-    return f"the difference {c['diff']:+.3f} is within twice its standard error {c['se']:.3f}: no effect could be measured"
+        return (
+            f"{what} {'raised' if c['diff'] > 0 else 'lowered'} it by {abs(c['diff']):.3f} ({100 * abs(c['rel']):.0f}% "
+            f"relative), more than twice the standard error {c['se']:.3f}"
+        )
+    return (
+        f"the difference {c['diff']:+.3f} is within twice its standard error {c['se']:.3f}: no effect could be measured"
+    )
+
 
 def cleaning_conclusions(runs, metric=('retrieval', 't2i_R@1'), max_se: float = 0.02) -> list[str]:
     "A sentence per data ablation and per pair of its arms, each difference with its standard error."
@@ -207,15 +338,18 @@ def cleaning_conclusions(runs, metric=('retrieval', 't2i_R@1'), max_se: float = 
     for arms in data_ablations(runs):
         vals = {lab: [_get(r, *metric) for r in rs] for lab, _, rs in arms}
         desc = '; '.join(f"{lab} ({n}): {fmt_ms(*mean_std(vals[lab]))}" for lab, n, _ in arms)
-        items.append(f"Data cleaning, test {metric[1]} of the same model trained on each version of the corpus and tested on "
-                     f"the same test split: {desc}.")
+        items.append(
+            f"Data cleaning, test {metric[1]} of the same model trained on each version of the corpus and tested on "
+            f"the same test split: {desc}."
+        )
         for i, (la, _, _) in enumerate(arms):
-            for lb, _, _ in arms[i + 1:]:
+            for lb, _, _ in arms[i + 1 :]:
                 c = compare(vals[lb], vals[la])
-                se = '' if c['se'] <= max_se else f" (its standard error is above {max_se}: more seeds would tighten it)"
+                se = (
+                    '' if c['se'] <= max_se else f" (its standard error is above {max_se}: more seeds would tighten it)"
+                )
                 items.append(f"{lb} against {la}: {c['diff']:+.3f} ± {c['se']:.3f} (SE); {_verdict(c, lb)}{se}.")
     return items
-
 
 
 # %% ../nbs/42_labnote.ipynb #a76311e3
@@ -223,101 +357,178 @@ def weak_score(acc: float, chance: float) -> bool:
     "Whether a classification accuracy is too weak to call the attribute learned: below twice chance or below 0.5."
     return acc < max(2 * chance, 0.5)
 
+
 def conclusions_section(runs, metric=('retrieval', 't2i_R@1')) -> dict:
     "Conclusions drawn from measured differences, each with its spread."
     g = _groups(runs)
     items = cleaning_conclusions(runs, metric)
     for name, rs in g.items():
         if _get(rs[0], 'itm', 'accuracy') is not None:
-            items.append(f"Image-text matching ({name}): accuracy {fmt_ms(*mean_std([_get(r, 'itm', 'accuracy') for r in rs]))} "
-                         f"on balanced pairs against 0.5 by chance; AUC {fmt_ms(*mean_std([_get(r, 'itm', 'auc') for r in rs]))}.")
+            items.append(
+                f"Image-text matching ({name}): accuracy {fmt_ms(*mean_std([_get(r, 'itm', 'accuracy') for r in rs]))} "
+                f"on balanced pairs against 0.5 by chance; AUC {fmt_ms(*mean_std([_get(r, 'itm', 'auc') for r in rs]))}."
+            )
         if (cd := mean_std([_get(r, 'captioning', 'CIDEr') for r in rs]))[2]:
             dist = mean_std([_get(r, 'captioning', 'distinct') for r in rs])
-            items.append(f"Captioning ({name}): CIDEr {fmt_ms(*cd)}, BLEU-4 "
-                         f"{fmt_ms(*mean_std([_get(r, 'captioning', 'Bleu_4') for r in rs]))}"
-                         + (f"; {dist[0]:.0%} of the generated captions are distinct" if dist[2] else '') + '.')
+            items.append(
+                f"Captioning ({name}): CIDEr {fmt_ms(*cd)}, BLEU-4 "
+                f"{fmt_ms(*mean_std([_get(r, 'captioning', 'Bleu_4') for r in rs]))}"
+                + (f"; {dist[0]:.0%} of the generated captions are distinct" if dist[2] else '')
+                + '.'
+            )
         if (v := mean_std([_get(r, 'vqa', 'overall') for r in rs]))[2]:
             maj = mean_std([_get(r, 'vqa', 'chance_accuracy_majority_answer') for r in rs])[0]
             prior = mean_std([_get(r, 'vqa', 'question_only_accuracy') for r in rs])[0]
             beats = v[0] > prior if not math.isnan(prior) else None
-            items.append(f"VQA ({name}): accuracy {fmt_ms(*v)}, {v[0] / maj:.1f}x the majority answer ({maj:.3f}); the "
-                         f"question-only language prior scores {prior:.3f}, so the model "
-                         f"{'looks at the image: it beats the prior' if beats else 'does not beat the language prior'}.")
+            items.append(
+                f"VQA ({name}): accuracy {fmt_ms(*v)}, {v[0] / maj:.1f}x the majority answer ({maj:.3f}); the "
+                f"question-only language prior scores {prior:.3f}, so the model "
+                f"{'looks at the image: it beats the prior' if beats else 'does not beat the language prior'}."
+            )
     lit = next((n for n, rs in g.items() if rs[0]['params']['model']['text_model']), None)
-    base = next((n for n, rs in g.items() if n != lit and (rs[0].get('plan_params') or {}).get('data') ==
-                 (g[lit][0].get('plan_params') or {}).get('data') and rs[0]['params']['model']['tasks'] == 'contrastive'), None) if lit else None
+    base = (
+        next(
+            (
+                n
+                for n, rs in g.items()
+                if n != lit
+                and (rs[0].get('plan_params') or {}).get('data') == (g[lit][0].get('plan_params') or {}).get('data')
+                and rs[0]['params']['model']['tasks'] == 'contrastive'
+            ),
+            None,
+        )
+        if lit
+        else None
+    )
     if lit and base:
         c = compare([_get(r, *metric) for r in g[lit]], [_get(r, *metric) for r in g[base]])
-        items.append(f"A frozen pretrained text tower ({lit}): test {metric[1]} {c['means'][0]:.3f} against {c['means'][1]:.3f} "
-                     f"with the from-scratch text tower ({'one seed: not a conclusion' if not c['enough_seeds'] else _verdict(c, 'it')}).")
+        items.append(
+            f"A frozen pretrained text tower ({lit}): test {metric[1]} {c['means'][0]:.3f} against {c['means'][1]:.3f} "
+            f"with the from-scratch text tower ({'one seed: not a conclusion' if not c['enough_seeds'] else _verdict(c, 'it')})."
+        )
     best = [arms[-1][1] for arms in data_ablations(runs)]  # the most thoroughly cleaned arm speaks for the dual encoder
     zs = next((n for n in best + list(g) if g[n][0]['metrics'].get('eval', {}).get('zero_shot')), None)
-    for t in (g[zs][0]['metrics']['eval']['zero_shot'] if zs else {}):
+    for t in g[zs][0]['metrics']['eval']['zero_shot'] if zs else {}:
         acc = mean_std([_zs(r, t, 'accuracy') for r in g[zs]])
         ch = mean_std([_zs(r, t, 'chance_accuracy') for r in g[zs]])[0]
         better = acc[0] - 2 * (acc[1] / math.sqrt(acc[2]) if acc[2] > 1 else 0) > ch
         probe = mean_std([_zs(r, t, 'probe_accuracy') for r in g[zs]])
         why = ''
         if probe[2] and weak_score(acc[0], ch):
-            why = (f" The image embedding does not hold it either: a linear probe reads it at {probe[0]:.3f}, so the image "
-                   f"tower has not learned it and no prompt can find it." if weak_score(probe[0], ch) else
-                   f" The image embedding holds it better (a linear probe reads it at {probe[0]:.3f}): "
-                   f"the prompts, not the tower, lose the difference.")
-        elif probe[2]: why = f" A linear probe on the image embedding reads it at {probe[0]:.3f}."
-        items.append(f"Zero-shot, {_zs(g[zs][0], t, 'what')} ({zs}): accuracy {fmt_ms(*acc)} against {ch:.3f} for the majority "
-                     f"class: {'better than' if better else 'not measurably better than'} guessing.{why}")
-    if not items: items.append('No completed runs to conclude from.')
-    return dict(id='conclusions', title='Conclusions', body=render('<ol>{% for i in items %}<li>{{ i }}</li>{% endfor %}</ol>', items=items))
+            why = (
+                f" The image embedding does not hold it either: a linear probe reads it at {probe[0]:.3f}, so the image "
+                f"tower has not learned it and no prompt can find it."
+                if weak_score(probe[0], ch)
+                else f" The image embedding holds it better (a linear probe reads it at {probe[0]:.3f}): "
+                f"the prompts, not the tower, lose the difference."
+            )
+        elif probe[2]:
+            why = f" A linear probe on the image embedding reads it at {probe[0]:.3f}."
+        items.append(
+            f"Zero-shot, {_zs(g[zs][0], t, 'what')} ({zs}): accuracy {fmt_ms(*acc)} against {ch:.3f} for the majority "
+            f"class: {'better than' if better else 'not measurably better than'} guessing.{why}"
+        )
+    if not items:
+        items.append('No completed runs to conclude from.')
+    return dict(
+        id='conclusions',
+        title='Conclusions',
+        body=render('<ol>{% for i in items %}<li>{{ i }}</li>{% endfor %}</ol>', items=items),
+    )
+
 
 # %% ../nbs/42_labnote.ipynb #8aa35a55
 def next_steps_section(runs) -> dict:
     "Next steps that follow from the runs: failures to fix, curves still falling, too few seeds, weak tasks."
     items, g, weak = [], _groups(runs), {}
     for r in runs:
-        if r['status'] == 'failed': items.append(f"Fix the failed run {r['name']} (seed {r['seed']}): {r['cause']}.")
-        if r['status'] == 'skipped': items.append(f"Install what {r['name']} needs to run: {r['cause']}.")
+        if r['status'] == 'failed':
+            items.append(f"Fix the failed run {r['name']} (seed {r['seed']}): {r['cause']}.")
+        if r['status'] == 'skipped':
+            items.append(f"Install what {r['name']} needs to run: {r['cause']}.")
     for n, rs in g.items():
         if any(curve_observations(r['history']).get('still_falling') for r in rs):
             items.append(f"Train {n} for more epochs: its validation loss was still falling.")
-        if len(rs) == 1: items.append(f"Run {n} with more seeds: one seed gives no spread.")
+        if len(rs) == 1:
+            items.append(f"Run {n} with more seeds: one seed gives no spread.")
         for t, z in (rs[0]['metrics'].get('eval', {}).get('zero_shot') or {}).items():
             weak.setdefault((t, z['what'], z['chance_accuracy']), []).append(
-                (n, mean_std([_zs(r, t, 'accuracy') for r in rs])[0], mean_std([_zs(r, t, 'probe_accuracy') for r in rs])[0]))
-        if (v := _get(rs[0], 'vqa', 'overall')) is not None and v <= (_get(rs[0], 'vqa', 'question_only_accuracy') or 0):
+                (
+                    n,
+                    mean_std([_zs(r, t, 'accuracy') for r in rs])[0],
+                    mean_std([_zs(r, t, 'probe_accuracy') for r in rs])[0],
+                )
+            )
+        if (v := _get(rs[0], 'vqa', 'overall')) is not None and v <= (
+            _get(rs[0], 'vqa', 'question_only_accuracy') or 0
+        ):
             items.append(f"{n} answers questions no better than the language prior: train its fusion longer.")
     for (t, what, ch), accs in weak.items():  # one line per zero-shot task that no experiment does well
         if weak_score(max(a for _, a, _ in accs), ch):
             seen = ', '.join(f"{n} {a:.2f}" for n, a, _ in sorted(accs, key=lambda x: -x[1]))
             probes = [p for _, _, p in accs if not math.isnan(p)]
             if probes and not weak_score(max(probes), ch):
-                items.append(f"The image embeddings hold {what} (linear probe up to {max(probes):.2f}) but the prompts do not "
-                             f"find it (accuracy {seen}; majority class {ch:.2f}): write prompts closer to the "
-                             f"captions.")
+                items.append(
+                    f"The image embeddings hold {what} (linear probe up to {max(probes):.2f}) but the prompts do not "
+                    f"find it (accuracy {seen}; majority class {ch:.2f}): write prompts closer to the "
+                    f"captions."
+                )
             else:
                 read = f" and a linear probe reads it at {max(probes):.2f}" if probes else ''
-                items.append(f"No model tells {what} well yet (accuracy {seen}; majority class {ch:.2f}{read}): give the "
-                             f"image tower what this needs (more images, higher resolution, negatives that differ only in "
-                             f"it) and measure again.")
+                items.append(
+                    f"No model tells {what} well yet (accuracy {seen}; majority class {ch:.2f}{read}): give the "
+                    f"image tower what this needs (more images, higher resolution, negatives that differ only in "
+                    f"it) and measure again."
+                )
     for arms in data_ablations(runs):
-        ses = [compare([_get(r, 'retrieval', 't2i_R@1') for r in b[2]], [_get(r, 'retrieval', 't2i_R@1') for r in a[2]])['se']
-               for i, a in enumerate(arms) for b in arms[i + 1:]]
-        if ses and max(ses) > 0.02: items.append('Run the cleaning ablation with more seeds: a standard error is above 0.02.')
+        ses = [
+            compare([_get(r, 'retrieval', 't2i_R@1') for r in b[2]], [_get(r, 'retrieval', 't2i_R@1') for r in a[2]])[
+                'se'
+            ]
+            for i, a in enumerate(arms)
+            for b in arms[i + 1 :]
+        ]
+        if ses and max(ses) > 0.02:
+            items.append('Run the cleaning ablation with more seeds: a standard error is above 0.02.')
     dist = [n for n, rs in g.items() if rs[0]['params'].get('teacher')]
     for n in dist:
-        alone = next((m for m, rs in g.items() if m != n and not rs[0]['params'].get('teacher')
-                      and rs[0]['params']['model'] == g[n][0]['params']['model']), None)
+        alone = next(
+            (
+                m
+                for m, rs in g.items()
+                if m != n
+                and not rs[0]['params'].get('teacher')
+                and rs[0]['params']['model'] == g[n][0]['params']['model']
+            ),
+            None,
+        )
         if alone:
-            c = compare([_get(r, 'retrieval', 't2i_R@1') for r in g[n]], [_get(r, 'retrieval', 't2i_R@1') for r in g[alone]])
+            c = compare(
+                [_get(r, 'retrieval', 't2i_R@1') for r in g[n]], [_get(r, 'retrieval', 't2i_R@1') for r in g[alone]]
+            )
             if c['enough_seeds'] and c['diff'] < 0 and c['significant']:
-                items.append(f"Distillation hurt ({n} against {alone}: {c['diff']:+.3f} ± {c['se']:.3f}): try a lower "
-                             f"distillation weight, a temperature above 1, or more student epochs.")
-    items.append('Scale up: the same plan on real data (a COCO or Flickr30k Karpathy split) and a GPU (--preset gpu-base).')
-    return dict(id='next', title='Next steps', body=render('<ul>{% for i in items %}<li>{{ i }}</li>{% endfor %}</ul>', items=items))
+                items.append(
+                    f"Distillation hurt ({n} against {alone}: {c['diff']:+.3f} ± {c['se']:.3f}): try a lower "
+                    f"distillation weight, a temperature above 1, or more student epochs."
+                )
+    items.append(
+        'Scale up: the same plan on real data (a COCO or Flickr30k Karpathy split) and a GPU (--preset gpu-base).'
+    )
+    return dict(
+        id='next',
+        title='Next steps',
+        body=render('<ul>{% for i in items %}<li>{{ i }}</li>{% endfor %}</ul>', items=items),
+    )
+
 
 def results_markdown(runs, title: str = 'Results') -> str:
     "A Markdown table of every experiment: its overrides, retrieval R@1 both ways (mean ± std over seeds) and time."
-    lines = [f'# {title}', '', '| experiment | preset, overrides | seeds | t2i R@1 | i2t R@1 | seconds per run |',
-             '|---|---|---|---|---|---|']
+    lines = [
+        f'# {title}',
+        '',
+        '| experiment | preset, overrides | seeds | t2i R@1 | i2t R@1 | seconds per run |',
+        '|---|---|---|---|---|---|',
+    ]
     for name, rs in _groups(runs).items():
         p = rs[0].get('plan_params') or {}
         what = ', '.join([p.get('preset', '')] + list(p.get('overrides') or [])).replace('|', '/')
@@ -327,11 +538,26 @@ def results_markdown(runs, title: str = 'Results') -> str:
     split = next((r['metrics']['eval'].get('split', 'test') for r in runs if 'metrics' in r), 'test')
     return '\n'.join(lines + ['', f'Measured on the {split} split; mean ± sample standard deviation over seeds.', ''])
 
+
 def runs_section(runs) -> dict:
     "Every run: experiment, seed, id, status, time, the cause of a failure, and its pages."
-    rows = [dict(experiment=r['name'], seed=r['seed'], run=r['run_id'], status=r['status'], seconds=r['seconds'], cause=r.get('cause') or '',
-                 page=f"runs/{r['run_id']}/run.html" if (r['dir'] / 'run.html').exists() else '') for r in runs]
-    body = render("""<table><thead><tr>{% for c in cols %}<th>{{ c }}</th>{% endfor %}</tr></thead><tbody>
+    rows = [
+        dict(
+            experiment=r['name'],
+            seed=r['seed'],
+            run=r['run_id'],
+            status=r['status'],
+            seconds=r['seconds'],
+            cause=r.get('cause') or '',
+            page=f"runs/{r['run_id']}/run.html" if (r['dir'] / 'run.html').exists() else '',
+        )
+        for r in runs
+    ]
+    body = render(
+        """<table><thead><tr>{% for c in cols %}<th>{{ c }}</th>{% endfor %}</tr></thead><tbody>
 {% for r in rows %}<tr>{% for c in cols[:-1] %}<td>{{ r[c] }}</td>{% endfor %}<td>{% if r.page %}<a href="{{ r.page }}">executed notebook</a>{% endif %}</td></tr>
-{% endfor %}</tbody></table>""", rows=rows, cols=['experiment', 'seed', 'run', 'status', 'seconds', 'cause', 'page'])
+{% endfor %}</tbody></table>""",
+        rows=rows,
+        cols=['experiment', 'seed', 'run', 'status', 'seconds', 'cause', 'page'],
+    )
     return dict(id='runs', title='Runs', body=body)

@@ -9,14 +9,26 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 # %% auto #0
-__all__ = ['gather_features', 'contrastive_loss', 'distill_loss', 'itm_loss', 'caption_loss', 'vqa_loss', 'compute_losses']
+__all__ = [
+    'gather_features',
+    'contrastive_loss',
+    'distill_loss',
+    'itm_loss',
+    'caption_loss',
+    'vqa_loss',
+    'compute_losses',
+]
+
 
 # %% ../nbs/11_losses.ipynb #b326d028
 def gather_features(*xs):
     "All processes' rows of each tensor, in rank order, with gradients flowing back; the tensors themselves without DDP."
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1: return xs
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return xs
     import torch.distributed.nn.functional as dnn
+
     return tuple(torch.cat(dnn.all_gather(x), 0) for x in xs)
+
 
 def contrastive_loss(image_emb, text_emb, logit_scale, gather: bool = True, extra_text_emb=None) -> dict:
     """Symmetric InfoNCE over the global batch (`gather`) or this process's; embeddings are L2-normalised here.
@@ -24,26 +36,39 @@ def contrastive_loss(image_emb, text_emb, logit_scale, gather: bool = True, extr
     caption slot, all against the same image embeddings."""
     slots = [text_emb] + ([] if extra_text_emb is None else list(extra_text_emb.unbind(1)))
     image_emb = F.normalize(image_emb, dim=-1)
-    if gather: image_emb = gather_features(image_emb)[0]
+    if gather:
+        image_emb = gather_features(image_emb)[0]
     labels = torch.arange(len(image_emb), device=image_emb.device)
     total = 0.0
     for t in slots:
         t = F.normalize(t, dim=-1)
-        if gather: t = gather_features(t)[0]
+        if gather:
+            t = gather_features(t)[0]
         logits = logit_scale * image_emb @ t.t()
         total = total + (F.cross_entropy(logits, labels) + F.cross_entropy(logits.t(), labels)) / 2
     return {'contrastive': total / len(slots)}
 
+
 # %% ../nbs/11_losses.ipynb #bdea4ec2
-def distill_loss(image_emb, text_emb, logit_scale, t_image_emb, t_text_emb, t_logit_scale, temperature: float = 1.0, gather: bool = True) -> dict:
+def distill_loss(
+    image_emb,
+    text_emb,
+    logit_scale,
+    t_image_emb,
+    t_text_emb,
+    t_logit_scale,
+    temperature: float = 1.0,
+    gather: bool = True,
+) -> dict:
     "KL(teacher || student) of in-batch similarity distributions, image-to-text and text-to-image averaged, times T^2."
     s_i, s_t = F.normalize(image_emb.float(), dim=-1), F.normalize(text_emb.float(), dim=-1)
     t_i, t_t = F.normalize(t_image_emb.detach().float(), dim=-1), F.normalize(t_text_emb.detach().float(), dim=-1)
-    if gather: s_i, s_t, t_i, t_t = gather_features(s_i, s_t, t_i, t_t)
+    if gather:
+        s_i, s_t, t_i, t_t = gather_features(s_i, s_t, t_i, t_t)
     s = logit_scale.float() * s_i @ s_t.t() / temperature
     t = t_logit_scale.detach().float() * t_i @ t_t.t() / temperature
     kl = lambda s, t: F.kl_div(F.log_softmax(s, 1), F.log_softmax(t, 1), log_target=True, reduction='batchmean')
-    return {'distill': (kl(s, t) + kl(s.t(), t.t())) / 2 * temperature ** 2}
+    return {'distill': (kl(s, t) + kl(s.t(), t.t())) / 2 * temperature**2}
 
 
 # %% ../nbs/11_losses.ipynb #c705c609
@@ -55,27 +80,58 @@ def itm_loss(logits, labels) -> dict:
     weight = len(labels) / (2 * counts)
     return {'itm': F.cross_entropy(logits.float(), labels, weight=weight.to(logits.device))}
 
+
 def caption_loss(logits, targets, pad_id: int = 0, label_smoothing: float = 0.0) -> dict:
     "Next-token cross-entropy of the caption decoder, padding ignored, optional label smoothing."
-    return {'caption': F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), targets.reshape(-1),
-                                       ignore_index=pad_id, label_smoothing=label_smoothing)}
+    return {
+        'caption': F.cross_entropy(
+            logits.float().reshape(-1, logits.size(-1)),
+            targets.reshape(-1),
+            ignore_index=pad_id,
+            label_smoothing=label_smoothing,
+        )
+    }
+
 
 def vqa_loss(logits, labels) -> dict:
     "Answer classification cross-entropy; questions whose answer is outside the vocabulary (-100) are ignored."
-    if (labels != -100).sum() == 0: return {'vqa': logits.sum() * 0.0}
+    if (labels != -100).sum() == 0:
+        return {'vqa': logits.sum() * 0.0}
     return {'vqa': F.cross_entropy(logits.float(), labels, ignore_index=-100)}
 
-def compute_losses(out: dict, weights: dict, pad_id: int = 0, label_smoothing: float = 0.0, gather: bool = True,
-                   distill_temperature: float = 1.0) -> tuple[torch.Tensor, dict]:
+
+def compute_losses(
+    out: dict,
+    weights: dict,
+    pad_id: int = 0,
+    label_smoothing: float = 0.0,
+    gather: bool = True,
+    distill_temperature: float = 1.0,
+) -> tuple[torch.Tensor, dict]:
     "The weighted total and every named term for the model outputs `out` (only the tasks present; `distill` when a teacher's embeddings are)."
     terms = {}
     if 'image_emb' in out:
-        terms.update(contrastive_loss(out['image_emb'], out['text_emb'], out['logit_scale'], gather, out.get('extra_text_emb')))
+        terms.update(
+            contrastive_loss(out['image_emb'], out['text_emb'], out['logit_scale'], gather, out.get('extra_text_emb'))
+        )
     if 'teacher_image_emb' in out:
-        terms.update(distill_loss(out['image_emb'], out['text_emb'], out['logit_scale'], out['teacher_image_emb'],
-                                  out['teacher_text_emb'], out['teacher_logit_scale'], distill_temperature, gather))
-    if 'itm_logits' in out: terms.update(itm_loss(out['itm_logits'], out['itm_labels']))
-    if 'caption_logits' in out: terms.update(caption_loss(out['caption_logits'], out['caption_targets'], pad_id, label_smoothing))
-    if 'vqa_logits' in out: terms.update(vqa_loss(out['vqa_logits'], out['vqa_labels']))
+        terms.update(
+            distill_loss(
+                out['image_emb'],
+                out['text_emb'],
+                out['logit_scale'],
+                out['teacher_image_emb'],
+                out['teacher_text_emb'],
+                out['teacher_logit_scale'],
+                distill_temperature,
+                gather,
+            )
+        )
+    if 'itm_logits' in out:
+        terms.update(itm_loss(out['itm_logits'], out['itm_labels']))
+    if 'caption_logits' in out:
+        terms.update(caption_loss(out['caption_logits'], out['caption_targets'], pad_id, label_smoothing))
+    if 'vqa_logits' in out:
+        terms.update(vqa_loss(out['vqa_logits'], out['vqa_labels']))
     total = sum(weights.get(k, 1.0) * v for k, v in terms.items())
     return total, terms

@@ -13,8 +13,18 @@ import torch.nn.functional as F
 from .core import VLLabError
 
 # %% auto #0
-__all__ = ['PROMPT_TEMPLATES', 'retrieval_metrics', 'class_prompts', 'zero_shot_classify', 'classification_metrics',
-           'itm_accuracy', 'normalize_answer', 'vqa_score', 'vqa_accuracy']
+__all__ = [
+    'PROMPT_TEMPLATES',
+    'retrieval_metrics',
+    'class_prompts',
+    'zero_shot_classify',
+    'classification_metrics',
+    'itm_accuracy',
+    'normalize_answer',
+    'vqa_score',
+    'vqa_accuracy',
+]
+
 
 # %% ../nbs/30_metrics.ipynb #17086860
 def _embeddings(x, name: str) -> torch.Tensor:
@@ -22,31 +32,39 @@ def _embeddings(x, name: str) -> torch.Tensor:
     t = torch.as_tensor(x)
     if t.ndim != 2 or 0 in t.shape:
         raise VLLabError(f"{name}: expected a non-empty (rows, dim) matrix, got shape {tuple(t.shape)}")
-    if not t.is_floating_point(): t = t.float()
+    if not t.is_floating_point():
+        t = t.float()
     bad = int((~torch.isfinite(t)).any(1).sum())
-    if bad: raise VLLabError(f"{name}: embeddings contain NaN or inf ({bad} of {len(t)} rows)")
+    if bad:
+        raise VLLabError(f"{name}: embeddings contain NaN or inf ({bad} of {len(t)} rows)")
     return F.normalize(t.float(), dim=-1)
+
 
 def _owners(text_to_image, n_texts: int, n_images: int, device) -> torch.Tensor:
     "Each caption's image index as a long tensor, checked against the numbers of captions and images."
     o = torch.as_tensor(text_to_image)
     if o.is_floating_point() or o.dtype == torch.bool:
         raise VLLabError(f"text_to_image: expected integer image indices, got {o.dtype}")
-    if o.shape != (n_texts,): raise VLLabError(f"text_to_image: expected shape ({n_texts},) (one image per caption), got {tuple(o.shape)}")
+    if o.shape != (n_texts,):
+        raise VLLabError(f"text_to_image: expected shape ({n_texts},) (one image per caption), got {tuple(o.shape)}")
     lo, hi = int(o.min()), int(o.max())
-    if lo < 0 or hi >= n_images: raise VLLabError(f"text_to_image: image indices must be in [0, {n_images}), got {lo}..{hi}")
+    if lo < 0 or hi >= n_images:
+        raise VLLabError(f"text_to_image: image indices must be in [0, {n_images}), got {lo}..{hi}")
     return o.long().to(device)
 
+
 _DISC = 1 / torch.log2(torch.arange(2, 12, dtype=torch.float64))  # 1/log2(position+1) for positions 1..10
+
 
 def _t2i_ranks(img, txt, owner, chunk):
     ranks, buf = [], img.new_empty(min(chunk, len(txt)), len(img))  # one score buffer, reused by every chunk
     for s in range(0, len(txt), chunk):
-        t = txt[s:s + chunk]
-        sc = torch.mm(t, img.T, out=buf[:len(t)])           # (chunk, N)
-        right = sc.gather(1, owner[s:s + chunk, None])      # each caption's score with its own image
-        ranks.append(sc.ge_(right).sum(1).long().cpu())     # itself once + every other image scoring >= it
+        t = txt[s : s + chunk]
+        sc = torch.mm(t, img.T, out=buf[: len(t)])  # (chunk, N)
+        right = sc.gather(1, owner[s : s + chunk, None])  # each caption's score with its own image
+        ranks.append(sc.ge_(right).sum(1).long().cpu())  # itself once + every other image scoring >= it
     return torch.cat(ranks)
+
 
 def _i2t_ranks(img, txt, owner, chunk, top: int = 10):
     "Best rank and NDCG@`top` of each image that has captions (pessimistic ties), and those images' indices."
@@ -60,28 +78,36 @@ def _i2t_ranks(img, txt, owner, chunk, top: int = 10):
     disc = _DISC[:top].to(img.device)
     ranks, ndcg, buf = [], [], img.new_empty(min(chunk, len(queries)), len(txt))
     for s in range(0, len(queries), chunk):
-        q, o, v = queries[s:s + chunk], own[s:s + chunk], valid[s:s + chunk]
-        sc = torch.mm(img[q], txt.T, out=buf[:len(q)])      # (chunk, M)
+        q, o, v = queries[s : s + chunk], own[s : s + chunk], valid[s : s + chunk]
+        sc = torch.mm(img[q], txt.T, out=buf[: len(q)])  # (chunk, M)
         mine = sc.gather(1, o).masked_fill(~v, -torch.inf).sort(1, descending=True).values[:, :top]
-        sc.scatter_(1, o, -torch.inf)                       # from here on: the other images' captions only
-        wrong = sc.topk(min(top, sc.shape[1]), 1).values    # enough to place any right caption within the top 10
+        sc.scatter_(1, o, -torch.inf)  # from here on: the other images' captions only
+        wrong = sc.topk(min(top, sc.shape[1]), 1).values  # enough to place any right caption within the top 10
         ranks.append(sc.ge_(mine[:, :1]).sum(1).long().cpu() + 1)  # 1 + the others scoring >= the best own caption
         pos = (wrong[:, :, None] >= mine[:, None, :]).sum(1) + torch.arange(1, mine.shape[1] + 1, device=img.device)
         gain = torch.where(mine.isfinite() & (pos <= top), disc[(pos - 1).clamp(max=top - 1)], 0.0)
-        ndcg.append((gain.sum(1) / disc.cumsum(0)[n[s:s + chunk, 0].clamp(max=top) - 1]).cpu())
+        ndcg.append((gain.sum(1) / disc.cumsum(0)[n[s : s + chunk, 0].clamp(max=top) - 1]).cpu())
     return torch.cat(ranks), torch.cat(ndcg), queries
+
 
 def _summary(prefix: str, ranks, ndcg, ks) -> dict:
     r = ranks.double()
     out = {f'{prefix}_R@{k}': (r <= k).double().mean().item() for k in ks}
-    return out | {f'{prefix}_MRR': (1 / r).mean().item(), f'{prefix}_NDCG@10': ndcg.double().mean().item(),
-                  f'{prefix}_median_rank': float(np.median(r.numpy())), f'{prefix}_mean_rank': r.mean().item()}
+    return out | {
+        f'{prefix}_MRR': (1 / r).mean().item(),
+        f'{prefix}_NDCG@10': ndcg.double().mean().item(),
+        f'{prefix}_median_rank': float(np.median(r.numpy())),
+        f'{prefix}_mean_rank': r.mean().item(),
+    }
+
 
 @torch.no_grad()
 def retrieval_metrics(image_emb, text_emb, text_to_image, ks=(1, 5, 10), chunk: int = 1024) -> dict:
     "Text-to-image and image-to-text retrieval of N images with M captions (caption j belongs to image `text_to_image[j]`)."
-    if chunk < 1: raise VLLabError(f"chunk must be a positive number of rows, got {chunk}")
-    if not ks or any(int(k) != k or k < 1 for k in ks): raise VLLabError(f"ks must be positive integers, got {ks!r}")
+    if chunk < 1:
+        raise VLLabError(f"chunk must be a positive number of rows, got {chunk}")
+    if not ks or any(int(k) != k or k < 1 for k in ks):
+        raise VLLabError(f"ks must be positive integers, got {ks!r}")
     img, txt = _embeddings(image_emb, 'image_emb'), _embeddings(text_emb, 'text_emb')
     if img.shape[1] != txt.shape[1]:
         raise VLLabError(f"image_emb has dimension {img.shape[1]} but text_emb has {txt.shape[1]}")
@@ -91,16 +117,27 @@ def retrieval_metrics(image_emb, text_emb, text_to_image, ks=(1, 5, 10), chunk: 
     i2t, i2t_ndcg, queries = _i2t_ranks(img, txt, owner, chunk)
     t2i_ndcg = torch.where(t2i <= 10, _DISC[(t2i - 1).clamp(max=9)], 0.0)
     n_own = torch.bincount(owner, minlength=len(img))[queries].double()
-    return (_summary('t2i', t2i, t2i_ndcg, ks) | _summary('i2t', i2t, i2t_ndcg, ks)
-            | {'chance_t2i_R@1': 1 / len(img), 'chance_i2t_R@1': (n_own / len(txt)).mean().item(),
-               'n_images': len(img), 'n_texts': len(txt), 'n_images_without_text': len(img) - len(queries)})
+    return (
+        _summary('t2i', t2i, t2i_ndcg, ks)
+        | _summary('i2t', i2t, i2t_ndcg, ks)
+        | {
+            'chance_t2i_R@1': 1 / len(img),
+            'chance_i2t_R@1': (n_own / len(txt)).mean().item(),
+            'n_images': len(img),
+            'n_texts': len(txt),
+            'n_images_without_text': len(img) - len(queries),
+        }
+    )
+
 
 # %% ../nbs/30_metrics.ipynb #d9a1bbd0
 PROMPT_TEMPLATES = ('a photo of a {}.', 'an image of a {}.', 'a {} shape.', 'a drawing of a {}.')
 
+
 def class_prompts(classnames, templates=PROMPT_TEMPLATES) -> list[str]:
     "Every template filled with every class name, class-major (the order `zero_shot_classify` expects)."
     return [t.format(c) for c in classnames for t in templates]
+
 
 @torch.no_grad()
 def zero_shot_classify(image_emb, class_text_emb, templates_per_class: int | None = None) -> torch.Tensor:
@@ -108,50 +145,82 @@ def zero_shot_classify(image_emb, class_text_emb, templates_per_class: int | Non
     img, cls = _embeddings(image_emb, 'image_emb'), torch.as_tensor(class_text_emb)
     if templates_per_class is not None and cls.ndim == 2:
         if templates_per_class < 1 or len(cls) % templates_per_class:
-            raise VLLabError(f"class_text_emb: {len(cls)} rows do not split into classes of {templates_per_class} templates")
+            raise VLLabError(
+                f"class_text_emb: {len(cls)} rows do not split into classes of {templates_per_class} templates"
+            )
         cls = cls.reshape(len(cls) // templates_per_class, templates_per_class, -1)
-    if cls.ndim == 2: cls = cls[:, None]
-    if cls.ndim != 3: raise VLLabError(f"class_text_emb: expected (classes, [templates,] dim), got shape {tuple(cls.shape)}")
+    if cls.ndim == 2:
+        cls = cls[:, None]
+    if cls.ndim != 3:
+        raise VLLabError(f"class_text_emb: expected (classes, [templates,] dim), got shape {tuple(cls.shape)}")
     per_template = _embeddings(cls.reshape(-1, cls.shape[-1]), 'class_text_emb').reshape(cls.shape)
-    if cls.shape[-1] != img.shape[1]: raise VLLabError(f"image_emb has dimension {img.shape[1]} but class_text_emb has {cls.shape[-1]}")
+    if cls.shape[-1] != img.shape[1]:
+        raise VLLabError(f"image_emb has dimension {img.shape[1]} but class_text_emb has {cls.shape[-1]}")
     return (img @ F.normalize(per_template.mean(1), dim=-1).T.to(img.device)).argmax(1)
+
 
 def _labels_1d(y, name: str) -> np.ndarray:
     a = np.asarray(y.detach().cpu() if torch.is_tensor(y) else y)
-    if a.ndim != 1 or len(a) == 0: raise VLLabError(f"{name}: expected a non-empty 1-D sequence of labels, got shape {a.shape}")
+    if a.ndim != 1 or len(a) == 0:
+        raise VLLabError(f"{name}: expected a non-empty 1-D sequence of labels, got shape {a.shape}")
     return a
+
 
 def classification_metrics(y_true, y_pred, labels=None) -> dict:
     "Accuracy, macro F1 and the confusion matrix (rows: true, columns: predicted, in the order of `labels`)."
     yt, yp = _labels_1d(y_true, 'y_true'), _labels_1d(y_pred, 'y_pred')
-    if len(yt) != len(yp): raise VLLabError(f"y_true has {len(yt)} labels but y_pred has {len(yp)}")
+    if len(yt) != len(yp):
+        raise VLLabError(f"y_true has {len(yt)} labels but y_pred has {len(yp)}")
     labels = np.unique(np.concatenate([yt, yp])).tolist() if labels is None else _labels_1d(labels, 'labels').tolist()
     known = set(labels)
-    every = labels + [x for x in np.unique(np.concatenate([yt, yp])).tolist() if x not in known]  # other labels still count as errors
+    every = labels + [
+        x for x in np.unique(np.concatenate([yt, yp])).tolist() if x not in known
+    ]  # other labels still count as errors
     index = {x: i for i, x in enumerate(every)}
     cm = np.zeros((len(every), len(every)), np.int64)
     np.add.at(cm, ([index[x] for x in yt.tolist()], [index[x] for x in yp.tolist()]), 1)
-    tp, support = np.diag(cm)[:len(labels)], cm.sum(1)[:len(labels)] + cm.sum(0)[:len(labels)]
+    tp, support = np.diag(cm)[: len(labels)], cm.sum(1)[: len(labels)] + cm.sum(0)[: len(labels)]
     f1 = np.divide(2 * tp, support, out=np.zeros(len(labels)), where=support > 0)
-    return dict(accuracy=float((yt == yp).mean()), macro_f1=float(f1.mean()), n=len(yt), labels=labels,
-                confusion=cm[:len(labels), :len(labels)].tolist())
+    return dict(
+        accuracy=float((yt == yp).mean()),
+        macro_f1=float(f1.mean()),
+        n=len(yt),
+        labels=labels,
+        confusion=cm[: len(labels), : len(labels)].tolist(),
+    )
+
 
 def itm_accuracy(logits_or_probs, labels, probs: bool = False) -> dict:
     "Matching accuracy, and the recall of positive (label 1) and negative pairs, from (N, 2) no-match/match logits or probabilities, or (N,) match logits (`probs`: match probabilities)."
     x, y = torch.as_tensor(logits_or_probs).detach().float().cpu(), torch.as_tensor(labels).detach().cpu()
-    if not len(x) or len(x) != len(y): raise VLLabError(f"itm_accuracy: {len(x)} scores for {len(y)} labels (need as many, at least one)")
-    if not torch.isfinite(x).all(): raise VLLabError("itm_accuracy: scores contain NaN or inf")
-    if not ((y == 0) | (y == 1)).all(): raise VLLabError("itm_accuracy: labels must be 1 (match) or 0 (no match)")
-    if x.ndim == 2 and x.shape[1] == 2: pred = x.argmax(1)
-    elif x.ndim == 1: pred = (x > (0.5 if probs else 0.0)).long()
-    else: raise VLLabError(f"itm_accuracy: expected scores of shape (N, 2) or (N,), got {tuple(x.shape)}")
+    if not len(x) or len(x) != len(y):
+        raise VLLabError(f"itm_accuracy: {len(x)} scores for {len(y)} labels (need as many, at least one)")
+    if not torch.isfinite(x).all():
+        raise VLLabError("itm_accuracy: scores contain NaN or inf")
+    if not ((y == 0) | (y == 1)).all():
+        raise VLLabError("itm_accuracy: labels must be 1 (match) or 0 (no match)")
+    if x.ndim == 2 and x.shape[1] == 2:
+        pred = x.argmax(1)
+    elif x.ndim == 1:
+        pred = (x > (0.5 if probs else 0.0)).long()
+    else:
+        raise VLLabError(f"itm_accuracy: expected scores of shape (N, 2) or (N,), got {tuple(x.shape)}")
     ok, pos = pred == y, y == 1
     rate = lambda m: ok[m].double().mean().item() if m.any() else None
-    return dict(accuracy=ok.double().mean().item(), pos_recall=rate(pos), neg_recall=rate(~pos),
-                n=len(y), n_pos=int(pos.sum()), n_neg=int((~pos).sum()))
+    return dict(
+        accuracy=ok.double().mean().item(),
+        pos_recall=rate(pos),
+        neg_recall=rate(~pos),
+        n=len(y),
+        n_pos=int(pos.sum()),
+        n_neg=int((~pos).sum()),
+    )
+
 
 # %% ../nbs/30_metrics.ipynb #5104f68b
-_CONTRACTIONS = dict(p.split('=') for p in """aint=ain't arent=aren't cant=can't couldve=could've couldnt=couldn't
+_CONTRACTIONS = dict(
+    p.split('=')
+    for p in """aint=ain't arent=aren't cant=can't couldve=could've couldnt=couldn't
 couldn'tve=couldn't've couldnt've=couldn't've didnt=didn't doesnt=doesn't dont=don't hadnt=hadn't hadnt've=hadn't've
 hadn'tve=hadn't've hasnt=hasn't havent=haven't hed=he'd hed've=he'd've he'dve=he'd've hes=he's howd=how'd howll=how'll
 hows=how's Id've=I'd've I'dve=I'd've Im=I'm Ive=I've isnt=isn't itd=it'd itd've=it'd've it'dve=it'd've itll=it'll
@@ -168,40 +237,67 @@ werent=weren't whatll=what'll whatre=what're whats=what's whatve=what've whens=w
 whereve=where've whod=who'd whod've=who'd've who'dve=who'd've wholl=who'll whos=who's whove=who've whyll=why'll
 whyre=why're whys=why's wont=won't wouldve=would've wouldnt=wouldn't wouldnt've=wouldn't've wouldn'tve=wouldn't've
 yall=y'all yall'll=y'all'll y'allll=y'all'll yall'd've=y'all'd've y'alld've=y'all'd've y'all'dve=y'all'd've
-youd=you'd youd've=you'd've you'dve=you'd've youll=you'll youre=you're youve=you've""".split())
-_NUMBERS = dict(none='0', zero='0', one='1', two='2', three='3', four='4', five='5', six='6', seven='7', eight='8', nine='9', ten='10')
+youd=you'd youd've=you'd've you'dve=you'd've youll=you'll youre=you're youve=you've""".split()
+)
+_NUMBERS = dict(
+    none='0',
+    zero='0',
+    one='1',
+    two='2',
+    three='3',
+    four='4',
+    five='5',
+    six='6',
+    seven='7',
+    eight='8',
+    nine='9',
+    ten='10',
+)
 _ARTICLES = {'a', 'an', 'the'}
 _PUNCT = (';', '/', '[', ']', '"', '{', '}', '(', ')', '=', '+', '\\', '_', '-', '>', '<', '@', '`', ',', '?', '!')
 _COMMA_IN_NUMBER = re.compile(r'\d,\d')
 _PERIOD = re.compile(r'\.(?!\d)')  # what the official "(?!<=\d)(\.)(?!\d)" does
 
+
 def normalize_answer(s: str) -> str:
     "A VQA answer normalised as the official evaluation does (punctuation, case, number words, articles, contractions)."
     s = s.replace('\n', ' ').replace('\t', ' ').strip()
     out, digits_comma = s, _COMMA_IN_NUMBER.search(s) is not None
-    for p in _PUNCT: out = out.replace(p, '' if digits_comma or p + ' ' in s or ' ' + p in s else ' ')
+    for p in _PUNCT:
+        out = out.replace(p, '' if digits_comma or p + ' ' in s or ' ' + p in s else ' ')
     words = [_NUMBERS.get(w, w) for w in _PERIOD.sub('', out).lower().split()]
     return ' '.join(_CONTRACTIONS.get(w, w) for w in words if w not in _ARTICLES)
 
+
 def vqa_score(prediction: str, answers: list[str]) -> float:
     "One question's VQA accuracy: min(#humans agreeing / 3, 1), averaged over the leave-one-out subsets of `answers`."
-    if not answers: raise VLLabError("vqa: a question has no human answers")
-    if not all(isinstance(a, str) for a in [prediction, *answers]): raise VLLabError("vqa: answers must be strings")
+    if not answers:
+        raise VLLabError("vqa: a question has no human answers")
+    if not all(isinstance(a, str) for a in [prediction, *answers]):
+        raise VLLabError("vqa: answers must be strings")
     pred, gts = normalize_answer(prediction), [normalize_answer(a) for a in answers]
     k = sum(g == pred for g in gts)
     return sum(min(1.0, (k - (g == pred)) / 3) for g in gts) / len(gts)
 
+
 def vqa_accuracy(predictions: list[str], answers: list[list[str]], answer_types: list[str] | None = None) -> dict:
     "Mean VQA accuracy over questions (`answers[i]`: the human answers to question i), overall and per answer type."
-    if not predictions: raise VLLabError("vqa_accuracy: no predictions")
+    if not predictions:
+        raise VLLabError("vqa_accuracy: no predictions")
     if len(predictions) != len(answers) or (answer_types is not None and len(answer_types) != len(answers)):
-        raise VLLabError(f"vqa_accuracy: {len(predictions)} predictions, {len(answers)} answer lists"
-                         + (f", {len(answer_types)} answer types" if answer_types is not None else '') + " (need as many)")
+        raise VLLabError(
+            f"vqa_accuracy: {len(predictions)} predictions, {len(answers)} answer lists"
+            + (f", {len(answer_types)} answer types" if answer_types is not None else '')
+            + " (need as many)"
+        )
     scores = [vqa_score(p, a) for p, a in zip(predictions, answers)]
     out = dict(overall=float(np.mean(scores)), n=len(scores))
     if answer_types is not None:
         by = {}
-        for t, sc in zip(answer_types, scores): by.setdefault(t, []).append(sc)
-        out |= dict(per_answer_type={t: float(np.mean(v)) for t, v in sorted(by.items())},
-                    n_per_answer_type={t: len(v) for t, v in sorted(by.items())})
+        for t, sc in zip(answer_types, scores):
+            by.setdefault(t, []).append(sc)
+        out |= dict(
+            per_answer_type={t: float(np.mean(v)) for t, v in sorted(by.items())},
+            n_per_answer_type={t: len(v) for t, v in sorted(by.items())},
+        )
     return out

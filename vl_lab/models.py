@@ -15,47 +15,65 @@ from .core import VLLabError
 from .decoder import CaptionDecoder, DecoderConfig
 
 # %% auto #0
-__all__ = ['TASKS', 'ITM_FEATURES', 'ITM_NEGATIVES', 'IMAGE_POOLS', 'ModelConfig', 'check_model_config', 'task_list', 'ConvTower',
-           'HFVisionTower', 'HFTextTower', 'build_towers', 'FusionLayer', 'FusionEncoder', 'VLModel']
+__all__ = [
+    'TASKS',
+    'ITM_FEATURES',
+    'ITM_NEGATIVES',
+    'IMAGE_POOLS',
+    'ModelConfig',
+    'check_model_config',
+    'task_list',
+    'ConvTower',
+    'HFVisionTower',
+    'HFTextTower',
+    'build_towers',
+    'FusionLayer',
+    'FusionEncoder',
+    'VLModel',
+]
 
 # %% ../nbs/10_models.ipynb #fcf64577
 TASKS = ('contrastive', 'itm', 'caption', 'vqa')
 
+
 @dataclass
 class ModelConfig:
     "Architecture of a `VLModel`."
-    image_tower: str = 'conv'          # conv: small strided CNN | hf: a transformers vision model
-    image_model: str = ''              # hf: name or local path for from_pretrained ('' = a ViT built from the sizes below)
-    image_size: int = 64               # input side in pixels
+
+    image_tower: str = 'conv'  # conv: small strided CNN | hf: a transformers vision model
+    image_model: str = ''  # hf: name or local path for from_pretrained ('' = a ViT built from the sizes below)
+    image_size: int = 64  # input side in pixels
     conv_channels: str = '32,64,128,192'  # conv: widths of the stride-2 blocks
-    image_pool: str = 'mean'           # conv: pooling of the final grid, mean | attn (a learned attention pool)
-    vit_width: int = 192               # hf from scratch: ViT width / layers / heads / patch
+    image_pool: str = 'mean'  # conv: pooling of the final grid, mean | attn (a learned attention pool)
+    vit_width: int = 192  # hf from scratch: ViT width / layers / heads / patch
     vit_layers: int = 4
     vit_heads: int = 4
     vit_patch: int = 8
-    text_model: str = ''               # name or local path for from_pretrained ('' = a BERT built from the sizes below)
-    text_width: int = 192              # from scratch: BERT width / layers / heads
+    text_model: str = ''  # name or local path for from_pretrained ('' = a BERT built from the sizes below)
+    text_width: int = 192  # from scratch: BERT width / layers / heads
     text_layers: int = 4
     text_heads: int = 4
-    text_pool: str = 'mean'            # mean over tokens | cls (the first token)
-    max_len: int = 32                  # caption length in tokens (BOS/EOS included)
-    embed_dim: int = 128               # shared image-text embedding size
+    text_pool: str = 'mean'  # mean over tokens | cls (the first token)
+    max_len: int = 32  # caption length in tokens (BOS/EOS included)
+    embed_dim: int = 128  # shared image-text embedding size
     logit_scale_init: float = 1 / 0.07  # CLIP's initial temperature
-    logit_scale_max: float = 100.0     # CLIP clamps the scale at 100
-    fusion_width: int = 192            # fusion encoder (ITM, VQA): width / layers / heads / dropout
+    logit_scale_max: float = 100.0  # CLIP clamps the scale at 100
+    fusion_width: int = 192  # fusion encoder (ITM, VQA): width / layers / heads / dropout
     fusion_layers: int = 2
     fusion_heads: int = 4
     fusion_dropout: float = 0.1
     itm_features: str = 'fusion,product'  # what the ITM head reads: fusion (the fused first token), product
-                                          # (image_emb * text_emb: the pair's contrastive agreement, per dimension)
-    itm_negatives: str = 'sampled'     # in-batch ITM negatives: hard (the most similar other), sampled (drawn in
-                                       # proportion to similarity, as ALBEF), random
-    decoder_layers: int = 2            # caption decoder: layers / heads / dropout
+    # (image_emb * text_emb: the pair's contrastive agreement, per dimension)
+    itm_negatives: str = 'sampled'  # in-batch ITM negatives: hard (the most similar other), sampled (drawn in
+    # proportion to similarity, as ALBEF), random
+    decoder_layers: int = 2  # caption decoder: layers / heads / dropout
     decoder_heads: int = 4
     decoder_dropout: float = 0.1
-    tasks: str = 'contrastive'         # heads to build, comma-separated: contrastive, itm, caption, vqa
+    tasks: str = 'contrastive'  # heads to build, comma-separated: contrastive, itm, caption, vqa
+
 
 ITM_FEATURES, ITM_NEGATIVES, IMAGE_POOLS = ('fusion', 'product'), ('hard', 'sampled', 'random'), ('mean', 'attn')
+
 
 def check_model_config(cfg: ModelConfig):
     "Raise a `VLLabError` naming the first unknown choice in `cfg`."
@@ -67,17 +85,22 @@ def check_model_config(cfg: ModelConfig):
     if cfg.image_pool not in IMAGE_POOLS:
         raise VLLabError(f"image_pool {cfg.image_pool!r} unknown (known: {', '.join(IMAGE_POOLS)})")
 
+
 def task_list(tasks: str) -> list[str]:
     "The tasks named in a comma-separated string; unknown ones are an error."
     out = [t.strip() for t in tasks.split(',') if t.strip()]
-    if bad := [t for t in out if t not in TASKS]: raise VLLabError(f"unknown task(s) {', '.join(bad)} (known: {', '.join(TASKS)})")
-    if not out: raise VLLabError('no task named')
+    if bad := [t for t in out if t not in TASKS]:
+        raise VLLabError(f"unknown task(s) {', '.join(bad)} (known: {', '.join(TASKS)})")
+    if not out:
+        raise VLLabError('no task named')
     return out
+
 
 # %% ../nbs/10_models.ipynb #5e4a8d93
 class ConvTower(nn.Module):
     """Stride-2 conv blocks (GroupNorm: no batch statistics, so DDP matches one process); tokens are the final grid,
     pooled by their mean or by a learned attention pool (a score per grid cell, softmax over the cells)."""
+
     def __init__(self, channels=(32, 64, 128, 192), pool: str = 'mean'):
         super().__init__()
         layers, c_in = [], 3
@@ -95,11 +118,15 @@ class ConvTower(nn.Module):
         return (self.score(tokens).softmax(1) * tokens).sum(1)
 
     def forward(self, pixels):
-        tokens = self.body(pixels.contiguous(memory_format=torch.channels_last)).flatten(2).transpose(1, 2)  # (B, h*w, C)
+        tokens = (
+            self.body(pixels.contiguous(memory_format=torch.channels_last)).flatten(2).transpose(1, 2)
+        )  # (B, h*w, C)
         return self.pool(tokens), tokens
+
 
 class HFVisionTower(nn.Module):
     "A transformers vision model: tokens = last hidden state, pooled = its pooler output (CLIP) or first token."
+
     def __init__(self, model):
         super().__init__()
         self.model, self.width = model, model.config.hidden_size
@@ -109,8 +136,10 @@ class HFVisionTower(nn.Module):
         pooled = getattr(out, 'pooler_output', None)
         return (pooled if pooled is not None else out.last_hidden_state[:, 0]), out.last_hidden_state
 
+
 class HFTextTower(nn.Module):
     "A transformers text model: pooled = masked mean of the tokens, the first token, or CLIP's pooler (end token)."
+
     def __init__(self, model, pool='mean'):
         super().__init__()
         self.model, self.width, self.pool = model, model.config.hidden_size, pool
@@ -119,19 +148,25 @@ class HFTextTower(nn.Module):
     def forward(self, ids, mask):
         out = self.model(input_ids=ids, attention_mask=mask)
         tokens = out.last_hidden_state
-        if self.is_clip: return out.pooler_output, tokens
-        if self.pool == 'cls': return tokens[:, 0], tokens
+        if self.is_clip:
+            return out.pooler_output, tokens
+        if self.pool == 'cls':
+            return tokens[:, 0], tokens
         m = mask.unsqueeze(-1).to(tokens.dtype)
         return (tokens * m).sum(1) / m.sum(1).clamp(min=1), tokens
+
 
 # %% ../nbs/10_models.ipynb #275cd01c
 def _hf_from(name, hf_config, kind):
     "A transformers model from a saved config dict (rebuild), or from_pretrained(name)."
     from transformers import AutoConfig, AutoModel, CLIPTextModel, CLIPVisionModel
+
     try:
         if hf_config is not None:
             cfg = AutoConfig.for_model(**hf_config)
-            cls = {'clip_vision_model': CLIPVisionModel, 'clip_text_model': CLIPTextModel}.get(cfg.model_type, AutoModel)
+            cls = {'clip_vision_model': CLIPVisionModel, 'clip_text_model': CLIPTextModel}.get(
+                cfg.model_type, AutoModel
+            )
             return cls(cfg) if cls is not AutoModel else AutoModel.from_config(cfg)
         cfg = AutoConfig.from_pretrained(name)
         if cfg.model_type == 'clip':  # one half of a CLIP checkpoint
@@ -140,28 +175,54 @@ def _hf_from(name, hf_config, kind):
     except (OSError, ValueError) as e:
         raise VLLabError(f"cannot load the {kind} model {name!r}: {str(e).splitlines()[0]}") from None
 
+
 def build_towers(cfg: ModelConfig, vocab_size: int, hf_configs: dict | None = None):
     "Image and text towers for `cfg`, and the transformers configs to rebuild them."
     from transformers import BertConfig, BertModel, ViTConfig, ViTModel
+
     hf_configs = dict(hf_configs or {})
-    if cfg.image_tower == 'conv': image = ConvTower(tuple(int(c) for c in cfg.conv_channels.split(',')), cfg.image_pool)
+    if cfg.image_tower == 'conv':
+        image = ConvTower(tuple(int(c) for c in cfg.conv_channels.split(',')), cfg.image_pool)
     elif cfg.image_tower == 'hf':
-        if cfg.image_model or 'image' in hf_configs: m = _hf_from(cfg.image_model, hf_configs.get('image'), 'image')
+        if cfg.image_model or 'image' in hf_configs:
+            m = _hf_from(cfg.image_model, hf_configs.get('image'), 'image')
         else:
-            m = ViTModel(ViTConfig(image_size=cfg.image_size, patch_size=cfg.vit_patch, hidden_size=cfg.vit_width,
-                                   num_hidden_layers=cfg.vit_layers, num_attention_heads=cfg.vit_heads,
-                                   intermediate_size=4 * cfg.vit_width), add_pooling_layer=False)
-        if cfg.image_model or 'image' in hf_configs: hf_configs['image'] = m.config.to_dict()
+            m = ViTModel(
+                ViTConfig(
+                    image_size=cfg.image_size,
+                    patch_size=cfg.vit_patch,
+                    hidden_size=cfg.vit_width,
+                    num_hidden_layers=cfg.vit_layers,
+                    num_attention_heads=cfg.vit_heads,
+                    intermediate_size=4 * cfg.vit_width,
+                ),
+                add_pooling_layer=False,
+            )
+        if cfg.image_model or 'image' in hf_configs:
+            hf_configs['image'] = m.config.to_dict()
         image = HFVisionTower(m)
-    else: raise VLLabError(f"unknown image_tower {cfg.image_tower!r} (conv, hf)")
-    if cfg.text_model or 'text' in hf_configs:
-        t = _hf_from(cfg.text_model, hf_configs.get('text'), 'text'); hf_configs['text'] = t.config.to_dict()
     else:
-        t = BertModel(BertConfig(vocab_size=vocab_size, hidden_size=cfg.text_width, num_hidden_layers=cfg.text_layers,
-                                 num_attention_heads=cfg.text_heads, intermediate_size=4 * cfg.text_width,
-                                 max_position_embeddings=max(cfg.max_len, 8), hidden_dropout_prob=0.0,
-                                 attention_probs_dropout_prob=0.0, pad_token_id=0), add_pooling_layer=False)
+        raise VLLabError(f"unknown image_tower {cfg.image_tower!r} (conv, hf)")
+    if cfg.text_model or 'text' in hf_configs:
+        t = _hf_from(cfg.text_model, hf_configs.get('text'), 'text')
+        hf_configs['text'] = t.config.to_dict()
+    else:
+        t = BertModel(
+            BertConfig(
+                vocab_size=vocab_size,
+                hidden_size=cfg.text_width,
+                num_hidden_layers=cfg.text_layers,
+                num_attention_heads=cfg.text_heads,
+                intermediate_size=4 * cfg.text_width,
+                max_position_embeddings=max(cfg.max_len, 8),
+                hidden_dropout_prob=0.0,
+                attention_probs_dropout_prob=0.0,
+                pad_token_id=0,
+            ),
+            add_pooling_layer=False,
+        )
     return image, HFTextTower(t, cfg.text_pool), hf_configs
+
 
 # %% ../nbs/10_models.ipynb #33a74d5d
 class FusionLayer(nn.Module):
@@ -170,16 +231,22 @@ class FusionLayer(nn.Module):
         self.n1, self.n2, self.n3 = nn.LayerNorm(width), nn.LayerNorm(width), nn.LayerNorm(width)
         self.self_attn = nn.MultiheadAttention(width, heads, dropout=dropout, batch_first=True)
         self.cross_attn = nn.MultiheadAttention(width, heads, dropout=dropout, batch_first=True)
-        self.mlp = nn.Sequential(nn.Linear(width, 4 * width), nn.GELU(), nn.Dropout(dropout), nn.Linear(4 * width, width))
+        self.mlp = nn.Sequential(
+            nn.Linear(width, 4 * width), nn.GELU(), nn.Dropout(dropout), nn.Linear(4 * width, width)
+        )
         self.drop = nn.Dropout(dropout)
 
     def forward(self, x, text_pad, img):
-        h = self.n1(x); x = x + self.drop(self.self_attn(h, h, h, key_padding_mask=text_pad, need_weights=False)[0])
-        h = self.n2(x); x = x + self.drop(self.cross_attn(h, img, img, need_weights=False)[0])
+        h = self.n1(x)
+        x = x + self.drop(self.self_attn(h, h, h, key_padding_mask=text_pad, need_weights=False)[0])
+        h = self.n2(x)
+        x = x + self.drop(self.cross_attn(h, img, img, need_weights=False)[0])
         return x + self.drop(self.mlp(self.n3(x)))
+
 
 class FusionEncoder(nn.Module):
     "Cross-attention fusion of text tokens with image tokens; returns the fused first token."
+
     def __init__(self, text_width, image_width, width, layers, heads, dropout):
         super().__init__()
         self.text_in, self.image_in = nn.Linear(text_width, width), nn.Linear(image_width, width)
@@ -188,14 +255,23 @@ class FusionEncoder(nn.Module):
 
     def forward(self, text_tokens, text_mask, image_tokens):
         x, img, pad = self.text_in(text_tokens), self.image_norm(self.image_in(image_tokens)), text_mask == 0
-        for layer in self.layers: x = layer(x, pad, img)
+        for layer in self.layers:
+            x = layer(x, pad, img)
         return self.norm(x[:, 0])
+
 
 # %% ../nbs/10_models.ipynb #d003b6a2
 class VLModel(nn.Module):
     "Towers + the heads of the configured tasks. Methods return features and logits, never losses."
-    def __init__(self, cfg: ModelConfig, vocab_size: int, n_answers: int = 0, hf_configs: dict | None = None,
-                 special_ids: tuple = (0, 2, 3)):
+
+    def __init__(
+        self,
+        cfg: ModelConfig,
+        vocab_size: int,
+        n_answers: int = 0,
+        hf_configs: dict | None = None,
+        special_ids: tuple = (0, 2, 3),
+    ):
         super().__init__()
         check_model_config(cfg)
         self.cfg, self.tasks = cfg, task_list(cfg.tasks)
@@ -205,18 +281,36 @@ class VLModel(nn.Module):
         self.text_proj = nn.Linear(tw, cfg.embed_dim, bias=False)
         self.logit_scale = nn.Parameter(torch.tensor(math.log(cfg.logit_scale_init)))
         if 'itm' in self.tasks or 'vqa' in self.tasks:
-            self.fusion = FusionEncoder(tw, iw, cfg.fusion_width, cfg.fusion_layers, cfg.fusion_heads, cfg.fusion_dropout)
+            self.fusion = FusionEncoder(
+                tw, iw, cfg.fusion_width, cfg.fusion_layers, cfg.fusion_heads, cfg.fusion_dropout
+            )
             self.itm_features = [f.strip() for f in cfg.itm_features.split(',') if f.strip()]
-            width = cfg.fusion_width * ('fusion' in self.itm_features) + cfg.embed_dim * ('product' in self.itm_features)
+            width = cfg.fusion_width * ('fusion' in self.itm_features) + cfg.embed_dim * (
+                'product' in self.itm_features
+            )
             self.itm_head = nn.Linear(width, 2)
         if 'vqa' in self.tasks:
-            if n_answers < 1: raise VLLabError('the vqa task needs an answer vocabulary (a corpus with questions)')
-            self.vqa_head = nn.Sequential(nn.Linear(cfg.fusion_width, 2 * cfg.fusion_width), nn.GELU(), nn.Linear(2 * cfg.fusion_width, n_answers))
+            if n_answers < 1:
+                raise VLLabError('the vqa task needs an answer vocabulary (a corpus with questions)')
+            self.vqa_head = nn.Sequential(
+                nn.Linear(cfg.fusion_width, 2 * cfg.fusion_width), nn.GELU(), nn.Linear(2 * cfg.fusion_width, n_answers)
+            )
         if 'caption' in self.tasks:
             pad, bos, eos = special_ids
-            self.decoder = CaptionDecoder(DecoderConfig(vocab_size=vocab_size, d_model=cfg.text_width, n_layers=cfg.decoder_layers,
-                                                        n_heads=cfg.decoder_heads, max_len=cfg.max_len, dropout=cfg.decoder_dropout,
-                                                        pad_id=pad, bos_id=bos, eos_id=eos), memory_dim=iw)
+            self.decoder = CaptionDecoder(
+                DecoderConfig(
+                    vocab_size=vocab_size,
+                    d_model=cfg.text_width,
+                    n_layers=cfg.decoder_layers,
+                    n_heads=cfg.decoder_heads,
+                    max_len=cfg.max_len,
+                    dropout=cfg.decoder_dropout,
+                    pad_id=pad,
+                    bos_id=bos,
+                    eos_id=eos,
+                ),
+                memory_dim=iw,
+            )
 
     def scale(self):
         "The contrastive logit scale, clamped as CLIP does."

@@ -4,11 +4,12 @@
 
 # %% ../nbs/04_page.ipynb #66daba09
 from __future__ import annotations
-import base64, io
+import base64
+import io
 from typing import Iterable
 
 import jinja2
-from markupsafe import Markup, escape
+from markupsafe import Markup
 
 # %% auto #0
 __all__ = ['render', 'fig_html', 'thumb_html', 'fmt', 'table_html', 'page_html']
@@ -16,9 +17,11 @@ __all__ = ['render', 'fig_html', 'thumb_html', 'fmt', 'table_html', 'page_html']
 # %% ../nbs/04_page.ipynb #fc952720
 _ENV = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
 
+
 def render(template: str, **ctx) -> Markup:
     "Render a Jinja2 `template` string with autoescaping; the result is safe to embed."
     return Markup(_ENV.from_string(template).render(**ctx))
+
 
 def fig_html(fig, alt: str = '', dpi: int = 100) -> Markup:
     """A matplotlib figure as an embedded PNG `<img>`; the figure is closed. Its text is drawn as it is, never parsed
@@ -26,39 +29,54 @@ def fig_html(fig, alt: str = '', dpi: int = 100) -> Markup:
     import matplotlib as mpl
     import matplotlib.pyplot as plt
     from matplotlib.text import Text
+
     buf = io.BytesIO()
     with mpl.rc_context({'text.parse_math': False}):  # texts made while drawing (tick labels) ...
         for t in fig.findobj(Text):  # ... and the texts the figure already has
             t.set_parse_math(False)
         fig.savefig(buf, format='png', dpi=dpi, bbox_inches='tight')
     plt.close(fig)
-    return render('<img class="fig" alt="{{ alt }}" src="data:image/png;base64,{{ b64 }}">',
-                  alt=alt, b64=base64.b64encode(buf.getvalue()).decode())
+    return render(
+        '<img class="fig" alt="{{ alt }}" src="data:image/png;base64,{{ b64 }}">',
+        alt=alt,
+        b64=base64.b64encode(buf.getvalue()).decode(),
+    )
+
 
 def thumb_html(img, max_side: int = 160, alt: str = '') -> Markup:
     "A PIL image as an embedded JPEG thumbnail."
-    img = img.convert('RGB'); img.thumbnail((max_side, max_side))
-    buf = io.BytesIO(); img.save(buf, 'JPEG', quality=85)
-    return render('<img class="thumb" alt="{{ alt }}" src="data:image/jpeg;base64,{{ b64 }}">',
-                  alt=alt, b64=base64.b64encode(buf.getvalue()).decode())
+    img = img.convert('RGB')
+    img.thumbnail((max_side, max_side))
+    buf = io.BytesIO()
+    img.save(buf, 'JPEG', quality=85)
+    return render(
+        '<img class="thumb" alt="{{ alt }}" src="data:image/jpeg;base64,{{ b64 }}">',
+        alt=alt,
+        b64=base64.b64encode(buf.getvalue()).decode(),
+    )
+
 
 def fmt(v, digits: int = 3) -> str:
     "A table cell: floats to `digits` significant decimals, None as a dash."
-    if v is None: return '–'
+    if v is None:
+        return '–'
     if isinstance(v, float):  # small rates (a learning rate of 1e-4) keep two significant digits instead of 0.000
-        return f"{v:.{digits}f}" if v == 0 or abs(v) >= 10 ** -digits or v != v else f"{v:.2g}"
+        return f"{v:.{digits}f}" if v == 0 or abs(v) >= 10**-digits or v != v else f"{v:.2g}"
     return str(v)
+
 
 _TABLE = """<table>{% if caption %}<caption>{{ caption }}</caption>{% endif %}
 <thead><tr>{% for c in columns %}<th>{{ c }}</th>{% endfor %}</tr></thead>
 <tbody>{% for r in rows %}<tr>{% for c in columns %}<td>{{ fmt(r.get(c)) }}</td>{% endfor %}</tr>
 {% endfor %}</tbody></table>"""
 
+
 def table_html(rows: Iterable[dict], columns: list[str] | None = None, caption: str | None = None) -> Markup:
     "An HTML table of `rows` (dicts), cells escaped."
     rows = list(rows)
     columns = columns or (list(rows[0]) if rows else [])
     return render(_TABLE, rows=rows, columns=columns, caption=caption, fmt=fmt)
+
 
 # %% ../nbs/04_page.ipynb #e6e3701f
 _PAGE = """<!DOCTYPE html>
@@ -93,6 +111,7 @@ nav ul { columns: 2; }
 {% endfor %}
 </body></html>
 """
+
 
 def page_html(title: str, sections: list[dict], subtitle: str | None = None) -> str:
     "A whole self-contained HTML page; `sections` are dicts with `id`, `title` and a `body` made by `render`."

@@ -4,7 +4,14 @@
 
 # %% ../nbs/41_runner.ipynb #685618fb
 from __future__ import annotations
-import hashlib, importlib.util, json, os, signal, subprocess, sys, time
+import hashlib
+import importlib.util
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,69 +21,123 @@ import yaml
 from .core import VLLabError, dir_sha256, write_json
 
 # %% auto #0
-__all__ = ['PLAN_KEYS', 'EXP_KEYS', 'RUN_FILES', 'PRESENTATION', 'read_plan', 'PlannedRun', 'code_hash', 'corpus_kinds',
-           'notebook_parameters', 'check_params', 'plan_runs', 'is_complete', 'notebook_html', 'execute_run',
-           'plan_corpora', 'run_plan']
+__all__ = [
+    'PLAN_KEYS',
+    'EXP_KEYS',
+    'RUN_FILES',
+    'PRESENTATION',
+    'read_plan',
+    'PlannedRun',
+    'code_hash',
+    'corpus_kinds',
+    'notebook_parameters',
+    'check_params',
+    'plan_runs',
+    'is_complete',
+    'notebook_html',
+    'execute_run',
+    'plan_corpora',
+    'run_plan',
+]
 
 # %% ../nbs/41_runner.ipynb #052d4a8d
-PLAN_KEYS, EXP_KEYS = {'corpus', 'preset', 'experiments', 'timeout'}, {'name', 'notebook', 'seeds', 'params', 'requires', 'preset'}
-RUN_FILES = ('executed.ipynb', 'run.html', 'params.yaml', 'metrics.json', 'provenance.json')  # and history.csv, from a training run
+PLAN_KEYS, EXP_KEYS = (
+    {'corpus', 'preset', 'experiments', 'timeout'},
+    {'name', 'notebook', 'seeds', 'params', 'requires', 'preset'},
+)
+RUN_FILES = (
+    'executed.ipynb',
+    'run.html',
+    'params.yaml',
+    'metrics.json',
+    'provenance.json',
+)  # and history.csv, from a training run
+
 
 def read_plan(path) -> dict:
     "A validated plan from a YAML file."
     path = Path(path)
-    try: plan = yaml.safe_load(path.read_text())
-    except FileNotFoundError: raise VLLabError(f"{path}: no such plan") from None
-    except yaml.YAMLError as e: raise VLLabError(f"{path}: malformed YAML: {str(e).splitlines()[0]}") from None
+    try:
+        plan = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise VLLabError(f"{path}: no such plan") from None
+    except yaml.YAMLError as e:
+        raise VLLabError(f"{path}: malformed YAML: {str(e).splitlines()[0]}") from None
     if not isinstance(plan, dict) or not isinstance(plan.get('experiments'), list) or not plan['experiments']:
         raise VLLabError(f"{path}: a plan needs a non-empty 'experiments' list")
-    if bad := set(plan) - PLAN_KEYS: raise VLLabError(f"{path}: unknown key(s) {', '.join(sorted(bad))}")
+    if bad := set(plan) - PLAN_KEYS:
+        raise VLLabError(f"{path}: unknown key(s) {', '.join(sorted(bad))}")
     names = set()
     for i, e in enumerate(plan['experiments']):
         if not isinstance(e, dict) or 'name' not in e or 'notebook' not in e:
             raise VLLabError(f"{path}: experiment {i} needs a name and a notebook")
-        if bad := set(e) - EXP_KEYS: raise VLLabError(f"{path}: experiment {e['name']}: unknown key(s) {', '.join(sorted(bad))}")
-        if e['name'] in names: raise VLLabError(f"{path}: experiment name {e['name']!r} is used twice")
+        if bad := set(e) - EXP_KEYS:
+            raise VLLabError(f"{path}: experiment {e['name']}: unknown key(s) {', '.join(sorted(bad))}")
+        if e['name'] in names:
+            raise VLLabError(f"{path}: experiment name {e['name']!r} is used twice")
         names.add(e['name'])
     return plan
+
 
 # %% ../nbs/41_runner.ipynb #16aef0eb
 @dataclass
 class PlannedRun:
     "One execution of an experiment notebook: an experiment with one seed."
+
     name: str
     notebook: Path
     seed: int
     params: dict
     run_id: str = ''
     run_dir: Path | None = None
-    skip: str = ''                     # why the run is not executed (a missing package), if it is not
+    skip: str = ''  # why the run is not executed (a missing package), if it is not
     deps: list = field(default_factory=list)  # run ids of the runs named by its run: / runs: parameters
+
 
 # modules that only present results: editing them re-renders the report but changes no run; and the modules that only
 # make corpora (their effect reaches a run through the hash of its data)
-PRESENTATION = ('page', 'datacard', 'cleancard', 'report', 'labnote', 'deploynote', 'evidence', 'runner', 'cli', '_modidx',
-                'corpus', 'selfscore')
+PRESENTATION = (
+    'page',
+    'datacard',
+    'cleancard',
+    'report',
+    'labnote',
+    'deploynote',
+    'evidence',
+    'runner',
+    'cli',
+    '_modidx',
+    'corpus',
+    'selfscore',
+)
+
 
 def code_hash() -> str:
     "sha256 of the library code a run can depend on (every module of vl_lab but the presentation ones)."
     h = hashlib.sha256()
     import vl_lab
+
     for p in sorted(Path(vl_lab.__file__).parent.glob('*.py')):
-        if p.stem not in PRESENTATION: h.update(p.name.encode() + p.read_bytes())
+        if p.stem not in PRESENTATION:
+            h.update(p.name.encode() + p.read_bytes())
     return h.hexdigest()
+
 
 def _resolve_runs(params: dict, seed: int, done: dict, name: str) -> tuple[dict, list]:
     "`params` with each `run:NAME` / `runs:NAME` value replaced by run folders of the earlier experiment NAME; and their run ids."
     out, deps = {}, []
     for k, v in params.items():
         kind, _, ref = v.partition(':') if isinstance(v, str) else ('', '', '')
-        if kind not in ('run', 'runs'): out[k] = v; continue
-        if ref not in done: raise VLLabError(f"experiment {name}: {k}: {v!r} names no earlier experiment of the plan")
+        if kind not in ('run', 'runs'):
+            out[k] = v
+            continue
+        if ref not in done:
+            raise VLLabError(f"experiment {name}: {k}: {v!r} names no earlier experiment of the plan")
         rs = done[ref] if kind == 'runs' else [next((r for r in done[ref] if r.seed == seed), done[ref][0])]
         deps += [r.run_id for r in rs]
         out[k] = [str(r.run_dir.resolve()) for r in rs] if kind == 'runs' else str(rs[0].run_dir.resolve())
     return out, deps
+
 
 def corpus_kinds(plan: dict) -> list[str]:
     "The corpus kinds (raw, clean, consistent) the plan's experiments train or evaluate on."
@@ -86,23 +147,29 @@ def corpus_kinds(plan: dict) -> list[str]:
         kinds |= {v for v in (p.get('data', 'clean'), p.get('eval_data')) if v in ('raw', 'clean', 'consistent')}
     return sorted(kinds)
 
+
 def notebook_parameters(notebook: Path) -> set[str]:
     "The names the `parameters`-tagged cell of `notebook` assigns (papermill's parameters), read without running it."
     import ast
     import nbformat
+
     nb = nbformat.read(str(notebook), as_version=4)
     cell = next((c for c in nb.cells if 'parameters' in c.get('metadata', {}).get('tags', [])), None)
     names = set()
     for node in ast.parse(cell.source).body if cell is not None else []:
-        targets = node.targets if isinstance(node, ast.Assign) else [node.target] if isinstance(node, ast.AnnAssign) else []
+        targets = (
+            node.targets if isinstance(node, ast.Assign) else [node.target] if isinstance(node, ast.AnnAssign) else []
+        )
         names |= {n.id for t in targets for n in ast.walk(t) if isinstance(n, ast.Name)}
     return names
+
 
 def check_params(name: str, notebook: Path, params) -> None:
     """A one-line error, before any run starts, unless `params` is a mapping whose keys are parameters `notebook`
     declares (the names its `parameters` cell assigns): a key is pasted into that cell as code, so a key that is not
     an identifier the notebook declares could run anything."""
-    if not isinstance(params, dict): raise VLLabError(f"experiment {name}: params must be a mapping, not {type(params).__name__}")
+    if not isinstance(params, dict):
+        raise VLLabError(f"experiment {name}: params must be a mapping, not {type(params).__name__}")
     try:
         declared = notebook_parameters(notebook)
     except Exception as e:  # not a notebook, a parameters cell that does not parse: one line, not a traceback
@@ -111,98 +178,184 @@ def check_params(name: str, notebook: Path, params) -> None:
         if not isinstance(k, str) or not k.isidentifier():
             raise VLLabError(f"experiment {name}: parameter name {str(k)[:60]!r} is not an identifier")
         if k not in declared:
-            raise VLLabError(f"experiment {name}: {notebook} declares no parameter {k!r} "
-                             f"(it declares: {', '.join(sorted(declared))})")
+            raise VLLabError(
+                f"experiment {name}: {notebook} declares no parameter {k!r} "
+                f"(it declares: {', '.join(sorted(declared))})"
+            )
 
-def plan_runs(plan: dict, corpora: dict, out: Path, preset: str | None = None, only: str | None = None) -> list[PlannedRun]:
+
+def plan_runs(
+    plan: dict, corpora: dict, out: Path, preset: str | None = None, only: str | None = None
+) -> list[PlannedRun]:
     "Every run of the plan with its content-hash id: sha256 of notebook, parameters, library code and data."
     code, data_hashes, runs, by_name = code_hash(), {}, [], {}
     for e in plan['experiments']:
         nb = Path(e['notebook'])
-        if not nb.is_file(): raise VLLabError(f"experiment {e['name']}: no notebook {nb}")
-        skip = f"needs the package {e['requires']}" if e.get('requires') and importlib.util.find_spec(e['requires']) is None else ''
+        if not nb.is_file():
+            raise VLLabError(f"experiment {e['name']}: no notebook {nb}")
+        skip = (
+            f"needs the package {e['requires']}"
+            if e.get('requires') and importlib.util.find_spec(e['requires']) is None
+            else ''
+        )
         check_params(e['name'], nb, e.get('params') or {})
         params = dict(e.get('params') or {})
         corpus = lambda v: Path(corpora.get(v, v)).resolve()
         data = corpus(params.get('data', 'clean'))
         params.update(data=str(data), preset=preset or e.get('preset') or plan.get('preset', 'cpu-tiny'))
-        if params.get('eval_data'): params['eval_data'] = str(corpus(params['eval_data']))
+        if params.get('eval_data'):
+            params['eval_data'] = str(corpus(params['eval_data']))
         for seed in e.get('seeds', [0]):
             p, deps = _resolve_runs(dict(params, seed=int(seed)), int(seed), by_name, e['name'])
             for key in {str(data), params.get('eval_data') or str(data)}:
-                if key not in data_hashes: data_hashes[key] = dir_sha256(key) if Path(key).exists() else 'missing'
+                if key not in data_hashes:
+                    data_hashes[key] = dir_sha256(key) if Path(key).exists() else 'missing'
             hashes = [data_hashes[str(data)], data_hashes[params.get('eval_data') or str(data)]]
-            blob = json.dumps(dict(notebook=hashlib.sha256(nb.read_bytes()).hexdigest(), params=p, code=code, data=hashes),
-                              sort_keys=True)
+            blob = json.dumps(
+                dict(notebook=hashlib.sha256(nb.read_bytes()).hexdigest(), params=p, code=code, data=hashes),
+                sort_keys=True,
+            )
             rid = hashlib.sha256(blob.encode()).hexdigest()[:12]
             runs.append(PlannedRun(e['name'], nb, int(seed), p, rid, out / 'runs' / rid, skip, deps))
         by_name[e['name']] = [r for r in runs if r.name == e['name']]
-    if not only: return runs
-    if bad := set(only.split(',')) - set(by_name): raise VLLabError(f"--only: no experiment {', '.join(sorted(bad))} in the plan")
+    if not only:
+        return runs
+    if bad := set(only.split(',')) - set(by_name):
+        raise VLLabError(f"--only: no experiment {', '.join(sorted(bad))} in the plan")
     ids, keep = {r.run_id: r for r in runs}, {r.run_id for r in runs if r.name in only.split(',')}
     todo = list(keep)
     while todo:  # the runs the chosen ones need, and the runs those need
         for d in ids[todo.pop()].deps:
-            if d not in keep: keep.add(d); todo.append(d)
+            if d not in keep:
+                keep.add(d)
+                todo.append(d)
     return [r for r in runs if r.run_id in keep]
+
 
 def is_complete(run_dir: Path) -> bool:
     "A run is complete when every output file is there and no failure is recorded."
     return all((run_dir / f).exists() for f in RUN_FILES) and not (run_dir / 'failed.json').exists()
+
 
 # %% ../nbs/41_runner.ipynb #854b2597
 def notebook_html(src: Path, dest: Path):
     "Render an executed notebook to a self-contained HTML page."
     import nbformat
     from nbconvert import HTMLExporter
-    exp = HTMLExporter(template_name='lab', embed_images=True, mathjax_url='', require_js_url='', jquery_url='',
-                       mermaid_js_url='', mermaid_layout_elk_js_url='', widget_renderer_url='')
+
+    exp = HTMLExporter(
+        template_name='lab',
+        embed_images=True,
+        mathjax_url='',
+        require_js_url='',
+        jquery_url='',
+        mermaid_js_url='',
+        mermaid_layout_elk_js_url='',
+        widget_renderer_url='',
+    )
     body, _ = exp.from_notebook_node(nbformat.read(src, as_version=4))
     dest.write_text(body)
 
+
 def _cause(stderr: str) -> str:
-    if 'DeadKernelError' in stderr or 'Kernel died' in stderr: return 'the kernel died (out of memory?)'
-    lines = [l for l in stderr.splitlines() if l.strip() and not l.startswith(('[IPKernelApp]', 'Executing', 'Input Notebook', 'Output Notebook'))]
-    err = next((l for l in reversed(lines) if 'Error' in l or 'Exception' in l), lines[-1] if lines else 'unknown error')
+    if 'DeadKernelError' in stderr or 'Kernel died' in stderr:
+        return 'the kernel died (out of memory?)'
+    lines = [
+        l
+        for l in stderr.splitlines()
+        if l.strip() and not l.startswith(('[IPKernelApp]', 'Executing', 'Input Notebook', 'Output Notebook'))
+    ]
+    err = next(
+        (l for l in reversed(lines) if 'Error' in l or 'Exception' in l), lines[-1] if lines else 'unknown error'
+    )
     return err.strip()[:300]
+
 
 def execute_run(run: PlannedRun, timeout: float, threads: int = 0) -> dict:
     "Execute one run with papermill; returns its record (status done or failed, cause, seconds)."
-    d = run.run_dir; d.mkdir(parents=True, exist_ok=True)
+    d = run.run_dir
+    d.mkdir(parents=True, exist_ok=True)
     (d / 'failed.json').unlink(missing_ok=True)
-    write_json(d / 'run.json', dict(name=run.name, notebook=str(run.notebook), seed=run.seed, params=run.params, run_id=run.run_id))
+    write_json(
+        d / 'run.json',
+        dict(name=run.name, notebook=str(run.notebook), seed=run.seed, params=run.params, run_id=run.run_id),
+    )
     (d / 'papermill_params.yaml').write_text(yaml.safe_dump(dict(run.params, out=str(d.resolve()))))
     # the kernel draws inline (an Agg backend, which `make` exports, would leave the run page without its figures)
-    env = dict(os.environ, MPLBACKEND='module://matplotlib_inline.backend_inline', HF_HUB_OFFLINE='1',
-               **({'OMP_NUM_THREADS': str(threads)} if threads else {}))
-    cmd = [sys.executable, '-m', 'papermill', str(run.notebook.resolve()), str(d / 'executed.ipynb'), '-f', str(d / 'papermill_params.yaml'),
-           '--cwd', str(d), '-k', 'python3', '--language', 'python', '--no-progress-bar']
+    env = dict(
+        os.environ,
+        MPLBACKEND='module://matplotlib_inline.backend_inline',
+        HF_HUB_OFFLINE='1',
+        **({'OMP_NUM_THREADS': str(threads)} if threads else {}),
+    )
+    cmd = [
+        sys.executable,
+        '-m',
+        'papermill',
+        str(run.notebook.resolve()),
+        str(d / 'executed.ipynb'),
+        '-f',
+        str(d / 'papermill_params.yaml'),
+        '--cwd',
+        str(d),
+        '-k',
+        'python3',
+        '--language',
+        'python',
+        '--no-progress-bar',
+    ]
     t0 = time.time()
-    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, start_new_session=True)
+    p = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, start_new_session=True
+    )
     try:
         _, err = p.communicate(timeout=timeout)
         status, cause = ('done', None) if p.returncode == 0 else ('failed', _cause(err))
     except subprocess.TimeoutExpired:
-        os.killpg(p.pid, signal.SIGKILL); _, err = p.communicate()
+        os.killpg(p.pid, signal.SIGKILL)
+        _, err = p.communicate()
         status, cause = 'failed', f'timed out after {timeout:.0f} s'
     if (d / 'executed.ipynb').exists():
-        try: notebook_html(d / 'executed.ipynb', d / 'run.html')
-        except Exception as e: cause = cause or f'cannot render run.html: {e}'; status = 'failed'
+        try:
+            notebook_html(d / 'executed.ipynb', d / 'run.html')
+        except Exception as e:
+            cause = cause or f'cannot render run.html: {e}'
+            status = 'failed'
     if status == 'done' and not is_complete(d):
-        status, cause = 'failed', 'the notebook did not write ' + ', '.join(f for f in RUN_FILES if not (d / f).exists())
-    rec = dict(name=run.name, seed=run.seed, run_id=run.run_id, status=status, cause=cause, seconds=round(time.time() - t0, 1))
-    if status == 'failed': write_json(d / 'failed.json', rec | dict(stderr_tail=err.splitlines()[-15:]))
-    else: write_json(d / 'record.json', rec)  # its execution time, for the report once the run is cached
+        status, cause = (
+            'failed',
+            'the notebook did not write ' + ', '.join(f for f in RUN_FILES if not (d / f).exists()),
+        )
+    rec = dict(
+        name=run.name, seed=run.seed, run_id=run.run_id, status=status, cause=cause, seconds=round(time.time() - t0, 1)
+    )
+    if status == 'failed':
+        write_json(d / 'failed.json', rec | dict(stderr_tail=err.splitlines()[-15:]))
+    else:
+        write_json(d / 'record.json', rec)  # its execution time, for the report once the run is cached
     return rec
+
 
 # %% ../nbs/41_runner.ipynb #6dc70788
 def plan_corpora(plan: dict, data=None) -> dict:
     "The corpora the plan needs, made where missing or stale: its `corpus` (or `data`), cleaned as its runs ask."
     from vl_lab.corpus import DEFAULT_DATA, prepare_corpora
+
     return prepare_corpora(Path(data or plan.get('corpus', DEFAULT_DATA)), corpus_kinds(plan))
 
-def run_plan(plan_path='lab.yaml', out='reports', preset: str | None = None, only: str | None = None, force: bool = False,
-             jobs: int = 1, timeout: float | None = None, data=None, progress: bool = True, corpora: dict | None = None) -> list[dict]:
+
+def run_plan(
+    plan_path='lab.yaml',
+    out='reports',
+    preset: str | None = None,
+    only: str | None = None,
+    force: bool = False,
+    jobs: int = 1,
+    timeout: float | None = None,
+    data=None,
+    progress: bool = True,
+    corpora: dict | None = None,
+) -> list[dict]:
     """Execute every run of the plan that is not complete (all with `force`); returns a record per run. `corpora`
     ({kind: folder}, from `plan_corpora`) are made here when not given."""
     plan, out = read_plan(plan_path), Path(out)
@@ -212,36 +365,72 @@ def run_plan(plan_path='lab.yaml', out='reports', preset: str | None = None, onl
     threads = 1  # one thread per run whatever --jobs is: a run's numbers must not depend on how many ran beside it
     records, todo = [], []
     for r in runs:
-        if r.skip: records.append(dict(name=r.name, seed=r.seed, run_id=r.run_id, status='skipped', cause=r.skip, seconds=0))
+        if r.skip:
+            records.append(dict(name=r.name, seed=r.seed, run_id=r.run_id, status='skipped', cause=r.skip, seconds=0))
         elif is_complete(r.run_dir) and not force:
             done = json.loads((r.run_dir / 'record.json').read_text()) if (r.run_dir / 'record.json').exists() else {}
-            records.append(dict(name=r.name, seed=r.seed, run_id=r.run_id, status='cached', cause=None, seconds=done.get('seconds', 0)))
-        else: todo.append(r)
+            records.append(
+                dict(
+                    name=r.name,
+                    seed=r.seed,
+                    run_id=r.run_id,
+                    status='cached',
+                    cause=None,
+                    seconds=done.get('seconds', 0),
+                )
+            )
+        else:
+            todo.append(r)
     say = (lambda s: print(s, flush=True)) if progress else (lambda s: None)
-    say(f"plan: {len(runs)} runs, {len(todo)} to execute, {sum(r['status'] == 'cached' for r in records)} complete already")
+    say(
+        f"plan: {len(runs)} runs, {len(todo)} to execute, {sum(r['status'] == 'cached' for r in records)} complete already"
+    )
     status, named, k = {r['run_id']: r['status'] for r in records}, {r.run_id: r for r in runs}, 0
+
     def finish(rec):
         nonlocal k
-        k += 1; records.append(rec); status[rec['run_id']] = rec['status']
-        say(f"[{k}/{len(todo)}] {rec['name']} seed {rec['seed']} ({rec['run_id']}): {rec['status']} in {rec['seconds']:.0f} s"
-            + (f" - {rec['cause']}" if rec['cause'] else ''))
+        k += 1
+        records.append(rec)
+        status[rec['run_id']] = rec['status']
+        say(
+            f"[{k}/{len(todo)}] {rec['name']} seed {rec['seed']} ({rec['run_id']}): {rec['status']} in {rec['seconds']:.0f} s"
+            + (f" - {rec['cause']}" if rec['cause'] else '')
+        )
+
     with ThreadPoolExecutor(max(1, jobs)) as pool:
         waiting, running = list(todo), {}
         while waiting or running:
             before = len(waiting)
-            for r in list(waiting):  # a run starts once every run it names is complete; it fails when one of them did not
+            for r in list(
+                waiting
+            ):  # a run starts once every run it names is complete; it fails when one of them did not
                 dep = [(d, status.get(d)) for d in r.deps]
                 if bad := next(((d, s) for d, s in dep if s in ('failed', 'skipped')), None):
-                    waiting.remove(r); d = named[bad[0]]
-                    finish(dict(name=r.name, seed=r.seed, run_id=r.run_id, status=bad[1], seconds=0,
-                                cause=f"needs the run {d.name} seed {d.seed} ({d.run_id}), which {'failed' if bad[1] == 'failed' else 'was skipped'}"))
+                    waiting.remove(r)
+                    d = named[bad[0]]
+                    finish(
+                        dict(
+                            name=r.name,
+                            seed=r.seed,
+                            run_id=r.run_id,
+                            status=bad[1],
+                            seconds=0,
+                            cause=f"needs the run {d.name} seed {d.seed} ({d.run_id}), which {'failed' if bad[1] == 'failed' else 'was skipped'}",
+                        )
+                    )
                 elif all(s in ('done', 'cached') for _, s in dep):
-                    waiting.remove(r); running[pool.submit(execute_run, r, timeout, threads)] = r
+                    waiting.remove(r)
+                    running[pool.submit(execute_run, r, timeout, threads)] = r
             if not running:
-                if len(waiting) == before: raise VLLabError('runs wait on runs that are not in the plan: ' + ', '.join(r.name for r in waiting))
+                if len(waiting) == before:
+                    raise VLLabError(
+                        'runs wait on runs that are not in the plan: ' + ', '.join(r.name for r in waiting)
+                    )
                 continue
             done, _ = wait(running, return_when=FIRST_COMPLETED)
-            for f in done: running.pop(f); finish(f.result())
+            for f in done:
+                running.pop(f)
+                finish(f.result())
     order = {r.run_id: i for i, r in enumerate(runs)}
     records.sort(key=lambda r: order[r['run_id']])
     (out / 'runs').mkdir(parents=True, exist_ok=True)

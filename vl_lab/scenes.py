@@ -8,33 +8,74 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 # %% auto #0
-__all__ = ['SHAPES', 'SHAPE_WORDS', 'COLORS', 'SIZES', 'BACKGROUNDS', 'REGIONS', 'REL', 'OPENERS', 'BG_WORDS', 'NUMBER_WORDS',
-           'size_tier', 'make_scene', 'class_label', 'render_scene', 'scene_captions', 'scene_questions']
+__all__ = [
+    'SHAPES',
+    'SHAPE_WORDS',
+    'COLORS',
+    'SIZES',
+    'BACKGROUNDS',
+    'REGIONS',
+    'REL',
+    'OPENERS',
+    'BG_WORDS',
+    'NUMBER_WORDS',
+    'size_tier',
+    'make_scene',
+    'class_label',
+    'render_scene',
+    'scene_captions',
+    'scene_questions',
+]
 
 # %% ../nbs/01a_scenes.ipynb #17684d49
 SHAPES = ('circle', 'square', 'triangle', 'star', 'diamond', 'hexagon', 'cross')
-SHAPE_WORDS = {'circle': ('circle', 'disc', 'round shape'), 'square': ('square',), 'triangle': ('triangle',),
-               'star': ('star',), 'diamond': ('diamond', 'rhombus'), 'hexagon': ('hexagon',),
-               'cross': ('cross', 'plus sign')}
-COLORS = {'red': (215, 30, 35), 'orange': (245, 130, 20), 'yellow': (235, 200, 15), 'green': (35, 150, 50),
-          'blue': (30, 70, 210), 'purple': (125, 45, 170), 'pink': (240, 110, 180), 'brown': (115, 70, 30),
-          'black': (20, 20, 20)}
+SHAPE_WORDS = {
+    'circle': ('circle', 'disc', 'round shape'),
+    'square': ('square',),
+    'triangle': ('triangle',),
+    'star': ('star',),
+    'diamond': ('diamond', 'rhombus'),
+    'hexagon': ('hexagon',),
+    'cross': ('cross', 'plus sign'),
+}
+COLORS = {
+    'red': (215, 30, 35),
+    'orange': (245, 130, 20),
+    'yellow': (235, 200, 15),
+    'green': (35, 150, 50),
+    'blue': (30, 70, 210),
+    'purple': (125, 45, 170),
+    'pink': (240, 110, 180),
+    'brown': (115, 70, 30),
+    'black': (20, 20, 20),
+}
 SIZES = {'small': (0.07, 0.09), 'medium': (0.11, 0.14), 'large': (0.17, 0.21)}  # radius as a fraction of the short side
 BACKGROUNDS = ('plain', 'gradient', 'speckled', 'striped')
 # where the centre of a lone object lies, on a 3x3 grid (row, column)
-REGIONS = {(0, 0): 'in the top left corner', (0, 1): 'at the top', (0, 2): 'in the top right corner',
-           (1, 0): 'on the left', (1, 1): 'in the center', (1, 2): 'on the right',
-           (2, 0): 'in the bottom left corner', (2, 1): 'at the bottom', (2, 2): 'in the bottom right corner'}
+REGIONS = {
+    (0, 0): 'in the top left corner',
+    (0, 1): 'at the top',
+    (0, 2): 'in the top right corner',
+    (1, 0): 'on the left',
+    (1, 1): 'in the center',
+    (1, 2): 'on the right',
+    (2, 0): 'in the bottom left corner',
+    (2, 1): 'at the bottom',
+    (2, 2): 'in the bottom right corner',
+}
+
 
 def size_tier(r: float, short_side: int) -> str:
     "The size word of a shape of radius `r` in an image whose short side is `short_side`."
     f = r / short_side
     return 'small' if f < 0.10 else 'medium' if f < 0.155 else 'large'
 
+
 # %% ../nbs/01a_scenes.ipynb #6447a95d
 def _pale(rng):
     base = rng.integers(200, 246)
     return [int(np.clip(base + rng.integers(-12, 13), 0, 255)) for _ in range(3)]
+
 
 def make_scene(rng: np.random.Generator, sizes=(224, 256, 288)) -> dict:
     "A random scene: image size, background and 1-3 non-overlapping objects with distinct (colour, shape)."
@@ -42,8 +83,10 @@ def make_scene(rng: np.random.Generator, sizes=(224, 256, 288)) -> dict:
     S = min(W, H)
     n = int(rng.choice([1, 2, 3], p=[0.3, 0.4, 0.3]))
     pairs = set()
-    while len(pairs) < n: pairs.add((str(rng.choice(list(COLORS))), str(rng.choice(SHAPES))))
-    pairs = sorted(pairs); rng.shuffle(pairs)
+    while len(pairs) < n:
+        pairs.add((str(rng.choice(list(COLORS))), str(rng.choice(SHAPES))))
+    pairs = sorted(pairs)
+    rng.shuffle(pairs)
     tiers = [str(rng.choice(list(SIZES), p=[0.35, 0.4, 0.25] if n < 3 else [0.5, 0.5, 0.0])) for _ in range(n)]
     radii = [S * rng.uniform(*SIZES[t]) for t in tiers]
     big = int(np.argmax(radii))
@@ -54,10 +97,12 @@ def make_scene(rng: np.random.Generator, sizes=(224, 256, 288)) -> dict:
     if n == 1:
         row, col = int(rng.integers(3)), int(rng.integers(3))
         r = radii[0]
+
         def pick(cell, dim):
             lo, hi = dim * (cell + 0.25) / 3, dim * (cell + 0.75) / 3
             lo, hi = max(lo, r + 3), min(hi, dim - r - 3)
             return float(rng.uniform(lo, hi)) if lo < hi else float(np.clip(dim * (cell + 0.5) / 3, r + 3, dim - r - 3))
+
         cx, cy = pick(col, W), pick(row, H)
         region = (min(int(3 * cy / H), 2), min(int(3 * cx / W), 2))
         objs.append(dict(cx=cx, cy=cy, r=r, region=list(region)))
@@ -71,36 +116,71 @@ def make_scene(rng: np.random.Generator, sizes=(224, 256, 288)) -> dict:
             cx, cy = (a, b) if axis == 'h' else (b, a)
             objs.append(dict(cx=float(cx), cy=float(cy), r=float(r)))
     for o, (color, shape), r in zip(objs, pairs, radii):
-        o.update(color=color, shape=shape, size=size_tier(r, S), rot=float(rng.uniform(-12, 12)),
-                 rgb=[int(np.clip(c + rng.integers(-12, 13), 0, 255)) for c in COLORS[color]])
-    bg = dict(kind=str(rng.choice(BACKGROUNDS)), c1=_pale(rng), c2=_pale(rng), period=int(rng.integers(8, 24)),
-              direction=str(rng.choice(['h', 'v'])), noise_seed=int(rng.integers(2**31)))
+        o.update(
+            color=color,
+            shape=shape,
+            size=size_tier(r, S),
+            rot=float(rng.uniform(-12, 12)),
+            rgb=[int(np.clip(c + rng.integers(-12, 13), 0, 255)) for c in COLORS[color]],
+        )
+    bg = dict(
+        kind=str(rng.choice(BACKGROUNDS)),
+        c1=_pale(rng),
+        c2=_pale(rng),
+        period=int(rng.integers(8, 24)),
+        direction=str(rng.choice(['h', 'v'])),
+        noise_seed=int(rng.integers(2**31)),
+    )
     return dict(width=W, height=H, axis=axis, background=bg, objects=objs)
+
 
 def class_label(scene: dict) -> str:
     "The image's class: the shape of its largest object."
     return max(scene['objects'], key=lambda o: o['r'])['shape']
 
+
 # %% ../nbs/01a_scenes.ipynb #4042ccf4
 def _polygon(shape, cx, cy, r, rot):
     "Vertices of a polygonal shape of radius r centred at (cx, cy), rotated by `rot` degrees."
-    if shape == 'square': pts = [(-0.8, -0.8), (0.8, -0.8), (0.8, 0.8), (-0.8, 0.8)]
-    elif shape == 'triangle': pts = [(np.cos(a), np.sin(a)) for a in np.deg2rad([-90, 30, 150])]
-    elif shape == 'diamond': pts = [(0, -1), (0.62, 0), (0, 1), (-0.62, 0)]
-    elif shape == 'hexagon': pts = [(np.cos(a), np.sin(a)) for a in np.deg2rad(np.arange(0, 360, 60))]
+    if shape == 'square':
+        pts = [(-0.8, -0.8), (0.8, -0.8), (0.8, 0.8), (-0.8, 0.8)]
+    elif shape == 'triangle':
+        pts = [(np.cos(a), np.sin(a)) for a in np.deg2rad([-90, 30, 150])]
+    elif shape == 'diamond':
+        pts = [(0, -1), (0.62, 0), (0, 1), (-0.62, 0)]
+    elif shape == 'hexagon':
+        pts = [(np.cos(a), np.sin(a)) for a in np.deg2rad(np.arange(0, 360, 60))]
     elif shape == 'star':
-        pts = [((1 if k % 2 == 0 else 0.45) * np.cos(a), (1 if k % 2 == 0 else 0.45) * np.sin(a))
-               for k, a in enumerate(np.deg2rad(np.arange(-90, 270, 36)))]
+        pts = [
+            ((1 if k % 2 == 0 else 0.45) * np.cos(a), (1 if k % 2 == 0 else 0.45) * np.sin(a))
+            for k, a in enumerate(np.deg2rad(np.arange(-90, 270, 36)))
+        ]
     elif shape == 'cross':
         t = 0.32
-        pts = [(-t, -1), (t, -1), (t, -t), (1, -t), (1, t), (t, t), (t, 1), (-t, 1), (-t, t), (-1, t), (-1, -t), (-t, -t)]
-    else: raise ValueError(f"unknown shape {shape!r}")
+        pts = [
+            (-t, -1),
+            (t, -1),
+            (t, -t),
+            (1, -t),
+            (1, t),
+            (t, t),
+            (t, 1),
+            (-t, 1),
+            (-t, t),
+            (-1, t),
+            (-1, -t),
+            (-t, -t),
+        ]
+    else:
+        raise ValueError(f"unknown shape {shape!r}")
     c, s = np.cos(np.deg2rad(rot)), np.sin(np.deg2rad(rot))
     return [(cx + r * (x * c - y * s), cy + r * (x * s + y * c)) for x, y in pts]
 
+
 def _background(bg, W, H):
     c1, c2 = np.array(bg['c1'], np.float32), np.array(bg['c2'], np.float32)
-    if bg['kind'] == 'plain': arr = np.broadcast_to(c1, (H, W, 3))
+    if bg['kind'] == 'plain':
+        arr = np.broadcast_to(c1, (H, W, 3))
     elif bg['kind'] == 'gradient':
         t = np.linspace(0, 1, W if bg['direction'] == 'h' else H, dtype=np.float32)
         t = t[None, :, None] if bg['direction'] == 'h' else t[:, None, None]
@@ -112,9 +192,11 @@ def _background(bg, W, H):
         idx = np.arange(W if bg['direction'] == 'h' else H) // bg['period'] % 2
         band = np.where(idx[:, None] == 0, c1, c2)
         arr = band[None, :, :] if bg['direction'] == 'h' else band[:, None, :]
-    else: raise ValueError(f"unknown background {bg['kind']!r}")
+    else:
+        raise ValueError(f"unknown background {bg['kind']!r}")
     arr = np.broadcast_to(arr, (H, W, 3))
     return Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8), 'RGB')
+
 
 def render_scene(scene: dict) -> Image.Image:
     "Draw `scene` as an RGB image of its width and height."
@@ -123,13 +205,17 @@ def render_scene(scene: dict) -> Image.Image:
     d = ImageDraw.Draw(img)
     for o in scene['objects']:
         cx, cy, r, fill = o['cx'] * k, o['cy'] * k, o['r'] * k, tuple(o['rgb'])
-        if o['shape'] == 'circle': d.ellipse([cx - r, cy - r, cx + r, cy + r], fill=fill)
-        else: d.polygon(_polygon(o['shape'], cx, cy, r, o['rot']), fill=fill)
+        if o['shape'] == 'circle':
+            d.ellipse([cx - r, cy - r, cx + r, cy + r], fill=fill)
+        else:
+            d.polygon(_polygon(o['shape'], cx, cy, r, o['rot']), fill=fill)
     return img.reduce(k)
+
 
 # %% ../nbs/01a_scenes.ipynb #4cc1faff
 def _article(word):
     return 'an' if word[0] in 'aeiou' else 'a'
+
 
 def _np(o, rng, det=None, size_p=0.5):
     "A noun phrase for object `o`: 'a large red circle', 'the blue disc'."
@@ -138,10 +224,24 @@ def _np(o, rng, det=None, size_p=0.5):
     phrase = ' '.join(words)
     return f"{det or _article(phrase)} {phrase}"
 
-REL = {'left': ('to the left of', 'left of', 'on the left of'), 'right': ('to the right of', 'right of', 'on the right of'),
-       'above': ('above', 'over', 'higher than'), 'below': ('below', 'under', 'beneath', 'lower than')}
-OPENERS = ('', 'an image of ', 'a picture of ', 'a drawing of ', 'there is ', 'this image shows ', 'a simple illustration of ')
+
+REL = {
+    'left': ('to the left of', 'left of', 'on the left of'),
+    'right': ('to the right of', 'right of', 'on the right of'),
+    'above': ('above', 'over', 'higher than'),
+    'below': ('below', 'under', 'beneath', 'lower than'),
+}
+OPENERS = (
+    '',
+    'an image of ',
+    'a picture of ',
+    'a drawing of ',
+    'there is ',
+    'this image shows ',
+    'a simple illustration of ',
+)
 BG_WORDS = {'plain': 'a plain', 'gradient': 'a gradient', 'speckled': 'a speckled', 'striped': 'a striped'}
+
 
 def _templates(scene, rng):
     "Candidate captions (callables) for the scene."
@@ -149,33 +249,46 @@ def _templates(scene, rng):
     op = lambda: str(rng.choice(OPENERS))
     n = len(objs)
     if n == 1:
-        o = objs[0]; where = REGIONS[tuple(o['region'])]
-        return [lambda: f"{op()}{_np(o, rng)} {where}", lambda: f"{op()}{_np(o, rng)} on {bg}",
-                lambda: f"a single {o['color']} {rng.choice(SHAPE_WORDS[o['shape']])} {where}",
-                lambda: f"one {o['shape']}, colored {o['color']}, {where}",
-                lambda: f"{_np(o, rng)} {where} on {bg}", lambda: f"{op()}{_np(o, rng, size_p=1)} alone on {bg}"]
+        o = objs[0]
+        where = REGIONS[tuple(o['region'])]
+        return [
+            lambda: f"{op()}{_np(o, rng)} {where}",
+            lambda: f"{op()}{_np(o, rng)} on {bg}",
+            lambda: f"a single {o['color']} {rng.choice(SHAPE_WORDS[o['shape']])} {where}",
+            lambda: f"one {o['shape']}, colored {o['color']}, {where}",
+            lambda: f"{_np(o, rng)} {where} on {bg}",
+            lambda: f"{op()}{_np(o, rng, size_p=1)} alone on {bg}",
+        ]
     order = objs  # objects are stored in order along the axis
     lo, hi = ('left', 'right') if scene['axis'] == 'h' else ('above', 'below')
     if n == 2:
         a, b = order
         pair_word = 'side by side' if scene['axis'] == 'h' else 'one above the other'
-        return [lambda: f"{op()}{_np(a, rng)} {rng.choice(REL[lo])} {_np(b, rng)}",
-                lambda: f"{op()}{_np(b, rng)} {rng.choice(REL[hi])} {_np(a, rng)}",
-                lambda: f"two shapes {pair_word}: {_np(a, rng)} and {_np(b, rng)}",
-                lambda: f"{op()}{_np(a, rng)} and {_np(b, rng)} on {bg}",
-                lambda: f"{_np(a, rng, 'the')} is {rng.choice(REL[lo])} {_np(b, rng, 'the')}",
-                lambda: f"{_np(b, rng, 'the')} is {rng.choice(REL[hi])} {_np(a, rng, 'the')}"]
+        return [
+            lambda: f"{op()}{_np(a, rng)} {rng.choice(REL[lo])} {_np(b, rng)}",
+            lambda: f"{op()}{_np(b, rng)} {rng.choice(REL[hi])} {_np(a, rng)}",
+            lambda: f"two shapes {pair_word}: {_np(a, rng)} and {_np(b, rng)}",
+            lambda: f"{op()}{_np(a, rng)} and {_np(b, rng)} on {bg}",
+            lambda: f"{_np(a, rng, 'the')} is {rng.choice(REL[lo])} {_np(b, rng, 'the')}",
+            lambda: f"{_np(b, rng, 'the')} is {rng.choice(REL[hi])} {_np(a, rng, 'the')}",
+        ]
     a, b, c = order
     seq = 'from left to right' if scene['axis'] == 'h' else 'from top to bottom'
-    return [lambda: f"{_np(a, rng)}, {_np(b, rng)} and {_np(c, rng)} {seq}",
-            lambda: f"{op()}{_np(b, rng)} between {_np(a, rng)} and {_np(c, rng)}",
-            lambda: f"three shapes in a {'row' if scene['axis'] == 'h' else 'column'} on {bg}",
-            lambda: f"{op()}{_np(a, rng)} {rng.choice(REL[lo])} {_np(b, rng)}, and {_np(c, rng)} {rng.choice(REL[hi])} {_np(b, rng, 'the')}",
-            lambda: f"{_np(c, rng, 'the')} is {rng.choice(REL[hi])} {_np(b, rng, 'the')}",
-            lambda: f"three shapes: {_np(a, rng)}, {_np(b, rng)} and {_np(c, rng)}"]
+    return [
+        lambda: f"{_np(a, rng)}, {_np(b, rng)} and {_np(c, rng)} {seq}",
+        lambda: f"{op()}{_np(b, rng)} between {_np(a, rng)} and {_np(c, rng)}",
+        lambda: f"three shapes in a {'row' if scene['axis'] == 'h' else 'column'} on {bg}",
+        lambda: (
+            f"{op()}{_np(a, rng)} {rng.choice(REL[lo])} {_np(b, rng)}, and {_np(c, rng)} {rng.choice(REL[hi])} {_np(b, rng, 'the')}"
+        ),
+        lambda: f"{_np(c, rng, 'the')} is {rng.choice(REL[hi])} {_np(b, rng, 'the')}",
+        lambda: f"three shapes: {_np(a, rng)}, {_np(b, rng)} and {_np(c, rng)}",
+    ]
+
 
 def _finish(text):
     return text[0].upper() + text[1:] + '.'
+
 
 def scene_captions(scene: dict, rng: np.random.Generator, k: int = 5) -> list[str]:
     "`k` distinct true captions of `scene`."
@@ -183,45 +296,83 @@ def scene_captions(scene: dict, rng: np.random.Generator, k: int = 5) -> list[st
     for _ in range(20):
         for i in rng.permutation(len(temps)):
             cap = _finish(temps[i]())
-            if cap not in out: out.append(cap)
-            if len(out) == k: return out
+            if cap not in out:
+                out.append(cap)
+            if len(out) == k:
+                return out
     raise RuntimeError('could not make enough distinct captions')
+
 
 # %% ../nbs/01a_scenes.ipynb #76cd90fb
 NUMBER_WORDS = {1: 'one', 2: 'two', 3: 'three'}
+
 
 def _answers(ans, rng, alt=None):
     "Ten annotator answers: mostly `ans`, a few the equivalent `alt` spelling."
     k = int(rng.integers(0, 4)) if alt else 0
     return [alt] * k + [ans] * (10 - k)
 
+
 def scene_questions(scene: dict, rng: np.random.Generator) -> list[dict]:
     "Question/answer records (question, answer, answers, answer_type) true of `scene`."
     objs, qs = scene['objects'], []
     n = len(objs)
-    qs.append(dict(question='How many shapes are in the image?', answer=str(n), answer_type='number',
-                   answers=_answers(str(n), rng, NUMBER_WORDS[n])))
-    shapes = [o['shape'] for o in objs]; colors = [o['color'] for o in objs]
+    qs.append(
+        dict(
+            question='How many shapes are in the image?',
+            answer=str(n),
+            answer_type='number',
+            answers=_answers(str(n), rng, NUMBER_WORDS[n]),
+        )
+    )
+    shapes = [o['shape'] for o in objs]
+    colors = [o['color'] for o in objs]
     o = objs[int(rng.integers(n))]
     if shapes.count(o['shape']) == 1:
-        qs.append(dict(question=f"What color is the {o['shape']}?", answer=o['color'], answer_type='other',
-                       answers=_answers(o['color'], rng)))
+        qs.append(
+            dict(
+                question=f"What color is the {o['shape']}?",
+                answer=o['color'],
+                answer_type='other',
+                answers=_answers(o['color'], rng),
+            )
+        )
     if colors.count(o['color']) == 1:
-        qs.append(dict(question=f"What shape is the {o['color']} object?", answer=o['shape'], answer_type='other',
-                       answers=_answers(o['shape'], rng)))
+        qs.append(
+            dict(
+                question=f"What shape is the {o['color']} object?",
+                answer=o['shape'],
+                answer_type='other',
+                answers=_answers(o['shape'], rng),
+            )
+        )
     present = {(x['color'], x['shape']) for x in objs}
-    if rng.random() < 0.5: color, shape = o['color'], o['shape']
+    if rng.random() < 0.5:
+        color, shape = o['color'], o['shape']
     else:
         while True:
             color, shape = str(rng.choice(list(COLORS))), str(rng.choice(SHAPES))
-            if (color, shape) not in present: break
+            if (color, shape) not in present:
+                break
     yn = 'yes' if (color, shape) in present else 'no'
-    qs.append(dict(question=f"Is there {_article(color)} {color} {shape} in the image?", answer=yn,
-                   answer_type='yes/no', answers=_answers(yn, rng)))
+    qs.append(
+        dict(
+            question=f"Is there {_article(color)} {color} {shape} in the image?",
+            answer=yn,
+            answer_type='yes/no',
+            answers=_answers(yn, rng),
+        )
+    )
     if n >= 2:
         i = int(rng.integers(1, n))
         ref, tgt = objs[i], objs[i - 1]
         word = 'left of' if scene['axis'] == 'h' else 'above'
-        qs.append(dict(question=f"What shape is {word} the {ref['color']} {ref['shape']}?", answer=tgt['shape'],
-                       answer_type='other', answers=_answers(tgt['shape'], rng)))
+        qs.append(
+            dict(
+                question=f"What shape is {word} the {ref['color']} {ref['shape']}?",
+                answer=tgt['shape'],
+                answer_type='other',
+                answers=_answers(tgt['shape'], rng),
+            )
+        )
     return qs

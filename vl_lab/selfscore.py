@@ -4,7 +4,14 @@
 
 # %% ../nbs/03c_selfscore.ipynb #86f91770
 from __future__ import annotations
-import contextlib, hashlib, io, json, os, shutil, sys, tempfile
+import contextlib
+import hashlib
+import io
+import json
+import os
+import shutil
+import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -15,14 +22,17 @@ from .core import VLLabError, write_json
 # %% auto #0
 __all__ = ['fold_of', 'write_fold_corpus', 'SelfScorer']
 
+
 # %% ../nbs/03c_selfscore.ipynb #699584cd
 def _hash(s: str) -> int:
     "A stable hash with well-mixed bits (CRC-32 is linear: two CRCs of related strings are correlated)."
     return int.from_bytes(hashlib.sha256(s.encode()).digest()[:8], 'big')
 
+
 def fold_of(key: str, folds: int) -> int:
     "The fold of an image id: a stable hash, the same on every machine and run."
     return _hash(f'fold:{key}') % folds
+
 
 def write_fold_corpus(pairs: list, dest: Path) -> dict:
     "A COCO corpus at `dest` of `pairs` (image key, image path, caption); returns its counts."
@@ -33,24 +43,38 @@ def write_fold_corpus(pairs: list, dest: Path) -> dict:
     images, anns = [], []
     for n, (key, (path, caps)) in enumerate(sorted(by_key.items()), 1):
         name = f'{n:07d}{path.suffix}'
-        try: os.link(path, dest / 'images' / name)
-        except OSError: shutil.copyfile(path, dest / 'images' / name)
+        try:
+            os.link(path, dest / 'images' / name)
+        except OSError:
+            shutil.copyfile(path, dest / 'images' / name)
         split = 'val' if _hash(f'val:{key}') % 10 == 0 else 'train'
         images.append(dict(id=n, file_name=name, split=split, orig_id=key))
         anns += [dict(id=len(anns) + 1 + i, image_id=n, caption=c) for i, c in enumerate(caps)]
-    if images and not any(i['split'] == 'val' for i in images): images[0]['split'] = 'val'  # training needs one
+    if images and not any(i['split'] == 'val' for i in images):
+        images[0]['split'] = 'val'  # training needs one
     write_json(dest / 'annotations.json', dict(images=images, annotations=anns))
     return dict(images=len(images), pairs=len(anns), val_images=sum(i['split'] == 'val' for i in images))
+
 
 # %% ../nbs/03c_selfscore.ipynb #1598b590
 class SelfScorer:
     """Cross-fitted image-text consistency: `folds` dual encoders trained with `preset` (and `overrides`) on the corpus
     itself; the pairs of fold k are scored by the model trained on all the other folds."""
+
     name = 'self'
 
-    def __init__(self, preset: str = 'cpu-tiny', folds: int = 3, overrides=(), seed: int = 0, work_dir=None,
-                 device: str = 'cpu', progress: bool = False):
-        if folds < 2: raise VLLabError(f"a cross-fitted scorer needs at least 2 folds, got {folds}")
+    def __init__(
+        self,
+        preset: str = 'cpu-tiny',
+        folds: int = 3,
+        overrides=(),
+        seed: int = 0,
+        work_dir=None,
+        device: str = 'cpu',
+        progress: bool = False,
+    ):
+        if folds < 2:
+            raise VLLabError(f"a cross-fitted scorer needs at least 2 folds, got {folds}")
         self.preset, self.folds, self.overrides, self.seed = preset, folds, list(overrides), seed
         self.work_dir, self.device, self.progress = work_dir, device, progress
         self.models, self.info, self._img_cache = {}, {}, {}
@@ -62,39 +86,60 @@ class SelfScorer:
         "Train the fold models on `pairs` of (image key, image path, caption)."
         from vl_lab.evaluate import load_run
         from vl_lab.train import resolve_config, train
-        if not pairs: raise VLLabError('the consistency scorer has no pairs to learn from')
+
+        if not pairs:
+            raise VLLabError('the consistency scorer has no pairs to learn from')
         work = Path(self.work_dir or tempfile.mkdtemp(prefix='vl_lab-selfscore-'))
         folds = []
         for k in range(self.folds):
             counts = write_fold_corpus([p for p in pairs if self.fold_of(p[0]) != k], work / f'fold{k}')
-            cfg = resolve_config(self.preset, [*self.overrides, f'seed={self.seed + k}', f'device={self.device}'],
-                                 data=str(work / f'fold{k}'))
+            cfg = resolve_config(
+                self.preset,
+                [*self.overrides, f'seed={self.seed + k}', f'device={self.device}'],
+                data=str(work / f'fold{k}'),
+            )
             with contextlib.redirect_stdout(sys.stdout if self.progress else io.StringIO()):  # its epochs, when asked
                 metrics = train(cfg, work / f'run{k}', progress=self.progress)
             self.models[k] = load_run(work / f'run{k}', self.device)[:3]
             scores = sum(self.fold_of(p[0]) == k for p in pairs)
-            folds.append(dict(fold=k, train_images=metrics['data']['train_images'], scores_pairs=scores,
-                              val_t2i_r1=metrics['final'].get('val_t2i_r1'), chance_r1=metrics['final'].get('chance_r1')))
+            folds.append(
+                dict(
+                    fold=k,
+                    train_images=metrics['data']['train_images'],
+                    scores_pairs=scores,
+                    val_t2i_r1=metrics['final'].get('val_t2i_r1'),
+                    chance_r1=metrics['final'].get('chance_r1'),
+                )
+            )
         self.info = dict(scorer='self', preset=self.preset, overrides=self.overrides, folds=folds)
-        if not self.work_dir: shutil.rmtree(work, ignore_errors=True)
+        if not self.work_dir:
+            shutil.rmtree(work, ignore_errors=True)
 
     @torch.no_grad()
     def score(self, images, captions, keys) -> np.ndarray:
         "Cosine similarity of each (image, caption), both embedded by the model of the image's fold."
         from vl_lab.transforms import PairTransform
-        if not self.models: raise VLLabError('SelfScorer.score before fit')
+
+        if not self.models:
+            raise VLLabError('SelfScorer.score before fit')
         out = np.zeros(len(captions))
         for k, (model, tok, cfg) in self.models.items():
             idx = [i for i, key in enumerate(keys) if self.fold_of(key) == k]
-            if not idx: continue
+            if not idx:
+                continue
             tf = PairTransform(cfg.transform, train=False)
             todo = [i for i in idx if (k, keys[i]) not in self._img_cache]
             if todo:
                 emb = model.encode_image(torch.stack([tf(images[i], None)[0] for i in todo]).to(self.device))[0].cpu()
                 self._img_cache.update({(k, keys[i]): e for i, e in zip(todo, emb)})
             img = torch.stack([self._img_cache[(k, keys[i])] for i in idx])
-            t = tok([captions[i] for i in idx], padding='longest', truncation=True, max_length=cfg.model.max_len,
-                    return_tensors='pt')
+            t = tok(
+                [captions[i] for i in idx],
+                padding='longest',
+                truncation=True,
+                max_length=cfg.model.max_len,
+                return_tensors='pt',
+            )
             txt = model.encode_text(t['input_ids'].to(self.device), t['attention_mask'].to(self.device))[0].cpu()
             out[idx] = (img * txt).sum(1).numpy()
         return out

@@ -4,11 +4,16 @@
 
 # %% ../nbs/51_serve.ipynb #bd7663ba
 from __future__ import annotations
-import asyncio, io, json, os, queue, threading, time
+import asyncio
+import io
+import json
+import os
+import queue
+import threading
+import time
 from concurrent.futures import Future
 from pathlib import Path, PurePath
 
-import numpy as np
 import torch
 from fastapi import FastAPI, File, Form, HTTPException, Request, UploadFile
 from fastapi.concurrency import run_in_threadpool
@@ -24,29 +29,52 @@ from .evaluate import load_run
 from .transforms import PairTransform
 
 # %% auto #0
-__all__ = ['MiB', 'WIDE_MODES', 'ONNX_FILES', 'ONE_AT_A_TIME', 'open_image', 'load_pixels', 'check_texts', 'TooLarge',
-           'BodyLimit', 'read_upload', 'Batcher', 'Engine', 'TextsIn', 'strip_paths', 'make_app', 'serve']
+__all__ = [
+    'MiB',
+    'WIDE_MODES',
+    'ONNX_FILES',
+    'ONE_AT_A_TIME',
+    'open_image',
+    'load_pixels',
+    'check_texts',
+    'TooLarge',
+    'BodyLimit',
+    'read_upload',
+    'Batcher',
+    'Engine',
+    'TextsIn',
+    'strip_paths',
+    'make_app',
+    'serve',
+]
 
 # %% ../nbs/51_serve.ipynb #82e68585
 MiB = 1 << 20
 WIDE_MODES = {'I;16': 16, 'I;16B': 16, 'I;16L': 16, 'I;16N': 16, 'I': 32, 'F': 32}  # bits a pixel: these count twice
+
 
 def open_image(data: bytes, size: int, max_pixels: int) -> Image.Image:
     "Image `data` opened, not decoded (a JPEG set to a reduced scale), or a 413 (over budget) / 415 (not an image)."
     h = read_header(data)
     if isinstance(h, Verdict) and h.rule == 'decompression_bomb':
         raise HTTPException(413, f"The image header claims far more than the limit of {max_pixels:,} pixels.")
-    if isinstance(h, Verdict): raise HTTPException(415, f"The upload is not a readable image ({h.detail}).")
+    if isinstance(h, Verdict):
+        raise HTTPException(415, f"The upload is not a readable image ({h.detail}).")
     im = Image.open(io.BytesIO(data))
-    if im.format == 'JPEG': im.draft(im.mode, (2 * size, 2 * size))  # decodes at 1/2..1/8 scale, at least 2x `size`
+    if im.format == 'JPEG':
+        im.draft(im.mode, (2 * size, 2 * size))  # decodes at 1/2..1/8 scale, at least 2x `size`
     bits = WIDE_MODES.get(im.mode)
     if im.width * im.height * (2 if bits else 1) > max_pixels:
         wide = f' {bits}-bit' if bits else ''
         twice = ', which count twice' if bits else ''
         im.close()
-        raise HTTPException(413, f"The image has {im.width}x{im.height}{wide} pixels{twice}: more than the limit of "
-                                 f"{max_pixels:,} 8-bit pixels.")
+        raise HTTPException(
+            413,
+            f"The image has {im.width}x{im.height}{wide} pixels{twice}: more than the limit of "
+            f"{max_pixels:,} 8-bit pixels.",
+        )
     return im
+
 
 def load_pixels(data: bytes, tfm: PairTransform, max_pixels: int) -> torch.Tensor:
     "The (C, H, W) model input of encoded image `data`, or an HTTPException (413 over budget, 415 not an image)."
@@ -58,14 +86,19 @@ def load_pixels(data: bytes, tfm: PairTransform, max_pixels: int) -> torch.Tenso
             raise HTTPException(415, f"The image could not be decoded ({str(e)[:80] or type(e).__name__}).")
         return tfm(rgb, None)[0]
 
+
 def check_texts(texts, max_texts: int, max_chars: int) -> list[str]:
     "`texts` if there are 1..max_texts non-blank texts of at most `max_chars` characters UTF-8 can encode, else a 422."
     texts = list(texts or [])
-    if not texts: raise HTTPException(422, "At least one text is needed.")
-    if len(texts) > max_texts: raise HTTPException(422, f"{len(texts)} texts were sent; the limit is {max_texts}.")
+    if not texts:
+        raise HTTPException(422, "At least one text is needed.")
+    if len(texts) > max_texts:
+        raise HTTPException(422, f"{len(texts)} texts were sent; the limit is {max_texts}.")
     for i, t in enumerate(texts):
-        if not isinstance(t, str) or not t.strip(): raise HTTPException(422, f"Text {i} is empty.")
-        if len(t) > max_chars: raise HTTPException(422, f"Text {i} has {len(t)} characters; the limit is {max_chars}.")
+        if not isinstance(t, str) or not t.strip():
+            raise HTTPException(422, f"Text {i} is empty.")
+        if len(t) > max_chars:
+            raise HTTPException(422, f"Text {i} has {len(t)} characters; the limit is {max_chars}.")
         try:
             t.encode('utf-8')
         except UnicodeEncodeError as e:
@@ -73,51 +106,78 @@ def check_texts(texts, max_texts: int, max_chars: int) -> list[str]:
             raise HTTPException(422, f"Text {i} is not valid Unicode: a lone surrogate ({bad}) at character {e.start}.")
     return texts
 
+
 # %% ../nbs/51_serve.ipynb #ab4f2a01
 class TooLarge(HTTPException):
-    def __init__(self, limit: int): super().__init__(413, f"The request body is larger than the limit of {limit:,} bytes.")
+    def __init__(self, limit: int):
+        super().__init__(413, f"The request body is larger than the limit of {limit:,} bytes.")
+
 
 class BodyLimit:
     "ASGI middleware: 413 for a request body over `max_bytes`, from its Content-Length or counted as it arrives."
-    def __init__(self, app, max_bytes: int): self.app, self.max_bytes = app, max_bytes
+
+    def __init__(self, app, max_bytes: int):
+        self.app, self.max_bytes = app, max_bytes
 
     async def _refuse(self, send):
         e = TooLarge(self.max_bytes)
         body = json.dumps({'detail': e.detail}).encode()
-        await send({'type': 'http.response.start', 'status': 413,
-                    'headers': [(b'content-type', b'application/json'), (b'content-length', str(len(body)).encode()), (b'connection', b'close')]})
+        await send(
+            {
+                'type': 'http.response.start',
+                'status': 413,
+                'headers': [
+                    (b'content-type', b'application/json'),
+                    (b'content-length', str(len(body)).encode()),
+                    (b'connection', b'close'),
+                ],
+            }
+        )
         await send({'type': 'http.response.body', 'body': body})
 
     async def __call__(self, scope, receive, send):
-        if scope['type'] != 'http': return await self.app(scope, receive, send)
+        if scope['type'] != 'http':
+            return await self.app(scope, receive, send)
         n = dict(scope['headers']).get(b'content-length', b'')
-        if n.isdigit() and int(n) > self.max_bytes: return await self._refuse(send)
+        if n.isdigit() and int(n) > self.max_bytes:
+            return await self._refuse(send)
         seen, started = 0, False
+
         async def counted():
             nonlocal seen
             msg = await receive()
             seen += len(msg.get('body', b''))
-            if seen > self.max_bytes: raise TooLarge(self.max_bytes)  # an HTTPException: FastAPI answers it while parsing
+            if seen > self.max_bytes:
+                raise TooLarge(self.max_bytes)  # an HTTPException: FastAPI answers it while parsing
             return msg
+
         async def tracked(msg):
             nonlocal started
             started = started or msg['type'] == 'http.response.start'
             await send(msg)
-        try: await self.app(scope, counted, tracked)
+
+        try:
+            await self.app(scope, counted, tracked)
         except TooLarge:
-            if not started: await self._refuse(send)
+            if not started:
+                await self._refuse(send)
+
 
 async def read_upload(f: UploadFile, limit: int) -> bytes:
     "At most `limit` bytes of upload `f`, or a 413."
     data = await f.read(limit + 1)
-    if len(data) > limit: raise HTTPException(413, f"The upload is larger than the limit of {limit:,} bytes.")
+    if len(data) > limit:
+        raise HTTPException(413, f"The upload is larger than the limit of {limit:,} bytes.")
     return data
+
 
 # %% ../nbs/51_serve.ipynb #db100eb9
 class Batcher:
     "Runs `fn(items) -> rows` over the items of concurrent calls at once (at most `max_batch` items, `max_wait_ms`)."
+
     def __init__(self, fn, max_batch: int = 32, max_wait_ms: float = 2.0, expected=None):
-        if max_batch < 1: raise VLLabError(f"max_batch {max_batch}: must be at least 1")
+        if max_batch < 1:
+            raise VLLabError(f"max_batch {max_batch}: must be at least 1")
         self.fn, self.max_batch, self.wait = fn, max_batch, max_wait_ms / 1e3
         self.expected = expected or (lambda: max_batch)
         self.q, self.batches, self.items, self.split = queue.Queue(), 0, 0, 0
@@ -133,13 +193,18 @@ class Batcher:
         jobs = [self.q.get()]
         n, deadline = len(jobs[0][0]), time.monotonic() + self.wait
         while n < self.max_batch:
-            try: job = self.q.get_nowait()
+            try:
+                job = self.q.get_nowait()
             except queue.Empty:
                 left = deadline - time.monotonic()
-                if len(jobs) >= self.expected() or left <= 0: break
-                try: job = self.q.get(timeout=left)
-                except queue.Empty: break
-            jobs.append(job); n += len(job[0])
+                if len(jobs) >= self.expected() or left <= 0:
+                    break
+                try:
+                    job = self.q.get(timeout=left)
+                except queue.Empty:
+                    break
+            jobs.append(job)
+            n += len(job[0])
         return jobs
 
     def _run(self, jobs: list):
@@ -149,7 +214,7 @@ class Batcher:
         self.items += sum(len(items) for items, _ in jobs)
         k = 0
         for items, fut in jobs:
-            fut.set_result(rows[k:k + len(items)])
+            fut.set_result(rows[k : k + len(items)])
             k += len(items)
 
     def _run_alone(self, job):
@@ -171,18 +236,25 @@ class Batcher:
                 for job in jobs:  # the error boundary: each call alone, so only the calls at fault get an error
                     self._run_alone(job)
 
+
 # %% ../nbs/51_serve.ipynb #b6378359
-ONNX_FILES = {'onnx': ('image.onnx', 'text.onnx'), 'onnx-int8': ('image.int8.onnx', 'text.int8.onnx'),
-              'onnx-int8-static': ('image.int8-static.onnx', 'text.int8.onnx')}
+ONNX_FILES = {
+    'onnx': ('image.onnx', 'text.onnx'),
+    'onnx-int8': ('image.int8.onnx', 'text.int8.onnx'),
+    'onnx-int8-static': ('image.int8-static.onnx', 'text.int8.onnx'),
+}
 
 # Dynamic INT8 scales each activation tensor by its range over the whole batch, so an answer would depend on what it
 # was batched with (bench_serve measured embeddings up to 9e-3 apart): those encoders take one row at a time.
 ONE_AT_A_TIME = {'onnx-int8': ('image', 'text'), 'onnx-int8-static': ('text',)}
 
+
 class Engine:
     "A run's model (torch or onnx encoders) behind a lock; concurrent embedding calls are batched."
-    def __init__(self, run_dir, backend: str = 'torch', device: str = 'cpu', max_batch: int = 32,
-                 max_wait_ms: float = 2.0):
+
+    def __init__(
+        self, run_dir, backend: str = 'torch', device: str = 'cpu', max_batch: int = 32, max_wait_ms: float = 2.0
+    ):
         if backend not in ('torch', *ONNX_FILES):
             raise VLLabError(f"unknown backend {backend!r} ({', '.join(('torch', *ONNX_FILES))})")
         self.run_dir, self.backend, self.device = Path(run_dir).resolve(), backend, device
@@ -192,9 +264,11 @@ class Engine:
             if not paths[0].is_file():
                 flags = '--onnx --int8' if 'int8' in backend else '--onnx'
                 raise VLLabError(f"backend {backend} needs `vl-lab export RUN_DIR {flags}` first (no {paths[0]})")
-            if not paths[1].is_file(): raise VLLabError(f"backend {backend}: {paths[1]} is missing (re-run the export)")
+            if not paths[1].is_file():
+                raise VLLabError(f"backend {backend}: {paths[1]} is missing (re-run the export)")
         self.model, self.tok, self.cfg, _ = load_run(self.run_dir, device)
-        if backend != 'torch': self.sessions = OrtEncoders(*paths)  # onnxruntime sessions are thread-safe: no lock
+        if backend != 'torch':
+            self.sessions = OrtEncoders(*paths)  # onnxruntime sessions are thread-safe: no lock
         self.tfm, self.lock = PairTransform(self.cfg.transform, train=False), threading.Lock()
         self.has_caption = 'caption' in self.model.tasks
         self.one_at_a_time = ONE_AT_A_TIME.get(backend, ())
@@ -205,19 +279,24 @@ class Engine:
     @torch.no_grad()
     def _images(self, pixels: list) -> torch.Tensor:
         px = torch.stack(pixels)
-        if 'image' in self.one_at_a_time: return torch.cat([self.sessions.encode_image(p[None].float())[0] for p in px])
-        if self.sessions: return self.sessions.encode_image(px.float())[0]
-        with self.lock: return self.model.encode_image(px.to(self.device))[0].float().cpu()
+        if 'image' in self.one_at_a_time:
+            return torch.cat([self.sessions.encode_image(p[None].float())[0] for p in px])
+        if self.sessions:
+            return self.sessions.encode_image(px.float())[0]
+        with self.lock:
+            return self.model.encode_image(px.to(self.device))[0].float().cpu()
 
     def _tokens(self, texts: list) -> dict:
         try:
-            return self.tok(list(texts), padding='longest', truncation=True, max_length=self.cfg.model.max_len,
-                            return_tensors='pt')
+            return self.tok(
+                list(texts), padding='longest', truncation=True, max_length=self.cfg.model.max_len, return_tensors='pt'
+            )
         except Exception as e:
             raise HTTPException(422, f"A text could not be tokenized ({type(e).__name__}).")
 
     def _texts(self, texts: list) -> torch.Tensor:
-        if 'text' in self.one_at_a_time: return torch.cat([self._encode_texts([t]) for t in texts])
+        if 'text' in self.one_at_a_time:
+            return torch.cat([self._encode_texts([t]) for t in texts])
         return self._encode_texts(texts)
 
     @torch.no_grad()
@@ -226,7 +305,8 @@ class Engine:
         if self.sessions:
             return self.sessions.encode_text(t['input_ids'].long(), t['attention_mask'].long())[0]
         ids, mask = t['input_ids'].to(self.device), t['attention_mask'].to(self.device)
-        with self.lock: return self.model.encode_text(ids, mask)[0].float().cpu()
+        with self.lock:
+            return self.model.encode_text(ids, mask)[0].float().cpu()
 
     def embed_images(self, pixels: torch.Tensor) -> torch.Tensor:
         "(N, D) normalised embeddings of a (N, C, H, W) batch (batched with concurrent calls)."
@@ -239,7 +319,8 @@ class Engine:
     @torch.no_grad()
     def caption(self, pixels: torch.Tensor, num_beams: int = 1) -> str | None:
         "A caption of one (C, H, W) image from the decoder, or None when the run has none."
-        if not self.has_caption: return None
+        if not self.has_caption:
+            return None
         with self.lock:
             _, itok = self.model.image_tower(pixels[None].to(self.device))
             ids = self.model.decoder.generate(itok, num_beams=num_beams)
@@ -250,45 +331,76 @@ class Engine:
         sim = (self.embed_texts(texts) @ self.embed_images(pixels[None])[0]).tolist()
         return [dict(text=texts[i], score=sim[i]) for i in sorted(range(len(texts)), key=lambda i: -sim[i])]
 
+
 # %% ../nbs/51_serve.ipynb #7b9936a2
 class TextsIn(BaseModel):
     texts: list[str]
 
+
 def strip_paths(x):
     "JSON-ready `x` with each absolute path (a str or Path anywhere in it) replaced by its last part."
-    if isinstance(x, dict): return {k: strip_paths(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)): return [strip_paths(v) for v in x]
-    if isinstance(x, (str, PurePath)) and os.path.isabs(os.path.expanduser(str(x))): return Path(x).name
+    if isinstance(x, dict):
+        return {k: strip_paths(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [strip_paths(v) for v in x]
+    if isinstance(x, (str, PurePath)) and os.path.isabs(os.path.expanduser(str(x))):
+        return Path(x).name
     return x
+
 
 def _model_card(eng: Engine) -> dict:
     m = eng.run_dir / 'eval' / 'test' / 'metrics.json'
-    batching = dict(max_batch=eng.images.max_batch, max_wait_ms=eng.images.wait * 1e3,
-                    image_batches=eng.images.batches, image_items=eng.images.items,
-                    text_batches=eng.texts.batches, text_items=eng.texts.items,
-                    batches_split=eng.images.split + eng.texts.split)
-    card = dict(run_id=eng.run_dir.name, config=config_to_dict(eng.cfg), backend=eng.backend,
-                tasks=list(eng.model.tasks), test_metrics=json.loads(m.read_text()) if m.is_file() else None,
-                batching=batching)
+    batching = dict(
+        max_batch=eng.images.max_batch,
+        max_wait_ms=eng.images.wait * 1e3,
+        image_batches=eng.images.batches,
+        image_items=eng.images.items,
+        text_batches=eng.texts.batches,
+        text_items=eng.texts.items,
+        batches_split=eng.images.split + eng.texts.split,
+    )
+    card = dict(
+        run_id=eng.run_dir.name,
+        config=config_to_dict(eng.cfg),
+        backend=eng.backend,
+        tasks=list(eng.model.tasks),
+        test_metrics=json.loads(m.read_text()) if m.is_file() else None,
+        batching=batching,
+    )
     return strip_paths(card)
+
 
 def _one_sentence(request: Request, exc: RequestValidationError):
     e = (exc.errors() or [{}])[0]
-    if e.get('type') == 'json_invalid': return JSONResponse({'detail': "The body is not valid JSON."}, status_code=422)
+    if e.get('type') == 'json_invalid':
+        return JSONResponse({'detail': "The body is not valid JSON."}, status_code=422)
     where = '.'.join(str(x) for x in e.get('loc', ())[1:]) or 'body'
     msg = str(e.get('msg', 'invalid')).rstrip('.')
     return JSONResponse({'detail': f"Invalid request: {where}: {msg}."}, status_code=422)
+
 
 def _server_error(request: Request, exc: Exception):
     "A one-sentence 500 that names the kind of error only (its message may hold server paths)."
     return JSONResponse({'detail': f"The service failed on this request ({type(exc).__name__})."}, status_code=500)
 
+
 # %% ../nbs/51_serve.ipynb #dbbf4795
-def make_app(run_dir, backend: str = 'torch', max_upload_mb: float = 10, max_texts: int = 32, max_text_chars: int = 500,
-             max_pixels: int = 4096 * 4096, device: str = 'cpu', num_beams: int = 1, max_batch: int = 32,
-             max_wait_ms: float = 2.0, max_decodes: int = 2) -> FastAPI:
+def make_app(
+    run_dir,
+    backend: str = 'torch',
+    max_upload_mb: float = 10,
+    max_texts: int = 32,
+    max_text_chars: int = 500,
+    max_pixels: int = 4096 * 4096,
+    device: str = 'cpu',
+    num_beams: int = 1,
+    max_batch: int = 32,
+    max_wait_ms: float = 2.0,
+    max_decodes: int = 2,
+) -> FastAPI:
     "The FastAPI service over the run in `run_dir` (`max_pixels`: 8-bit pixels an image may decode to)."
-    if max_decodes < 1: raise VLLabError(f"max_decodes {max_decodes}: must be at least 1")
+    if max_decodes < 1:
+        raise VLLabError(f"max_decodes {max_decodes}: must be at least 1")
     eng = Engine(run_dir, backend, device, max_batch, max_wait_ms)
     limit = int(max_upload_mb * MiB)
     decodes = asyncio.Semaphore(max_decodes)  # decoding memory: at most max_decodes pixel budgets at a time
@@ -302,25 +414,31 @@ def make_app(run_dir, backend: str = 'torch', max_upload_mb: float = 10, max_tex
     @app.middleware('http')
     async def count_in_flight(request: Request, call_next):  # the batchers wait only for requests that exist
         eng.in_flight += 1
-        try: return await call_next(request)
-        finally: eng.in_flight -= 1
+        try:
+            return await call_next(request)
+        finally:
+            eng.in_flight -= 1
 
     def multipart_only(request: Request):
         if not request.headers.get('content-type', '').startswith('multipart/form-data'):
-            raise HTTPException(422, "Send multipart/form-data with an `image` file "
-                                     "(and `texts` fields for inference).")
+            raise HTTPException(
+                422, "Send multipart/form-data with an `image` file (and `texts` fields for inference)."
+            )
 
     async def pixels_of(image: UploadFile | None):
-        if image is None: raise HTTPException(422, "An `image` file is needed.")
+        if image is None:
+            raise HTTPException(422, "An `image` file is needed.")
         data = await read_upload(image, limit)
         async with decodes:  # the requests waiting here hold no thread
             return await run_in_threadpool(load_pixels, data, eng.tfm, max_pixels)
 
     @app.get('/health')
-    async def health(): return {'status': 'ok'}  # async: answered on the event loop even when all threads are busy
+    async def health():
+        return {'status': 'ok'}  # async: answered on the event loop even when all threads are busy
 
     @app.get('/model')
-    def model(): return _model_card(eng)
+    def model():
+        return _model_card(eng)
 
     @app.post('/multimodal/inference')
     async def multimodal(request: Request, image: UploadFile | None = File(None), texts: list[str] | None = Form(None)):
@@ -329,7 +447,8 @@ def make_app(run_dir, backend: str = 'torch', max_upload_mb: float = 10, max_tex
         texts = check_texts(texts, max_texts, max_text_chars)
         px = await pixels_of(image)
         out = {'results': await run_in_threadpool(eng.rank, px, texts)}
-        if eng.has_caption: out['caption'] = await run_in_threadpool(eng.caption, px, num_beams)
+        if eng.has_caption:
+            out['caption'] = await run_in_threadpool(eng.caption, px, num_beams)
         return out
 
     @app.post('/embed/image')
@@ -349,7 +468,9 @@ def make_app(run_dir, backend: str = 'torch', max_upload_mb: float = 10, max_tex
 
     return app
 
+
 def serve(run_dir, host: str = '127.0.0.1', port: int = 8000, backend: str = 'torch', **kwargs):
     "Serve the run with uvicorn (loopback unless told otherwise); `kwargs` go to `make_app` (limits, batching)."
     import uvicorn
+
     uvicorn.run(make_app(run_dir, backend, **kwargs), host=host, port=port, log_level='warning')

@@ -4,7 +4,10 @@
 
 # %% ../nbs/01_synthetic.ipynb #2f51168f
 from __future__ import annotations
-import io, os, re, shutil
+import io
+import os
+import re
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -16,46 +19,74 @@ from .core import VLLabError, config_to_dict, update_config, write_json
 from .scenes import COLORS, SHAPES, class_label, make_scene, render_scene, scene_captions, scene_questions
 
 # %% auto #0
-__all__ = ['IMAGE_NOISE', 'CAPTION_NOISE', 'NOISE_PRESETS', 'TEXT_NOISE', 'NoiseConfig', 'SynthConfig', 'synth_config',
-           'noisy_caption', 'short_caption', 'encode_image', 'plan_noise', 'mismatched_caption', 'synth']
+__all__ = [
+    'IMAGE_NOISE',
+    'CAPTION_NOISE',
+    'NOISE_PRESETS',
+    'TEXT_NOISE',
+    'NoiseConfig',
+    'SynthConfig',
+    'synth_config',
+    'noisy_caption',
+    'short_caption',
+    'encode_image',
+    'plan_noise',
+    'mismatched_caption',
+    'synth',
+]
 
 # %% ../nbs/01_synthetic.ipynb #96f02b74
 IMAGE_NOISE = ('low_res', 'corrupt', 'unusual_mode', 'exif_rotated', 'duplicate', 'near_duplicate')
 CAPTION_NOISE = ('text_noise', 'short', 'mismatch')
 
+
 @dataclass
 class NoiseConfig:
     "Probability of each noise kind: image kinds per image, caption kinds per caption."
-    low_res: float = 0.05         # image downscaled below 224x224
-    corrupt: float = 0.02         # zero-byte, truncated, or not an image at all
-    unusual_mode: float = 0.04    # grayscale / grayscale+alpha / palette / CMYK
-    exif_rotated: float = 0.03    # pixels stored rotated, EXIF orientation undoes it
-    duplicate: float = 0.02       # byte-identical copy of an earlier image
+
+    low_res: float = 0.05  # image downscaled below 224x224
+    corrupt: float = 0.02  # zero-byte, truncated, or not an image at all
+    unusual_mode: float = 0.04  # grayscale / grayscale+alpha / palette / CMYK
+    exif_rotated: float = 0.03  # pixels stored rotated, EXIF orientation undoes it
+    duplicate: float = 0.02  # byte-identical copy of an earlier image
     near_duplicate: float = 0.02  # re-encoded, slightly altered copy of an earlier image
-    text_noise: float = 0.08      # HTML, entities, URLs, e-mail, emoji, control chars, punctuation, whitespace
-    short: float = 0.04           # caption too short to be useful
-    mismatch: float = 0.20        # caption of another image: 20%, the top of the 3-20% that Huang et al. (NeurIPS 2021,
-                                  # "Learning with Noisy Correspondence") estimate for Conceptual Captions' web alt-text
+    text_noise: float = 0.08  # HTML, entities, URLs, e-mail, emoji, control chars, punctuation, whitespace
+    short: float = 0.04  # caption too short to be useful
+    mismatch: float = 0.20  # caption of another image: 20%, the top of the 3-20% that Huang et al. (NeurIPS 2021,
+    # "Learning with Noisy Correspondence") estimate for Conceptual Captions' web alt-text
+
 
 NOISE_PRESETS = {
     'none': {k: 0.0 for k in IMAGE_NOISE + CAPTION_NOISE},
     'default': {},  # the NoiseConfig defaults above
-    'heavy': dict(low_res=0.10, corrupt=0.04, unusual_mode=0.06, exif_rotated=0.05, duplicate=0.04,
-                  near_duplicate=0.04, text_noise=0.15, short=0.08, mismatch=0.30),
+    'heavy': dict(
+        low_res=0.10,
+        corrupt=0.04,
+        unusual_mode=0.06,
+        exif_rotated=0.05,
+        duplicate=0.04,
+        near_duplicate=0.04,
+        text_noise=0.15,
+        short=0.08,
+        mismatch=0.30,
+    ),
 }
+
 
 @dataclass
 class SynthConfig:
     "What `vl-lab synth` generates."
-    n_images: int = 2000             # images in the corpus (5 captions each): CPU training in minutes
-    seed: int = 0                    # the same seed gives byte-identical output
-    noise_preset: str = 'default'    # none | default | heavy (recorded; `noise` holds the rates)
+
+    n_images: int = 2000  # images in the corpus (5 captions each): CPU training in minutes
+    seed: int = 0  # the same seed gives byte-identical output
+    noise_preset: str = 'default'  # none | default | heavy (recorded; `noise` holds the rates)
     noise: NoiseConfig = field(default_factory=NoiseConfig)
-    captions_per_image: int = 5      # reference captions per image, as in COCO
-    val_fraction: float = 0.1        # share of images in the val split
-    test_fraction: float = 0.1       # share of images in the test split
-    png_fraction: float = 0.25       # share of clean images stored as PNG (the rest JPEG)
-    jpeg_quality: int = 90           # JPEG quality of clean images
+    captions_per_image: int = 5  # reference captions per image, as in COCO
+    val_fraction: float = 0.1  # share of images in the val split
+    test_fraction: float = 0.1  # share of images in the test split
+    png_fraction: float = 0.25  # share of clean images stored as PNG (the rest JPEG)
+    jpeg_quality: int = 90  # JPEG quality of clean images
+
 
 def synth_config(noise: str = 'default', **overrides) -> SynthConfig:
     "A `SynthConfig` with the named noise preset and dotted-key `overrides` (e.g. `{'noise.short': 0.1}`)."
@@ -63,60 +94,114 @@ def synth_config(noise: str = 'default', **overrides) -> SynthConfig:
         raise VLLabError(f"unknown noise preset {noise!r} (choose from {', '.join(NOISE_PRESETS)})")
     cfg = update_config(SynthConfig(noise_preset=noise), {f'noise.{k}': v for k, v in NOISE_PRESETS[noise].items()})
     cfg = update_config(cfg, overrides)
-    if cfg.n_images < 1: raise VLLabError(f"n_images must be at least 1, got {cfg.n_images}")
+    if cfg.n_images < 1:
+        raise VLLabError(f"n_images must be at least 1, got {cfg.n_images}")
     rates = config_to_dict(cfg.noise)
     for k, v in rates.items():
-        if not 0 <= v <= 1: raise VLLabError(f"noise rate {k} must be in [0, 1], got {v}")
+        if not 0 <= v <= 1:
+            raise VLLabError(f"noise rate {k} must be in [0, 1], got {v}")
     for level in (IMAGE_NOISE, CAPTION_NOISE):
-        if sum(rates[k] for k in level) > 1: raise VLLabError(f"noise rates of {', '.join(level)} add up to more than 1")
+        if sum(rates[k] for k in level) > 1:
+            raise VLLabError(f"noise rates of {', '.join(level)} add up to more than 1")
     return cfg
+
 
 # %% ../nbs/01_synthetic.ipynb #1ce2fe7e
 def _html(c, rng):
-    words = c.split(' '); i = int(rng.integers(len(words)))
+    words = c.split(' ')
+    i = int(rng.integers(len(words)))
     tag = str(rng.choice(['b', 'i', 'em', 'span class="cap"']))
     words[i] = f"<{tag}>{words[i]}</{tag.split()[0]}>"
     return ' '.join(words) + str(rng.choice(['', '<br/>', '<br>']))
-def _entity(c, rng): return c.replace(' and ', ' &amp; ') if ' and ' in c else f"&quot;{c}&quot;"
-def _url(c, rng): return f"{c} {rng.choice(['http', 'https'])}://img{int(rng.integers(1000))}.example.com/p/{int(rng.integers(10**6))}.jpg"
-def _email(c, rng): return f"{c} contact: photos{int(rng.integers(1000))}@example.org"
-def _emoji(c, rng): return f"{c} {rng.choice(['😀', '🔥🔥', '✨', '👍👍👍', '📷'])}"
+
+
+def _entity(c, rng):
+    return c.replace(' and ', ' &amp; ') if ' and ' in c else f"&quot;{c}&quot;"
+
+
+def _url(c, rng):
+    return f"{c} {rng.choice(['http', 'https'])}://img{int(rng.integers(1000))}.example.com/p/{int(rng.integers(10**6))}.jpg"
+
+
+def _email(c, rng):
+    return f"{c} contact: photos{int(rng.integers(1000))}@example.org"
+
+
+def _emoji(c, rng):
+    return f"{c} {rng.choice(['😀', '🔥🔥', '✨', '👍👍👍', '📷'])}"
+
+
 def _control(c, rng):
     chars = ['\x00', '\x07', '\u200b', '\x1b']  # (indexed: numpy string arrays would drop a NUL)
-    i = int(rng.integers(1, len(c))); return c[:i] + chars[int(rng.integers(len(chars)))] + c[i:]
-def _punct(c, rng): return c.rstrip('.') + str(rng.choice(['!!!', '....', '?!?!', '!!', '..!!']))
+    i = int(rng.integers(1, len(c)))
+    return c[:i] + chars[int(rng.integers(len(chars)))] + c[i:]
+
+
+def _punct(c, rng):
+    return c.rstrip('.') + str(rng.choice(['!!!', '....', '?!?!', '!!', '..!!']))
+
+
 def _space(c, rng):
-    words = c.split(' '); i = int(rng.integers(len(words)))
+    words = c.split(' ')
+    i = int(rng.integers(len(words)))
     words[i] = words[i] + str(rng.choice(['  ', '\t', '   ', ' \n ']))
     return str(rng.choice(['', ' ', '  '])) + ' '.join(words) + str(rng.choice([' ', '  ', '\n']))
 
-TEXT_NOISE = {'html': _html, 'entity': _entity, 'url': _url, 'email': _email, 'emoji': _emoji,
-              'control': _control, 'punctuation': _punct, 'whitespace': _space}
+
+TEXT_NOISE = {
+    'html': _html,
+    'entity': _entity,
+    'url': _url,
+    'email': _email,
+    'emoji': _emoji,
+    'control': _control,
+    'punctuation': _punct,
+    'whitespace': _space,
+}
+
 
 def noisy_caption(clean: str, rng: np.random.Generator) -> tuple[str, list[str]]:
     "Corrupt `clean` with one or two kinds of text noise; returns the caption and the kinds applied."
-    kinds = sorted(rng.choice(list(TEXT_NOISE), size=int(rng.integers(1, 3)), replace=False).tolist(),
-                   key=list(TEXT_NOISE).index)
-    for k in kinds: clean = TEXT_NOISE[k](clean, rng)
+    kinds = sorted(
+        rng.choice(list(TEXT_NOISE), size=int(rng.integers(1, 3)), replace=False).tolist(), key=list(TEXT_NOISE).index
+    )
+    for k in kinds:
+        clean = TEXT_NOISE[k](clean, rng)
     return clean, kinds
+
 
 def short_caption(scene: dict, rng: np.random.Generator) -> str:
     "A caption of at most 10 characters, too short to be useful."
     o = scene['objects'][0]
-    opts = [o['shape'], o['color'], f"a {o['shape']}", 'shapes', 'image', 'photo', 'untitled',
-            f"IMG_{int(rng.integers(10000)):04d}", f"{o['color']} {o['shape']}"]
+    opts = [
+        o['shape'],
+        o['color'],
+        f"a {o['shape']}",
+        'shapes',
+        'image',
+        'photo',
+        'untitled',
+        f"IMG_{int(rng.integers(10000)):04d}",
+        f"{o['color']} {o['shape']}",
+    ]
     return str(rng.choice([x for x in opts if len(x) <= 10]))
+
 
 # %% ../nbs/01_synthetic.ipynb #39276d31
 _EXIF_STORE = {3: Image.Transpose.ROTATE_180, 6: Image.Transpose.ROTATE_90, 8: Image.Transpose.ROTATE_270}
 
+
 def _encode(img: Image.Image, fmt: str, **kw) -> bytes:
-    buf = io.BytesIO(); img.save(buf, fmt, **kw); return buf.getvalue()
+    buf = io.BytesIO()
+    img.save(buf, fmt, **kw)
+    return buf.getvalue()
+
 
 def encode_image(img: Image.Image, kind: str, rng: np.random.Generator, cfg: SynthConfig) -> tuple[bytes, str, dict]:
     "Bytes, file extension and noise detail for the drawn RGB `img` under image-noise `kind`."
     if kind in ('clean', 'duplicate'):
-        if rng.random() < cfg.png_fraction: return _encode(img, 'PNG'), 'png', {}
+        if rng.random() < cfg.png_fraction:
+            return _encode(img, 'PNG'), 'png', {}
         return _encode(img, 'JPEG', quality=cfg.jpeg_quality), 'jpg', {}
     if kind == 'low_res':
         s = rng.uniform(0.15, 0.8)
@@ -124,72 +209,105 @@ def encode_image(img: Image.Image, kind: str, rng: np.random.Generator, cfg: Syn
         return _encode(small, 'JPEG', quality=cfg.jpeg_quality), 'jpg', {'size': list(small.size)}
     if kind == 'corrupt':
         sub = str(rng.choice(['zero_byte', 'truncated', 'not_image']))
-        if sub == 'zero_byte': data = b''
+        if sub == 'zero_byte':
+            data = b''
         elif sub == 'truncated':
-            full = _encode(img, 'JPEG', quality=cfg.jpeg_quality); data = full[:int(len(full) * rng.uniform(0.3, 0.8))]
-        else: data = b'<html><body>404 Not Found</body></html>\n'
+            full = _encode(img, 'JPEG', quality=cfg.jpeg_quality)
+            data = full[: int(len(full) * rng.uniform(0.3, 0.8))]
+        else:
+            data = b'<html><body>404 Not Found</body></html>\n'
         return data, 'jpg', {'corruption': sub}
     if kind == 'unusual_mode':
         mode = str(rng.choice(['L', 'LA', 'P', 'CMYK']))
-        if mode == 'CMYK': return _encode(img.convert('CMYK'), 'JPEG', quality=cfg.jpeg_quality), 'jpg', {'mode': mode}
+        if mode == 'CMYK':
+            return _encode(img.convert('CMYK'), 'JPEG', quality=cfg.jpeg_quality), 'jpg', {'mode': mode}
         conv = img.quantize(64) if mode == 'P' else img.convert(mode)
         return _encode(conv, 'PNG'), 'png', {'mode': mode}
     if kind == 'exif_rotated':
         orient = int(rng.choice([3, 6, 8]))
-        exif = Image.Exif(); exif[0x0112] = orient
+        exif = Image.Exif()
+        exif[0x0112] = orient
         stored = img.transpose(_EXIF_STORE[orient])
         return _encode(stored, 'JPEG', quality=cfg.jpeg_quality, exif=exif.tobytes()), 'jpg', {'orientation': orient}
     if kind == 'near_duplicate':
         b, c = rng.uniform(0.93, 1.07), rng.uniform(0.93, 1.07)
         alt = ImageEnhance.Contrast(ImageEnhance.Brightness(img).enhance(b)).enhance(c)
         q = int(rng.integers(70, 86))
-        return _encode(alt, 'JPEG', quality=q), 'jpg', {'brightness': round(b, 3), 'contrast': round(c, 3), 'quality': q}
+        return (
+            _encode(alt, 'JPEG', quality=q),
+            'jpg',
+            {'brightness': round(b, 3), 'contrast': round(c, 3), 'quality': q},
+        )
     raise ValueError(f"unknown image noise kind {kind!r}")
 
+
 # %% ../nbs/01_synthetic.ipynb #c2c89fc2
-def _rng(seed, i, stream): return np.random.default_rng([seed, i, stream])
+def _rng(seed, i, stream):
+    return np.random.default_rng([seed, i, stream])
+
+
 _COLOR_RE = r"\b(" + '|'.join(COLORS) + r")\b"
 _SIZES = (224, 256, 288)
+
 
 def plan_noise(cfg: SynthConfig) -> tuple[list[str], list[list[str]], dict]:
     "Image kind per image, caption kinds per image, and duplicate sources, all drawn from the seed."
     rates = config_to_dict(cfg.noise)
-    p_img = [rates[k] for k in IMAGE_NOISE]; p_img = [1 - sum(p_img)] + p_img
-    p_cap = [rates[k] for k in CAPTION_NOISE]; p_cap = [1 - sum(p_cap)] + p_cap
+    p_img = [rates[k] for k in IMAGE_NOISE]
+    p_img = [1 - sum(p_img)] + p_img
+    p_cap = [rates[k] for k in CAPTION_NOISE]
+    p_cap = [1 - sum(p_cap)] + p_cap
     img_kinds, cap_kinds, sources, clean_so_far = [], [], {}, []
     for i in range(cfg.n_images):
         kind = str(_rng(cfg.seed, i, 2).choice(('clean',) + IMAGE_NOISE, p=p_img))
         if kind in ('duplicate', 'near_duplicate'):
-            if clean_so_far: sources[i] = int(_rng(cfg.seed, i, 5).choice(clean_so_far))
-            else: kind = 'clean'  # nothing earlier to copy (only possible for the very first images)
-        if kind == 'clean': clean_so_far.append(i)
+            if clean_so_far:
+                sources[i] = int(_rng(cfg.seed, i, 5).choice(clean_so_far))
+            else:
+                kind = 'clean'  # nothing earlier to copy (only possible for the very first images)
+        if kind == 'clean':
+            clean_so_far.append(i)
         img_kinds.append(kind)
-        cap_kinds.append([str(k) for k in _rng(cfg.seed, i, 4).choice(('clean',) + CAPTION_NOISE, size=cfg.captions_per_image, p=p_cap)])
+        cap_kinds.append(
+            [
+                str(k)
+                for k in _rng(cfg.seed, i, 4).choice(('clean',) + CAPTION_NOISE, size=cfg.captions_per_image, p=p_cap)
+            ]
+        )
     return img_kinds, cap_kinds, sources
 
-def _scene(seed, i): return make_scene(_rng(seed, i, 0), _SIZES)
+
+def _scene(seed, i):
+    return make_scene(_rng(seed, i, 0), _SIZES)
+
 
 def mismatched_caption(cfg, i, scene, rng) -> str:
     "A caption of another image that names a colour absent from `scene`, so it is false of this image."
     mine = {o['color'] for o in scene['objects']}
     while True:
         j = int(rng.integers(max(cfg.n_images, 50)))  # another image of the corpus (or beyond it, for tiny corpora)
-        if j == i: continue
+        if j == i:
+            continue
         for cap in scene_captions(_scene(cfg.seed, j), rng, 5):
-            if set(re.findall(_COLOR_RE, cap.lower())) - mine: return cap
+            if set(re.findall(_COLOR_RE, cap.lower())) - mine:
+                return cap
+
 
 def _splits(cfg):
     n = cfg.n_images
     n_val, n_test = round(n * cfg.val_fraction), round(n * cfg.test_fraction)
     order = np.random.default_rng([cfg.seed, 99]).permutation(n)
     split = np.array(['train'] * n, dtype=object)
-    split[order[:n_val]] = 'val'; split[order[n_val:n_val + n_test]] = 'test'
+    split[order[:n_val]] = 'val'
+    split[order[n_val : n_val + n_test]] = 'test'
     return split.tolist()
+
 
 # %% ../nbs/01_synthetic.ipynb #fd0698c5
 def _writable_dir(out_dir: Path, overwrite: bool) -> Path:
     "Check OUT_DIR can be made; return a fresh temporary sibling to build into."
-    if out_dir.exists() and not out_dir.is_dir(): raise VLLabError(f"cannot write to {out_dir}: it is a file")
+    if out_dir.exists() and not out_dir.is_dir():
+        raise VLLabError(f"cannot write to {out_dir}: it is a file")
     if blocker := next((p for p in out_dir.parents if p.exists() and not p.is_dir()), None):
         raise VLLabError(f"cannot write to {out_dir}: {blocker} is a file")
     if out_dir.is_dir() and any(out_dir.iterdir()) and not overwrite:
@@ -203,24 +321,30 @@ def _writable_dir(out_dir: Path, overwrite: bool) -> Path:
         raise VLLabError(f"cannot write to {out_dir}: {e.strerror or e}") from None
     return tmp
 
-def synth(out_dir, cfg: SynthConfig | None = None, overwrite: bool = False, progress: bool = True,
-          workers: int | None = None) -> dict:
+
+def synth(
+    out_dir, cfg: SynthConfig | None = None, overwrite: bool = False, progress: bool = True, workers: int | None = None
+) -> dict:
     """Write the shapes corpus to `out_dir`: annotations.json, images/ and the noise_labels.json sidecar. Returns counts.
     Images are drawn by `workers` processes (default: one per CPU for 512 images or more); the bytes do not depend on it."""
     cfg = cfg or synth_config()
-    if workers is None: workers = (os.cpu_count() or 1) if cfg.n_images >= 512 else 1
+    if workers is None:
+        workers = (os.cpu_count() or 1) if cfg.n_images >= 512 else 1
     out_dir = Path(out_dir)
     tmp = _writable_dir(out_dir, overwrite)
     try:
         counts = _write_corpus(tmp, cfg, progress, workers)
-        if out_dir.exists(): shutil.rmtree(out_dir)
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
         os.replace(tmp, out_dir)
     except OSError as e:
         shutil.rmtree(tmp, ignore_errors=True)
         raise VLLabError(f"cannot write to {out_dir}: {e.strerror or e}") from None
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True); raise
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     return counts
+
 
 def _make_item(cfg: SynthConfig, i: int, kind: str, src, cap_kinds: list, split: str) -> dict:
     "Everything about image `i`: its encoded bytes, COCO records, noise labels and questions (a pure function of the seed)."
@@ -231,43 +355,69 @@ def _make_item(cfg: SynthConfig, i: int, kind: str, src, cap_kinds: list, split:
         data, ext, detail = encode_image(img, 'clean', _rng(cfg.seed, src, 1), cfg)
     else:
         data, ext, detail = encode_image(img, kind, _rng(cfg.seed, i, 1), cfg)
-    if src is not None: detail = {**detail, 'source_id': src + 1}
+    if src is not None:
+        detail = {**detail, 'source_id': src + 1}
     W, H = (img.width, img.height) if kind != 'low_res' else tuple(detail['size'])
     label = class_label(scene)
-    objects = [{k: o[k] for k in ('shape', 'color', 'size')} |
-               {'bbox': [round(o['cx'] - o['r'], 1), round(o['cy'] - o['r'], 1), round(2 * o['r'], 1), round(2 * o['r'], 1)]}
-               for o in scene['objects']]
+    objects = [
+        {k: o[k] for k in ('shape', 'color', 'size')}
+        | {'bbox': [round(o['cx'] - o['r'], 1), round(o['cy'] - o['r'], 1), round(2 * o['r'], 1), round(2 * o['r'], 1)]}
+        for o in scene['objects']
+    ]
     fname = f'{img_id:06d}.{ext}'
-    image = dict(id=img_id, file_name=fname, width=W, height=H, split=split, class_name=label,
-                 class_id=SHAPES.index(label), n_objects=len(scene['objects']), objects=objects)
+    image = dict(
+        id=img_id,
+        file_name=fname,
+        width=W,
+        height=H,
+        split=split,
+        class_name=label,
+        class_id=SHAPES.index(label),
+        n_objects=len(scene['objects']),
+        objects=objects,
+    )
     anns, ann_labels = [], []
     crng = _rng(cfg.seed, i, 3)
     for c, (cap, ckind) in enumerate(zip(scene_captions(scene, crng, cfg.captions_per_image), cap_kinds)):
         ann_id = i * cfg.captions_per_image + c + 1
         lab = dict(id=ann_id, image_id=img_id, kind=ckind, clean_caption=cap)
-        if ckind == 'text_noise': cap, lab['detail'] = noisy_caption(cap, crng)
-        elif ckind == 'short': cap = short_caption(scene, crng)
+        if ckind == 'text_noise':
+            cap, lab['detail'] = noisy_caption(cap, crng)
+        elif ckind == 'short':
+            cap = short_caption(scene, crng)
         elif ckind == 'mismatch':
             cap = mismatched_caption(cfg, i, scene, crng)
             lab['clean_caption'] = None
         anns.append(dict(id=ann_id, image_id=img_id, caption=cap))
         ann_labels.append(lab)
-    questions = [dict(question_id=img_id * 100 + q, image_id=img_id, **qa)
-                 for q, qa in enumerate(scene_questions(scene, _rng(cfg.seed, i, 6)))]
-    return dict(fname=fname, data=data, image=image, img_label=dict(image_id=img_id, kind=kind, detail=detail),
-                anns=anns, ann_labels=ann_labels, questions=questions)
+    questions = [
+        dict(question_id=img_id * 100 + q, image_id=img_id, **qa)
+        for q, qa in enumerate(scene_questions(scene, _rng(cfg.seed, i, 6)))
+    ]
+    return dict(
+        fname=fname,
+        data=data,
+        image=image,
+        img_label=dict(image_id=img_id, kind=kind, detail=detail),
+        anns=anns,
+        ann_labels=ann_labels,
+        questions=questions,
+    )
+
 
 def _make_chunk(args) -> list[dict]:
     cfg, items = args
     return [_make_item(cfg, *it) for it in items]
 
+
 def _write_corpus(root: Path, cfg: SynthConfig, progress: bool, workers: int = 1) -> dict:
     img_kinds, cap_kinds, sources = plan_noise(cfg)
     splits = _splits(cfg)
     todo = [(i, img_kinds[i], sources.get(i), cap_kinds[i], splits[i]) for i in range(cfg.n_images)]
-    chunks = [(cfg, todo[s:s + 16]) for s in range(0, len(todo), 16)]
+    chunks = [(cfg, todo[s : s + 16]) for s in range(0, len(todo), 16)]
     images, anns, questions, img_labels, ann_labels = [], [], [], [], []
     bar = tqdm(total=cfg.n_images, desc='synth', disable=not progress, mininterval=1)
+
     def keep(items):
         for it in items:
             (root / 'images' / it['fname']).write_bytes(it['data'])
@@ -277,18 +427,30 @@ def _write_corpus(root: Path, cfg: SynthConfig, progress: bool, workers: int = 1
             ann_labels.extend(it['ann_labels'])
             questions.extend(it['questions'])
         bar.update(len(items))
+
     if workers > 1 and len(chunks) > 1:  # images are independent: drawn in parallel, written in order
-        import multiprocessing as mp, sys
-        with mp.get_context('fork' if sys.platform == 'linux' else 'spawn').Pool(workers) as pool:  # as vl_lab.clean does
-            for items in pool.imap(_make_chunk, chunks): keep(items)
+        import multiprocessing as mp
+        import sys
+
+        with mp.get_context('fork' if sys.platform == 'linux' else 'spawn').Pool(
+            workers
+        ) as pool:  # as vl_lab.clean does
+            for items in pool.imap(_make_chunk, chunks):
+                keep(items)
     else:
-        for c in chunks: keep(_make_chunk(c))
+        for c in chunks:
+            keep(_make_chunk(c))
     bar.close()
-    info = dict(description='vl_lab synthetic shapes corpus', version='1', generator='vl_lab.synthetic.synth',
-                config=config_to_dict(cfg))
+    info = dict(
+        description='vl_lab synthetic shapes corpus',
+        version='1',
+        generator='vl_lab.synthetic.synth',
+        config=config_to_dict(cfg),
+    )
     classes = [dict(id=k, name=s) for k, s in enumerate(SHAPES)]
-    write_json(root / 'annotations.json', dict(info=info, licenses=[], images=images, annotations=anns,
-                                              questions=questions, classes=classes))
+    write_json(
+        root / 'annotations.json',
+        dict(info=info, licenses=[], images=images, annotations=anns, questions=questions, classes=classes),
+    )
     write_json(root / 'noise_labels.json', dict(config=config_to_dict(cfg), images=img_labels, annotations=ann_labels))
     return dict(images=len(images), annotations=len(anns), questions=len(questions))
-

@@ -14,9 +14,11 @@ __all__ = ['SPECIAL_TOKENS', 'load_tokenizer', 'train_word_tokenizer', 'save_tok
 # %% ../nbs/02b_tokenizer.ipynb #37bf0b37
 SPECIAL_TOKENS = ('[PAD]', '[UNK]', '[BOS]', '[EOS]')
 
+
 def load_tokenizer(name_or_path):
     "A Hugging Face tokenizer from a hub name or a local folder (one `save_tokenizer` wrote, or a model's folder)."
     from transformers import AutoTokenizer
+
     name = str(name_or_path)
     looks_local = isinstance(name_or_path, Path) or name.startswith(('/', './', '../', '~')) or Path(name).exists()
     if looks_local and not Path(name).expanduser().is_dir():
@@ -27,29 +29,40 @@ def load_tokenizer(name_or_path):
         first = next((line.strip() for line in str(e).splitlines() if line.strip()), type(e).__name__)
         raise VLLabError(f"cannot load tokenizer {name!r}: {first}") from None
 
+
 # %% ../nbs/02b_tokenizer.ipynb #1bce2108
 def train_word_tokenizer(captions, vocab_size: int = 5000, min_frequency: int = 1):
     "A word-level `PreTrainedTokenizerFast` trained on `captions`, with [PAD] [UNK] [BOS] [EOS] and [BOS]/[EOS] added."
     from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
+
     captions = [str(c) for c in captions]
-    if not captions: raise VLLabError("cannot train a tokenizer on no captions")
-    if vocab_size <= len(SPECIAL_TOKENS): raise VLLabError(f"vocab_size must exceed the {len(SPECIAL_TOKENS)} special tokens, got {vocab_size}")
+    if not captions:
+        raise VLLabError("cannot train a tokenizer on no captions")
+    if vocab_size <= len(SPECIAL_TOKENS):
+        raise VLLabError(f"vocab_size must exceed the {len(SPECIAL_TOKENS)} special tokens, got {vocab_size}")
     tok = Tokenizer(models.WordLevel(unk_token='[UNK]'))
     tok.normalizer = normalizers.Sequence([normalizers.NFKC(), normalizers.Lowercase()])
     tok.pre_tokenizer = pre_tokenizers.Whitespace()  # words and runs of punctuation
-    trainer = trainers.WordLevelTrainer(vocab_size=vocab_size, min_frequency=min_frequency,
-                                        special_tokens=list(SPECIAL_TOKENS), show_progress=False)
+    trainer = trainers.WordLevelTrainer(
+        vocab_size=vocab_size, min_frequency=min_frequency, special_tokens=list(SPECIAL_TOKENS), show_progress=False
+    )
     tok.train_from_iterator(captions, trainer)
     bos, eos = tok.token_to_id('[BOS]'), tok.token_to_id('[EOS]')
-    tok.post_processor = processors.TemplateProcessing(single='[BOS] $A [EOS]', pair='[BOS] $A [EOS] $B:1 [EOS]:1',
-                                                       special_tokens=[('[BOS]', bos), ('[EOS]', eos)])
-    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token='[PAD]', unk_token='[UNK]', bos_token='[BOS]', eos_token='[EOS]')
+    tok.post_processor = processors.TemplateProcessing(
+        single='[BOS] $A [EOS]', pair='[BOS] $A [EOS] $B:1 [EOS]:1', special_tokens=[('[BOS]', bos), ('[EOS]', eos)]
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, pad_token='[PAD]', unk_token='[UNK]', bos_token='[BOS]', eos_token='[EOS]'
+    )
+
 
 def save_tokenizer(tok, path) -> Path:
     "Save `tok` to folder `path` (created if needed) with `save_pretrained`, so `load_tokenizer(path)` reads it back."
     path = Path(path)
-    try: path.mkdir(parents=True, exist_ok=True)
-    except OSError as e: raise VLLabError(f"cannot create tokenizer folder {str(path)!r}: {e.strerror}") from None
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise VLLabError(f"cannot create tokenizer folder {str(path)!r}: {e.strerror}") from None
     tok.save_pretrained(str(path))
     return path

@@ -4,7 +4,11 @@
 
 # %% ../nbs/20_train.ipynb #914ccd44
 from __future__ import annotations
-import csv, io, math, os, random, time
+import csv
+import io
+import math
+import random
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -13,7 +17,16 @@ import torch
 import yaml
 from tqdm.auto import tqdm
 
-from .core import VLLabError, atomic_write, config_from_dict, config_to_dict, provenance, seed_everything, update_config, write_json
+from vl_lab.core import (
+    VLLabError,
+    atomic_write,
+    config_from_dict,
+    config_to_dict,
+    provenance,
+    seed_everything,
+    update_config,
+    write_json,
+)
 from .data import load_records
 from .dataset import EpochBatches, PairDataset, answer_vocabulary, make_collate
 from .losses import compute_losses
@@ -22,173 +35,312 @@ from .tokenizer import load_tokenizer, save_tokenizer, train_word_tokenizer
 from .transforms import TransformConfig
 
 # %% auto #0
-__all__ = ['CPU_TINY', 'PRESETS', 'STAGE_KEYS', 'HISTORY_COLUMNS', 'TrainConfig', 'resolve_config', 'stage_list', 'param_groups',
-           'warmup_cosine', 'rng_state', 'set_rng_state', 'save_checkpoint', 'load_checkpoint', 'quick_retrieval',
-           'split_records', 'load_teacher', 'write_history', 'evaluate_val', 'train']
+__all__ = [
+    'CPU_TINY',
+    'PRESETS',
+    'STAGE_KEYS',
+    'HISTORY_COLUMNS',
+    'TrainConfig',
+    'resolve_config',
+    'stage_list',
+    'param_groups',
+    'warmup_cosine',
+    'rng_state',
+    'set_rng_state',
+    'save_checkpoint',
+    'load_checkpoint',
+    'quick_retrieval',
+    'split_records',
+    'load_teacher',
+    'write_history',
+    'evaluate_val',
+    'train',
+]
+
 
 # %% ../nbs/20_train.ipynb #6c58edd5
 @dataclass
 class TrainConfig:
     "Everything a training run depends on (with the data, the run id is a hash of this)."
+
     model: ModelConfig = field(default_factory=ModelConfig)
     transform: TransformConfig = field(default_factory=lambda: TransformConfig(size=64))
-    data: str = 'data/shapes-clean'    # corpus folder or file (any format vl_lab.data loads)
-    seed: int = 0                      # one seed: identical history and metrics on a CPU
-    epochs: int = 10                   # lab notes: 10
-    batch_size: int = 32               # lab notes: 32 (the global batch, over all processes)
-    captions_per_image: int = 1        # captions of each image per step: one InfoNCE term per caption, one image forward
-    lr: float = 1e-4                   # lab notes: 1e-4 (AdamW)
-    image_lr_mult: float = 1.0         # per-modality learning rates: image tower lr = lr * this
-    text_lr_mult: float = 1.0          # text tower lr = lr * this
-    weight_decay: float = 0.1          # AdamW decay; never on norms, biases or the logit scale
-    beta2: float = 0.98                # AdamW beta2 (CLIP's)
-    warmup_steps: int = 50             # linear warmup, then cosine decay to 0
-    grad_accum: int = 1                # micro-batches per optimizer step (batch_size is split into them)
-    grad_clip: float = 1.0             # max gradient norm (0: off)
-    precision: str = 'fp32'            # fp32 | bf16 (autocast, CPU or GPU) | fp16 (GPU, with a grad scaler)
-    device: str = 'auto'               # auto (cuda > mps > cpu) | cpu | cuda
+    data: str = 'data/shapes-clean'  # corpus folder or file (any format vl_lab.data loads)
+    seed: int = 0  # one seed: identical history and metrics on a CPU
+    epochs: int = 10  # lab notes: 10
+    batch_size: int = 32  # lab notes: 32 (the global batch, over all processes)
+    captions_per_image: int = 1  # captions of each image per step: one InfoNCE term per caption, one image forward
+    lr: float = 1e-4  # lab notes: 1e-4 (AdamW)
+    image_lr_mult: float = 1.0  # per-modality learning rates: image tower lr = lr * this
+    text_lr_mult: float = 1.0  # text tower lr = lr * this
+    weight_decay: float = 0.1  # AdamW decay; never on norms, biases or the logit scale
+    beta2: float = 0.98  # AdamW beta2 (CLIP's)
+    warmup_steps: int = 50  # linear warmup, then cosine decay to 0
+    grad_accum: int = 1  # micro-batches per optimizer step (batch_size is split into them)
+    grad_clip: float = 1.0  # max gradient norm (0: off)
+    precision: str = 'fp32'  # fp32 | bf16 (autocast, CPU or GPU) | fp16 (GPU, with a grad scaler)
+    device: str = 'auto'  # auto (cuda > mps > cpu) | cpu | cuda
     loss_weights: str = 'contrastive=1,itm=1,caption=1,vqa=1'  # weight of each loss term
-    label_smoothing: float = 0.0       # captioning cross-entropy
-    freeze: str = ''                   # towers to freeze: image, text, or image,text (LiT: a frozen pretrained text tower)
-    patience: int = 3                  # early stopping: epochs without improvement of the monitored metric (0: off)
-    monitor: str = 'val_t2i_r1'        # metric for early stopping and best.pt (higher is better; else -val_loss)
+    label_smoothing: float = 0.0  # captioning cross-entropy
+    freeze: str = ''  # towers to freeze: image, text, or image,text (LiT: a frozen pretrained text tower)
+    patience: int = 3  # early stopping: epochs without improvement of the monitored metric (0: off)
+    monitor: str = 'val_t2i_r1'  # metric for early stopping and best.pt (higher is better; else -val_loss)
     stages: list = field(default_factory=list)  # multi-stage: list of dicts overriding name, epochs, tasks, lr, freeze
-    tokenizer: str = ''                # '' = the text model's tokenizer, or a word-level one trained on train captions
-    vocab_size: int = 5000             # word-level tokenizer size
-    max_val: int = 0                   # evaluate on at most this many val images (0: all)
-    num_workers: int = 0               # DataLoader workers
-    teacher: str = ''                  # distillation: a trained run folder whose similarity logits this student learns (term 'distill')
-    distill_temperature: float = 1.0   # softens teacher and student logits alike in the distillation term
+    tokenizer: str = ''  # '' = the text model's tokenizer, or a word-level one trained on train captions
+    vocab_size: int = 5000  # word-level tokenizer size
+    max_val: int = 0  # evaluate on at most this many val images (0: all)
+    num_workers: int = 0  # DataLoader workers
+    teacher: str = ''  # distillation: a trained run folder whose similarity logits this student learns (term 'distill')
+    distill_temperature: float = 1.0  # softens teacher and student logits alike in the distillation term
+
 
 # cpu-tiny: towers trained from scratch on a CPU, the recipe chosen by the sweep in sweep.yaml (its table: SWEEP.md)
 CPU_TINY = {
-    'model.conv_channels': '32,64,128,192', 'model.image_pool': 'attn',    # conv tower, attention pool
-    'transform.hflip_p': 0.5, 'transform.random_resized_crop': True,       # flips (captions flipped too), crops
-    'model.text_width': 128, 'model.text_layers': 0, 'model.text_heads': 4,  # word + position embeddings, mean-pooled
-    'model.fusion_width': 128, 'model.fusion_layers': 1, 'model.decoder_layers': 2, 'model.itm_negatives': 'random',
-    'lr': 1e-3, 'warmup_steps': 40, 'batch_size': 32, 'epochs': 8, 'captions_per_image': 3,
+    'model.conv_channels': '32,64,128,192',
+    'model.image_pool': 'attn',  # conv tower, attention pool
+    'transform.hflip_p': 0.5,
+    'transform.random_resized_crop': True,  # flips (captions flipped too), crops
+    'model.text_width': 128,
+    'model.text_layers': 0,
+    'model.text_heads': 4,  # word + position embeddings, mean-pooled
+    'model.fusion_width': 128,
+    'model.fusion_layers': 1,
+    'model.decoder_layers': 2,
+    'model.itm_negatives': 'random',
+    'lr': 1e-3,
+    'warmup_steps': 40,
+    'batch_size': 32,
+    'epochs': 8,
+    'captions_per_image': 3,
 }
 PRESETS = {
     'lab-notes': {},  # the TrainConfig defaults, the lab notes' recipe (AdamW 1e-4, batch 32, 10 epochs): for fine-tuning
-                      # pretrained towers (model.text_model / model.image_model); from scratch it barely learns
+    # pretrained towers (model.text_model / model.image_model); from scratch it barely learns
     'cpu-tiny': CPU_TINY,
-    'cpu-student': CPU_TINY | {'model.conv_channels': '16,32,64,96', 'model.text_width': 64, 'model.text_heads': 2,
-                               'model.embed_dim': 64},  # about a quarter of cpu-tiny's parameters, for distillation
-    'cpu-micro': CPU_TINY | {'epochs': 1, 'model.conv_channels': '8,16,16,32', 'model.text_width': 32,
-                             'model.text_heads': 2, 'model.embed_dim': 32, 'model.fusion_width': 32,
-                             'model.fusion_heads': 2, 'model.decoder_layers': 1, 'model.decoder_heads': 2},  # tests
-    'gpu-base': {'model.image_tower': 'hf', 'model.image_size': 224, 'model.vit_patch': 16, 'model.vit_width': 384,
-                 'model.vit_layers': 6, 'model.vit_heads': 6, 'model.text_width': 384, 'model.text_layers': 6,
-                 'model.text_heads': 6, 'model.embed_dim': 256, 'transform.size': 224, 'batch_size': 128,
-                 'precision': 'bf16', 'num_workers': 4,
-                 # from scratch, like cpu-tiny: a from-scratch rate and more epochs (not yet measured on a GPU)
-                 'lr': 5e-4, 'warmup_steps': 500, 'epochs': 20, 'captions_per_image': 3},
-    'gpu-pretrained': {'model.image_tower': 'hf', 'model.image_model': 'openai/clip-vit-base-patch32',
-                       'model.text_model': 'openai/clip-vit-base-patch32', 'model.image_size': 224,
-                       'transform.size': 224, 'model.embed_dim': 512, 'precision': 'bf16', 'num_workers': 4},
-                       # a CLIP checkpoint's towers, fine-tuned with the lab notes' recipe (the defaults)
+    'cpu-student': CPU_TINY
+    | {
+        'model.conv_channels': '16,32,64,96',
+        'model.text_width': 64,
+        'model.text_heads': 2,
+        'model.embed_dim': 64,
+    },  # about a quarter of cpu-tiny's parameters, for distillation
+    'cpu-micro': CPU_TINY
+    | {
+        'epochs': 1,
+        'model.conv_channels': '8,16,16,32',
+        'model.text_width': 32,
+        'model.text_heads': 2,
+        'model.embed_dim': 32,
+        'model.fusion_width': 32,
+        'model.fusion_heads': 2,
+        'model.decoder_layers': 1,
+        'model.decoder_heads': 2,
+    },  # tests
+    'gpu-base': {
+        'model.image_tower': 'hf',
+        'model.image_size': 224,
+        'model.vit_patch': 16,
+        'model.vit_width': 384,
+        'model.vit_layers': 6,
+        'model.vit_heads': 6,
+        'model.text_width': 384,
+        'model.text_layers': 6,
+        'model.text_heads': 6,
+        'model.embed_dim': 256,
+        'transform.size': 224,
+        'batch_size': 128,
+        'precision': 'bf16',
+        'num_workers': 4,
+        # from scratch, like cpu-tiny: a from-scratch rate and more epochs (not yet measured on a GPU)
+        'lr': 5e-4,
+        'warmup_steps': 500,
+        'epochs': 20,
+        'captions_per_image': 3,
+    },
+    'gpu-pretrained': {
+        'model.image_tower': 'hf',
+        'model.image_model': 'openai/clip-vit-base-patch32',
+        'model.text_model': 'openai/clip-vit-base-patch32',
+        'model.image_size': 224,
+        'transform.size': 224,
+        'model.embed_dim': 512,
+        'precision': 'bf16',
+        'num_workers': 4,
+    },
+    # a CLIP checkpoint's towers, fine-tuned with the lab notes' recipe (the defaults)
 }
+
 
 def resolve_config(preset_or_path: str, overrides=None, data: str | None = None) -> TrainConfig:
     "A `TrainConfig` from a preset name or a YAML file of overrides, then `overrides` (dict or 'key=value' list)."
-    if preset_or_path in PRESETS: cfg = update_config(TrainConfig(), PRESETS[preset_or_path])
+    if preset_or_path in PRESETS:
+        cfg = update_config(TrainConfig(), PRESETS[preset_or_path])
     elif preset_or_path.endswith(('.yaml', '.yml')) and Path(preset_or_path).is_file():
-        try: d = yaml.safe_load(Path(preset_or_path).read_text()) or {}
-        except yaml.YAMLError as e: raise VLLabError(f"{preset_or_path}: malformed YAML: {str(e).splitlines()[0]}") from None
+        try:
+            d = yaml.safe_load(Path(preset_or_path).read_text()) or {}
+        except yaml.YAMLError as e:
+            raise VLLabError(f"{preset_or_path}: malformed YAML: {str(e).splitlines()[0]}") from None
         base = d.pop('preset', 'cpu-tiny')
         cfg = config_from_dict(TrainConfig, {}) if base is None else resolve_config(base)
         stages = d.pop('stages', None)
         flat = {}
+
         def walk(prefix, x):
             for k, v in x.items():
-                if isinstance(v, dict): walk(f'{prefix}{k}.', v)
-                else: flat[prefix + k] = v
+                if isinstance(v, dict):
+                    walk(f'{prefix}{k}.', v)
+                else:
+                    flat[prefix + k] = v
+
         walk('', d)
         cfg = update_config(cfg, flat)
-        if stages is not None: cfg.stages = list(stages)
-    else: raise VLLabError(f"unknown preset or config {preset_or_path!r} (presets: {', '.join(PRESETS)}; or a .yaml file)")
+        if stages is not None:
+            cfg.stages = list(stages)
+    else:
+        raise VLLabError(
+            f"unknown preset or config {preset_or_path!r} (presets: {', '.join(PRESETS)}; or a .yaml file)"
+        )
     cfg = update_config(cfg, overrides or {})
-    if data is not None: cfg.data = str(data)
+    if data is not None:
+        cfg.data = str(data)
     return cfg
+
 
 # %% ../nbs/20_train.ipynb #cf97b468
 STAGE_KEYS = ('name', 'epochs', 'tasks', 'lr', 'freeze')
+
 
 def stage_list(cfg: TrainConfig) -> list[dict]:
     "The run's stages: `cfg.stages`, each filled from the top-level settings (one stage when none are given)."
     out = []
     for i, s in enumerate(cfg.stages or [{}]):
-        if bad := set(s) - set(STAGE_KEYS): raise VLLabError(f"stage {i}: unknown key(s) {', '.join(sorted(bad))} (known: {', '.join(STAGE_KEYS)})")
-        st = dict(name=s.get('name', f'stage{i}'), epochs=int(s.get('epochs', cfg.epochs)), tasks=s.get('tasks', cfg.model.tasks),
-                  lr=float(s.get('lr', cfg.lr)), freeze=s.get('freeze', cfg.freeze))
+        if bad := set(s) - set(STAGE_KEYS):
+            raise VLLabError(f"stage {i}: unknown key(s) {', '.join(sorted(bad))} (known: {', '.join(STAGE_KEYS)})")
+        st = dict(
+            name=s.get('name', f'stage{i}'),
+            epochs=int(s.get('epochs', cfg.epochs)),
+            tasks=s.get('tasks', cfg.model.tasks),
+            lr=float(s.get('lr', cfg.lr)),
+            freeze=s.get('freeze', cfg.freeze),
+        )
         task_list(st['tasks'])
         out.append(st)
     return out
 
+
 def param_groups(model, cfg: TrainConfig, lr: float, freeze: str) -> list[dict]:
     "AdamW groups: image tower, text tower and the rest at their own learning rates; no decay on norms, biases, scale."
     frozen = {f.strip() for f in freeze.split(',') if f.strip()}
-    if bad := frozen - {'image', 'text'}: raise VLLabError(f"freeze: unknown tower(s) {', '.join(bad)} (image, text)")
+    if bad := frozen - {'image', 'text'}:
+        raise VLLabError(f"freeze: unknown tower(s) {', '.join(bad)} (image, text)")
     groups = {}
     for name, p in model.named_parameters():
         part = 'image' if name.startswith('image_tower.') else 'text' if name.startswith('text_tower.') else 'rest'
         p.requires_grad_(part not in frozen)
-        if part in frozen: continue
+        if part in frozen:
+            continue
         decay = p.ndim >= 2 and 'norm' not in name.lower() and 'logit_scale' not in name
         mult = {'image': cfg.image_lr_mult, 'text': cfg.text_lr_mult}.get(part, 1.0)
-        g = groups.setdefault((part, decay), dict(params=[], lr=lr * mult, weight_decay=cfg.weight_decay if decay else 0.0, name=f"{part}{'' if decay else '_no_decay'}"))
+        g = groups.setdefault(
+            (part, decay),
+            dict(
+                params=[],
+                lr=lr * mult,
+                weight_decay=cfg.weight_decay if decay else 0.0,
+                name=f"{part}{'' if decay else '_no_decay'}",
+            ),
+        )
         g['params'].append(p)
     return list(groups.values())
 
+
 def warmup_cosine(warmup: int, total: int):
     "Learning-rate multiplier: linear warmup over `warmup` steps, then cosine decay to 0 at `total`."
+
     def f(step):
-        if step < warmup: return (step + 1) / warmup
+        if step < warmup:
+            return (step + 1) / warmup
         return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup))))
+
     return f
+
 
 # %% ../nbs/20_train.ipynb #9f701572
 def rng_state() -> dict:
     "Every global RNG state, as tensors and plain values."
     s = np.random.get_state()
-    st = dict(python=random.getstate(), numpy=(s[0], torch.from_numpy(s[1].astype(np.int64)), s[2], s[3], s[4]), torch=torch.get_rng_state())
-    if torch.cuda.is_available(): st['cuda'] = torch.cuda.get_rng_state_all()
+    st = dict(
+        python=random.getstate(),
+        numpy=(s[0], torch.from_numpy(s[1].astype(np.int64)), s[2], s[3], s[4]),
+        torch=torch.get_rng_state(),
+    )
+    if torch.cuda.is_available():
+        st['cuda'] = torch.cuda.get_rng_state_all()
     return st
+
 
 def set_rng_state(st: dict):
     random.setstate(tuple(x if not isinstance(x, list) else tuple(x) for x in st['python']))
-    n = st['numpy']; np.random.set_state((n[0], n[1].numpy().astype(np.uint32), n[2], n[3], n[4]))
+    n = st['numpy']
+    np.random.set_state((n[0], n[1].numpy().astype(np.uint32), n[2], n[3], n[4]))
     torch.set_rng_state(st['torch'])
-    if 'cuda' in st and torch.cuda.is_available(): torch.cuda.set_rng_state_all(st['cuda'])
+    if 'cuda' in st and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(st['cuda'])
+
 
 def save_checkpoint(path, state: dict):
     "torch.save through a temporary file and a rename."
-    buf = io.BytesIO(); torch.save(state, buf); atomic_write(path, buf.getvalue())
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    atomic_write(path, buf.getvalue())
+
 
 def load_checkpoint(path) -> dict:
     "A checkpoint, loaded with weights_only=True; a missing or corrupt file is a one-line error."
     path = Path(path)
-    if not path.is_file(): raise VLLabError(f"{path}: no checkpoint there")
-    import pickle, warnings
+    if not path.is_file():
+        raise VLLabError(f"{path}: no checkpoint there")
+    import pickle
+    import warnings
+
     try:
         with warnings.catch_warnings():
             warnings.simplefilter('ignore')
             return torch.load(path, map_location='cpu', weights_only=True)
-    except pickle.UnpicklingError: raise VLLabError(f"{path}: not a readable checkpoint (it does not load with weights_only=True)") from None
-    except Exception as e: raise VLLabError(f"{path}: not a readable checkpoint ({type(e).__name__}: {str(e).splitlines()[0][:100]})") from None
+    except pickle.UnpicklingError:
+        raise VLLabError(f"{path}: not a readable checkpoint (it does not load with weights_only=True)") from None
+    except Exception as e:
+        raise VLLabError(
+            f"{path}: not a readable checkpoint ({type(e).__name__}: {str(e).splitlines()[0][:100]})"
+        ) from None
+
 
 # %% ../nbs/20_train.ipynb #9f362c2f
 @torch.no_grad()
 def quick_retrieval(model, ds: PairDataset, tokenizer, max_len: int, device, batch: int = 256) -> dict:
     "Text-to-image and image-to-text R@1 over every image of `ds` and all its captions."
     model.eval()
-    img = torch.cat([model.encode_image(torch.stack([ds.image(i, np.random.default_rng(0)) for i in range(s, min(s + batch, len(ds)))]).to(device))[0]
-                     for s in range(0, len(ds), batch)])
+    img = torch.cat(
+        [
+            model.encode_image(
+                torch.stack([ds.image(i, np.random.default_rng(0)) for i in range(s, min(s + batch, len(ds)))]).to(
+                    device
+                )
+            )[0]
+            for s in range(0, len(ds), batch)
+        ]
+    )
     caps = [(i, c) for i, r in enumerate(ds.records) for c in r.captions]
     owner = torch.tensor([i for i, _ in caps], device=device)
     txt = []
     for s in range(0, len(caps), batch):
-        t = tokenizer([c for _, c in caps[s:s + batch]], padding='longest', truncation=True, max_length=max_len, return_tensors='pt')
+        t = tokenizer(
+            [c for _, c in caps[s : s + batch]],
+            padding='longest',
+            truncation=True,
+            max_length=max_len,
+            return_tensors='pt',
+        )
         txt.append(model.encode_text(t['input_ids'].to(device), t['attention_mask'].to(device))[0])
     txt = torch.cat(txt)
     sim = txt.float() @ img.float().t()
@@ -196,51 +348,91 @@ def quick_retrieval(model, ds: PairDataset, tokenizer, max_len: int, device, bat
     i2t = (owner[sim.argmax(0)] == torch.arange(len(img), device=device)).float().mean().item()
     return dict(val_t2i_r1=t2i, val_i2t_r1=i2t, val_images=len(img), val_captions=len(caps), chance_r1=1 / len(img))
 
+
 # %% ../nbs/20_train.ipynb #2164e0a6
-HISTORY_COLUMNS = ('kind', 'stage', 'epoch', 'step', 'lr', 'loss', 'contrastive', 'itm', 'caption', 'vqa', 'distill',
-                   'val_loss', 'val_t2i_r1', 'val_i2t_r1')
+HISTORY_COLUMNS = (
+    'kind',
+    'stage',
+    'epoch',
+    'step',
+    'lr',
+    'loss',
+    'contrastive',
+    'itm',
+    'caption',
+    'vqa',
+    'distill',
+    'val_loss',
+    'val_t2i_r1',
+    'val_i2t_r1',
+)
+
 
 def split_records(records, name: str) -> list:
     "Records of split `name`; a corpus without splits holds out every tenth record (by id hash) as val."
-    if any(r.split for r in records): return [r for r in records if (r.split or 'train') == name]
+    if any(r.split for r in records):
+        return [r for r in records if (r.split or 'train') == name]
     import zlib
+
     is_val = lambda r: zlib.crc32(str(r.id).encode()) % 10 == 0
     return [r for r in records if is_val(r) == (name == 'val')] if name in ('train', 'val') else []
+
 
 def _weights(s: str) -> dict:
     out = {}
     for item in filter(None, (x.strip() for x in s.split(','))):
         k, _, v = item.partition('=')
-        try: out[k.strip()] = float(v)
-        except ValueError: raise VLLabError(f"loss_weights: cannot read {item!r} as task=weight") from None
-    if rest := [k for k in out if k != 'distill']: task_list(','.join(rest))
+        try:
+            out[k.strip()] = float(v)
+        except ValueError:
+            raise VLLabError(f"loss_weights: cannot read {item!r} as task=weight") from None
+    if rest := [k for k in out if k != 'distill']:
+        task_list(','.join(rest))
     return out
+
 
 def load_teacher(cfg: TrainConfig, tasks: list):
     "(teacher model in eval mode, its tokenizer) for distillation, checked against the student's config; (None, None) without one."
-    if not cfg.teacher: return None, None
+    if not cfg.teacher:
+        return None, None
     from vl_lab.evaluate import load_run  # evaluate builds on this module: imported here, not at the top
+
     teacher, tok, tcfg, _ = load_run(cfg.teacher, 'cpu')
-    if 'contrastive' not in tasks: raise VLLabError('distillation from a teacher needs the contrastive task in the student')
+    if 'contrastive' not in tasks:
+        raise VLLabError('distillation from a teacher needs the contrastive task in the student')
     if tcfg.transform.size != cfg.transform.size:
-        raise VLLabError(f"teacher {cfg.teacher} sees {tcfg.transform.size}-pixel images, the student {cfg.transform.size}: they must match")
+        raise VLLabError(
+            f"teacher {cfg.teacher} sees {tcfg.transform.size}-pixel images, the student {cfg.transform.size}: they must match"
+        )
     if cfg.tokenizer or cfg.model.text_model:
-        raise VLLabError('a distilled student uses its teacher\'s tokenizer: leave tokenizer and model.text_model empty')
+        raise VLLabError(
+            'a distilled student uses its teacher\'s tokenizer: leave tokenizer and model.text_model empty'
+        )
     if cfg.model.max_len > tcfg.model.max_len:
         raise VLLabError(f"model.max_len {cfg.model.max_len} is longer than the teacher's ({tcfg.model.max_len})")
     return teacher.requires_grad_(False), tok
+
 
 def _special_ids(tok) -> tuple:
     pick = lambda *xs: next(x for x in xs + (0,) if x is not None)
     return pick(tok.pad_token_id), pick(tok.bos_token_id, tok.cls_token_id), pick(tok.eos_token_id, tok.sep_token_id)
 
+
 def write_history(path, rows):
     "history.csv: one row per optimizer step and per epoch, floats written exactly (repr)."
-    buf = io.StringIO(); w = csv.writer(buf, lineterminator='\n'); w.writerow(HISTORY_COLUMNS)
-    for r in rows: w.writerow(['' if r.get(c) is None else repr(r[c]) if isinstance(r[c], float) else r[c] for c in HISTORY_COLUMNS])
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator='\n')
+    w.writerow(HISTORY_COLUMNS)
+    for r in rows:
+        w.writerow(
+            ['' if r.get(c) is None else repr(r[c]) if isinstance(r[c], float) else r[c] for c in HISTORY_COLUMNS]
+        )
     atomic_write(path, buf.getvalue())
 
-def _to(batch, device): return {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
+
+def _to(batch, device):
+    return {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
+
 
 @torch.no_grad()
 def evaluate_val(model, ds, tok, cfg, tasks, weights, pad_id, device) -> dict:
@@ -249,140 +441,268 @@ def evaluate_val(model, ds, tok, cfg, tasks, weights, pad_id, device) -> dict:
     coll, tot, n = make_collate(tok, cfg.model.max_len), 0.0, 0
     for keys in EpochBatches(len(ds), min(cfg.batch_size, len(ds)), cfg.seed, shuffle=False, drop_last=False):
         b = _to(coll([ds[k] for k in keys]), device)
-        loss, _ = compute_losses(model(b, tasks), weights, pad_id, cfg.label_smoothing, gather=False)  # every process sees all of val
-        tot += loss.item() * len(keys); n += len(keys)
+        loss, _ = compute_losses(
+            model(b, tasks), weights, pad_id, cfg.label_smoothing, gather=False
+        )  # every process sees all of val
+        tot += loss.item() * len(keys)
+        n += len(keys)
     out = dict(val_loss=tot / max(n, 1))
-    if 'contrastive' in tasks: out.update(quick_retrieval(model, ds, tok, cfg.model.max_len, device))
+    if 'contrastive' in tasks:
+        out.update(quick_retrieval(model, ds, tok, cfg.model.max_len, device))
     return out
+
 
 # %% ../nbs/20_train.ipynb #fbb1c395
 def train(cfg: TrainConfig, out_dir, resume: bool = False, progress: bool = True) -> dict:
     "Train `cfg` into `out_dir` (or continue it from `last.pt` with `resume`); returns the final metrics."
     from accelerate import Accelerator, DistributedDataParallelKwargs
     from vl_lab.core import get_device
+
     t0, out_dir = time.time(), Path(out_dir)
     stages = stage_list(cfg)
     tasks_all = [t for t in ('contrastive', 'itm', 'caption', 'vqa') if any(t in task_list(s['tasks']) for s in stages)]
     weights = _weights(cfg.loss_weights)
-    if cfg.precision not in ('fp32', 'bf16', 'fp16'): raise VLLabError(f"precision {cfg.precision!r}: use fp32, bf16 or fp16")
+    if cfg.precision not in ('fp32', 'bf16', 'fp16'):
+        raise VLLabError(f"precision {cfg.precision!r}: use fp32, bf16 or fp16")
     device = get_device(None if cfg.device == 'auto' else cfg.device)
-    if cfg.precision == 'fp16' and not device.startswith('cuda'): raise VLLabError('fp16 needs a GPU (use bf16 on a CPU)')
-    if cfg.transform.size != cfg.model.image_size: raise VLLabError(f"transform.size {cfg.transform.size} != model.image_size {cfg.model.image_size}")
+    if cfg.precision == 'fp16' and not device.startswith('cuda'):
+        raise VLLabError('fp16 needs a GPU (use bf16 on a CPU)')
+    if cfg.transform.size != cfg.model.image_size:
+        raise VLLabError(f"transform.size {cfg.transform.size} != model.image_size {cfg.model.image_size}")
     ck = None
-    if resume: ck = load_checkpoint(out_dir / 'last.pt')
-    elif (out_dir / 'last.pt').exists(): raise VLLabError(f"{out_dir} already holds a run (pass --resume to continue it, or choose another --out)")
+    if resume:
+        ck = load_checkpoint(out_dir / 'last.pt')
+    elif (out_dir / 'last.pt').exists():
+        raise VLLabError(f"{out_dir} already holds a run (pass --resume to continue it, or choose another --out)")
     if ck is not None and ck['config'] != config_to_dict(cfg):
-        raise VLLabError(f"{out_dir}/last.pt was trained with another config; resume with the same preset and --set values")
+        raise VLLabError(
+            f"{out_dir}/last.pt was trained with another config; resume with the same preset and --set values"
+        )
     from accelerate.state import AcceleratorState
+
     AcceleratorState._reset_state()  # train() may run several times in one process, with other precisions (the process group stays)
-    acc = Accelerator(cpu=device == 'cpu', mixed_precision={'fp32': 'no'}.get(cfg.precision, cfg.precision),
-                      kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=len(tasks_all) > 1 or bool(cfg.freeze) or len(stages) > 1)])
+    acc = Accelerator(
+        cpu=device == 'cpu',
+        mixed_precision={'fp32': 'no'}.get(cfg.precision, cfg.precision),
+        kwargs_handlers=[
+            DistributedDataParallelKwargs(
+                find_unused_parameters=len(tasks_all) > 1 or bool(cfg.freeze) or len(stages) > 1
+            )
+        ],
+    )
     world, rank, main = acc.num_processes, acc.process_index, acc.is_main_process
-    if cfg.batch_size % (world * cfg.grad_accum): raise VLLabError(f"batch_size {cfg.batch_size} must divide by processes x grad_accum = {world * cfg.grad_accum}")
+    if cfg.batch_size % (world * cfg.grad_accum):
+        raise VLLabError(
+            f"batch_size {cfg.batch_size} must divide by processes x grad_accum = {world * cfg.grad_accum}"
+        )
     seed_everything(cfg.seed)
     records = list(load_records(cfg.data))
     train_recs, val_recs = split_records(records, 'train'), split_records(records, 'val')
-    if not train_recs or not val_recs: raise VLLabError(f"{cfg.data}: needs train and val records (found {len(train_recs)} and {len(val_recs)})")
-    if cfg.max_val: val_recs = val_recs[:cfg.max_val]
+    if not train_recs or not val_recs:
+        raise VLLabError(f"{cfg.data}: needs train and val records (found {len(train_recs)} and {len(val_recs)})")
+    if cfg.max_val:
+        val_recs = val_recs[: cfg.max_val]
     teacher, teacher_tok = load_teacher(cfg, tasks_all)
-    if ck is not None: tok = load_tokenizer(out_dir / 'tokenizer')
-    elif teacher is not None: tok = teacher_tok  # the teacher must read the student's token ids
-    elif cfg.tokenizer or cfg.model.text_model: tok = load_tokenizer(cfg.tokenizer or cfg.model.text_model)
-    else: tok = train_word_tokenizer([c for r in train_recs for c in r.captions] + [q['question'] for r in train_recs for q in r.extra.get('questions', [])], cfg.vocab_size)
+    if ck is not None:
+        tok = load_tokenizer(out_dir / 'tokenizer')
+    elif teacher is not None:
+        tok = teacher_tok  # the teacher must read the student's token ids
+    elif cfg.tokenizer or cfg.model.text_model:
+        tok = load_tokenizer(cfg.tokenizer or cfg.model.text_model)
+    else:
+        tok = train_word_tokenizer(
+            [c for r in train_recs for c in r.captions]
+            + [q['question'] for r in train_recs for q in r.extra.get('questions', [])],
+            cfg.vocab_size,
+        )
     answers = answer_vocabulary(train_recs) if 'vqa' in tasks_all else []
     train_ds = PairDataset(train_recs, cfg.transform, True, cfg.seed, answers, captions_per_item=cfg.captions_per_image)
     val_ds = PairDataset(val_recs, cfg.transform, False, cfg.seed, answers)
     pad_id = _special_ids(tok)[0]
     mcfg = update_config(cfg.model, {'tasks': ','.join(tasks_all)})
-    model = VLModel(mcfg, vocab_size=len(tok), n_answers=len(answers), hf_configs=ck['hf_configs'] if ck else None, special_ids=_special_ids(tok))
-    if ck is not None: model.load_state_dict(ck['model'])
+    model = VLModel(
+        mcfg,
+        vocab_size=len(tok),
+        n_answers=len(answers),
+        hf_configs=ck['hf_configs'] if ck else None,
+        special_ids=_special_ids(tok),
+    )
+    if ck is not None:
+        model.load_state_dict(ck['model'])
     model = acc.prepare(model)
     core = acc.unwrap_model(model)
     dev = acc.device
-    if teacher is not None: teacher.to(dev)
+    if teacher is not None:
+        teacher.to(dev)
     st = dict(stage=0, epoch=0, step=0, best=-math.inf, best_epoch=None, bad=0, stopped=False)
-    history, loop_s, steps_timed = [], 0.0, 0  # seconds in (and steps of) this process's step loops: for provenance.json, not history
-    if ck is not None: st, history = dict(ck['state']), list(ck['history'])
+    history, loop_s, steps_timed = (
+        [],
+        0.0,
+        0,
+    )  # seconds in (and steps of) this process's step loops: for provenance.json, not history
+    if ck is not None:
+        st, history = dict(ck['state']), list(ck['history'])
     if main:
         out_dir.mkdir(parents=True, exist_ok=True)
-        if ck is None: save_tokenizer(tok, out_dir / 'tokenizer')
+        if ck is None:
+            save_tokenizer(tok, out_dir / 'tokenizer')
         atomic_write(out_dir / 'params.yaml', yaml.safe_dump(config_to_dict(cfg), sort_keys=True))
     collate = make_collate(tok, cfg.model.max_len)
+
     def checkpoint(path, full, opt=None, sched=None):
         state = dict(config=config_to_dict(cfg), model=core.state_dict(), hf_configs=core.hf_configs, answers=answers)
-        if full: state.update(optimizer=opt.state_dict(), scheduler=sched.state_dict(), rng=rng_state(), state=st, history=history,
-                              scaler=acc.scaler.state_dict() if acc.scaler is not None else None)
-        if main: save_checkpoint(path, state)
+        if full:
+            state.update(
+                optimizer=opt.state_dict(),
+                scheduler=sched.state_dict(),
+                rng=rng_state(),
+                state=st,
+                history=history,
+                scaler=acc.scaler.state_dict() if acc.scaler is not None else None,
+            )
+        if main:
+            save_checkpoint(path, state)
         acc.wait_for_everyone()
+
     for si in range(st['stage'], len(stages)):
         stage, tasks = stages[si], task_list(stages[si]['tasks'])
-        opt = torch.optim.AdamW(param_groups(core, cfg, stage['lr'], stage['freeze']), lr=stage['lr'], betas=(0.9, cfg.beta2), eps=1e-6)
+        opt = torch.optim.AdamW(
+            param_groups(core, cfg, stage['lr'], stage['freeze']), lr=stage['lr'], betas=(0.9, cfg.beta2), eps=1e-6
+        )
         sampler = EpochBatches(len(train_ds), cfg.batch_size, cfg.seed, rank=rank, world=world)
-        if len(sampler) == 0: raise VLLabError(f"{len(train_ds)} training images are fewer than one batch of {cfg.batch_size}")
+        if len(sampler) == 0:
+            raise VLLabError(f"{len(train_ds)} training images are fewer than one batch of {cfg.batch_size}")
         sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(cfg.warmup_steps, stage['epochs'] * len(sampler)))
         opt = acc.prepare(opt)
         if ck is not None and si == ck['state']['stage']:
-            opt.load_state_dict(ck['optimizer']); sched.load_state_dict(ck['scheduler'])
-            if ck.get('scaler') and acc.scaler is not None: acc.scaler.load_state_dict(ck['scaler'])
+            opt.load_state_dict(ck['optimizer'])
+            sched.load_state_dict(ck['scheduler'])
+            if ck.get('scaler') and acc.scaler is not None:
+                acc.scaler.load_state_dict(ck['scaler'])
             set_rng_state(ck['rng'])
         micro = cfg.batch_size // world // cfg.grad_accum
         for epoch in range(st['epoch'] if si == st['stage'] else 0, stage['epochs']):
-            if st['stopped']: break
+            if st['stopped']:
+                break
             sampler.set_epoch(si * 100_000 + epoch)
-            loader = torch.utils.data.DataLoader(train_ds, batch_sampler=sampler, collate_fn=collate, num_workers=cfg.num_workers)
+            loader = torch.utils.data.DataLoader(
+                train_ds, batch_sampler=sampler, collate_fn=collate, num_workers=cfg.num_workers
+            )
             model.train()
-            bar = tqdm(loader, desc=f"{stage['name']} epoch {epoch + 1}/{stage['epochs']}", disable=not (progress and main), leave=False)
+            bar = tqdm(
+                loader,
+                desc=f"{stage['name']} epoch {epoch + 1}/{stage['epochs']}",
+                disable=not (progress and main),
+                leave=False,
+            )
             t_loop = time.perf_counter()
             for batch in bar:
                 batch = _to(batch, dev)
                 opt.zero_grad(set_to_none=True)
                 sums = {}
                 for k in range(cfg.grad_accum):
-                    mb = {key: v[k * micro:(k + 1) * micro] for key, v in batch.items()}
+                    mb = {key: v[k * micro : (k + 1) * micro] for key, v in batch.items()}
                     sync = acc.no_sync(model) if k < cfg.grad_accum - 1 else torch.enable_grad()
                     with sync, acc.autocast():
                         out = model(mb, tasks)
                         if teacher is not None and 'contrastive' in tasks:
                             with torch.no_grad():  # the teacher's view of the same augmented batch
-                                out.update(teacher_image_emb=teacher.encode_image(mb['pixels'])[0], teacher_logit_scale=teacher.scale(),
-                                           teacher_text_emb=teacher.encode_text(mb['ids'], mb['mask'])[0])
-                        total, terms = compute_losses(out, weights, pad_id, cfg.label_smoothing, distill_temperature=cfg.distill_temperature)
+                                out.update(
+                                    teacher_image_emb=teacher.encode_image(mb['pixels'])[0],
+                                    teacher_logit_scale=teacher.scale(),
+                                    teacher_text_emb=teacher.encode_text(mb['ids'], mb['mask'])[0],
+                                )
+                        total, terms = compute_losses(
+                            out, weights, pad_id, cfg.label_smoothing, distill_temperature=cfg.distill_temperature
+                        )
                     if not torch.isfinite(total).all():
-                        raise VLLabError(f"the loss became {total.item()} at stage {stage['name']}, epoch {epoch + 1}, step {st['step'] + 1}; "
-                                         f"the last good checkpoint is {out_dir / 'last.pt'}")
+                        raise VLLabError(
+                            f"the loss became {total.item()} at stage {stage['name']}, epoch {epoch + 1}, step {st['step'] + 1}; "
+                            f"the last good checkpoint is {out_dir / 'last.pt'}"
+                        )
                     acc.backward(total / cfg.grad_accum)
-                    for name, v in [('loss', total)] + list(terms.items()): sums[name] = sums.get(name, 0.0) + v.detach().float() / cfg.grad_accum
-                if cfg.grad_clip: acc.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-                opt.step(); sched.step(); st['step'] += 1; steps_timed += 1
+                    for name, v in [('loss', total)] + list(terms.items()):
+                        sums[name] = sums.get(name, 0.0) + v.detach().float() / cfg.grad_accum
+                if cfg.grad_clip:
+                    acc.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+                opt.step()
+                sched.step()
+                st['step'] += 1
+                steps_timed += 1
                 vals = {k: acc.reduce(v, 'mean').item() if world > 1 else v.item() for k, v in sums.items()}
-                history.append(dict(kind='step', stage=stage['name'], epoch=epoch + 1, step=st['step'], lr=sched.get_last_lr()[0], **vals))
+                history.append(
+                    dict(
+                        kind='step',
+                        stage=stage['name'],
+                        epoch=epoch + 1,
+                        step=st['step'],
+                        lr=sched.get_last_lr()[0],
+                        **vals,
+                    )
+                )
                 bar.set_postfix(loss=f"{vals['loss']:.3f}")
             loop_s += time.perf_counter() - t_loop
             ev = evaluate_val(core, val_ds, tok, cfg, tasks, weights, pad_id, dev)
-            ep_rows = [r for r in history if r['kind'] == 'step' and r['epoch'] == epoch + 1 and r['stage'] == stage['name']]
-            history.append(dict(kind='epoch', stage=stage['name'], epoch=epoch + 1, step=st['step'],
-                                loss=float(np.mean([r['loss'] for r in ep_rows])), **{k: v for k, v in ev.items() if k in HISTORY_COLUMNS}))
+            ep_rows = [
+                r for r in history if r['kind'] == 'step' and r['epoch'] == epoch + 1 and r['stage'] == stage['name']
+            ]
+            history.append(
+                dict(
+                    kind='epoch',
+                    stage=stage['name'],
+                    epoch=epoch + 1,
+                    step=st['step'],
+                    loss=float(np.mean([r['loss'] for r in ep_rows])),
+                    **{k: v for k, v in ev.items() if k in HISTORY_COLUMNS},
+                )
+            )
             score = ev.get(cfg.monitor, -ev['val_loss'])
             if score > st['best']:
-                st.update(best=score, best_epoch=f"{stage['name']}:{epoch + 1}", bad=0); checkpoint(out_dir / 'best.pt', full=False)
-            else: st['bad'] += 1
+                st.update(best=score, best_epoch=f"{stage['name']}:{epoch + 1}", bad=0)
+                checkpoint(out_dir / 'best.pt', full=False)
+            else:
+                st['bad'] += 1
             st['epoch'] = epoch + 1
-            if cfg.patience and st['bad'] >= cfg.patience: st['stopped'] = True
-            if main: print(f"{stage['name']} epoch {epoch + 1}: loss {history[-1]['loss']:.4f}, " + ', '.join(f'{k} {v:.4f}' for k, v in ev.items() if k.startswith('val_') and isinstance(v, float)), flush=True)
+            if cfg.patience and st['bad'] >= cfg.patience:
+                st['stopped'] = True
+            if main:
+                print(
+                    f"{stage['name']} epoch {epoch + 1}: loss {history[-1]['loss']:.4f}, "
+                    + ', '.join(f'{k} {v:.4f}' for k, v in ev.items() if k.startswith('val_') and isinstance(v, float)),
+                    flush=True,
+                )
             checkpoint(out_dir / 'last.pt', full=True, opt=opt, sched=sched)
-            if main: write_history(out_dir / 'history.csv', history)
+            if main:
+                write_history(out_dir / 'history.csv', history)
         st.update(stage=si + 1, epoch=0, bad=0, best=-math.inf if si + 1 < len(stages) else st['best'], stopped=False)
     best = load_checkpoint(out_dir / 'best.pt')
     core.load_state_dict(best['model'])
     final = evaluate_val(core, val_ds, tok, cfg, task_list(stages[-1]['tasks']), weights, pad_id, dev)
-    metrics = dict(final=final, best_epoch=st['best_epoch'], monitor=cfg.monitor, steps=st['step'], tasks=tasks_all,
-                   data=dict(train_images=len(train_ds), val_images=len(val_ds), skipped_train=dict(train_ds.skipped), skipped_val=dict(val_ds.skipped)))
+    metrics = dict(
+        final=final,
+        best_epoch=st['best_epoch'],
+        monitor=cfg.monitor,
+        steps=st['step'],
+        tasks=tasks_all,
+        data=dict(
+            train_images=len(train_ds),
+            val_images=len(val_ds),
+            skipped_train=dict(train_ds.skipped),
+            skipped_val=dict(val_ds.skipped),
+        ),
+    )
     if main:
         write_json(out_dir / 'metrics.json', metrics)
-        write_json(out_dir / 'provenance.json', provenance(start_time=t0, data_hash=None) | {'device': str(dev), 'processes': world, 'train_loop_s': round(loop_s, 3),
-                                                                                    'steps_timed': steps_timed})
+        write_json(
+            out_dir / 'provenance.json',
+            provenance(start_time=t0, data_hash=None)
+            | {'device': str(dev), 'processes': world, 'train_loop_s': round(loop_s, 3), 'steps_timed': steps_timed},
+        )
         if 'val_t2i_r1' in final:
-            print(f"val text-to-image R@1 {final['val_t2i_r1']:.3f} (chance {final['chance_r1']:.4f}: {final['val_t2i_r1'] / final['chance_r1']:.0f}x), "
-                  f"image-to-text R@1 {final['val_i2t_r1']:.3f}, best epoch {st['best_epoch']}", flush=True)
+            print(
+                f"val text-to-image R@1 {final['val_t2i_r1']:.3f} (chance {final['chance_r1']:.4f}: {final['val_t2i_r1'] / final['chance_r1']:.0f}x), "
+                f"image-to-text R@1 {final['val_i2t_r1']:.3f}, best epoch {st['best_epoch']}",
+                flush=True,
+            )
     acc.wait_for_everyone()
     return metrics

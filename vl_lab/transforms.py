@@ -4,7 +4,8 @@
 
 # %% ../nbs/02a_transforms.ipynb #b00d0abf
 from __future__ import annotations
-import math, re
+import math
+import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -16,77 +17,127 @@ from PIL import Image
 from .core import VLLabError
 
 # %% auto #0
-__all__ = ['NORMALIZE', 'CROP_RATIO', 'SYNONYMS', 'PROTECTED_WORDS', 'TransformConfig', 'check_transform_config', 'flip_caption',
-           'synonym_replace', 'to_tensor_image', 'denormalize', 'to_pil', 'pair_rng', 'PairTransform']
+__all__ = [
+    'NORMALIZE',
+    'CROP_RATIO',
+    'SYNONYMS',
+    'PROTECTED_WORDS',
+    'TransformConfig',
+    'check_transform_config',
+    'flip_caption',
+    'synonym_replace',
+    'to_tensor_image',
+    'denormalize',
+    'to_pil',
+    'pair_rng',
+    'PairTransform',
+]
 
 # %% ../nbs/02a_transforms.ipynb #0273b947
-NORMALIZE = {'clip': ((0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)),
-             'imagenet': ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))}
+NORMALIZE = {
+    'clip': ((0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)),
+    'imagenet': ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+}
 CROP_RATIO = (3 / 4, 4 / 3)  # aspect-ratio range of the random resized crop (torchvision's default)
+
 
 @dataclass
 class TransformConfig:
-    size: int = 224                    # output side in pixels (square output)
-    mean_std: str = 'clip'             # normalization statistics: 'clip' or 'imagenet'
+    size: int = 224  # output side in pixels (square output)
+    mean_std: str = 'clip'  # normalization statistics: 'clip' or 'imagenet'
     random_resized_crop: bool = False  # train: random resized crop; False: resize + center crop as in eval
-    crop_scale_min: float = 0.8        # smallest crop area, as a fraction of the image area
-    crop_scale_max: float = 1.0        # largest crop area, as a fraction of the image area
-    hflip_p: float = 0.0               # probability of a horizontal flip (the caption's left/right are swapped too)
-    color_jitter: bool = False         # train: random brightness / contrast / saturation / hue
-    brightness: float = 0.2            # brightness factor drawn from [1-b, 1+b]
-    contrast: float = 0.2              # contrast factor drawn from [1-c, 1+c]
-    saturation: float = 0.2            # saturation factor drawn from [1-s, 1+s]
-    hue: float = 0.0                   # hue shift drawn from [-h, h] (0: captions name colours, keep them true)
-    synonym_p: float = 0.0             # probability of replacing each caption word that has synonyms
+    crop_scale_min: float = 0.8  # smallest crop area, as a fraction of the image area
+    crop_scale_max: float = 1.0  # largest crop area, as a fraction of the image area
+    hflip_p: float = 0.0  # probability of a horizontal flip (the caption's left/right are swapped too)
+    color_jitter: bool = False  # train: random brightness / contrast / saturation / hue
+    brightness: float = 0.2  # brightness factor drawn from [1-b, 1+b]
+    contrast: float = 0.2  # contrast factor drawn from [1-c, 1+c]
+    saturation: float = 0.2  # saturation factor drawn from [1-s, 1+s]
+    hue: float = 0.0  # hue shift drawn from [-h, h] (0: captions name colours, keep them true)
+    synonym_p: float = 0.0  # probability of replacing each caption word that has synonyms
+
 
 def check_transform_config(cfg: TransformConfig):
     "Raise a `VLLabError` naming the first bad value of `cfg`."
-    if cfg.mean_std not in NORMALIZE: raise VLLabError(f"mean_std {cfg.mean_std!r} unknown (known: {', '.join(NORMALIZE)})")
-    if cfg.size < 1: raise VLLabError(f"size must be a positive number of pixels, got {cfg.size}")
+    if cfg.mean_std not in NORMALIZE:
+        raise VLLabError(f"mean_std {cfg.mean_std!r} unknown (known: {', '.join(NORMALIZE)})")
+    if cfg.size < 1:
+        raise VLLabError(f"size must be a positive number of pixels, got {cfg.size}")
     if not 0 < cfg.crop_scale_min <= cfg.crop_scale_max <= 1:
-        raise VLLabError(f"crop scale needs 0 < crop_scale_min <= crop_scale_max <= 1, got {cfg.crop_scale_min}, {cfg.crop_scale_max}")
+        raise VLLabError(
+            f"crop scale needs 0 < crop_scale_min <= crop_scale_max <= 1, got {cfg.crop_scale_min}, {cfg.crop_scale_max}"
+        )
     for k in ('hflip_p', 'synonym_p'):
-        if not 0 <= getattr(cfg, k) <= 1: raise VLLabError(f"{k} is a probability in [0, 1], got {getattr(cfg, k)}")
+        if not 0 <= getattr(cfg, k) <= 1:
+            raise VLLabError(f"{k} is a probability in [0, 1], got {getattr(cfg, k)}")
     for k in ('brightness', 'contrast', 'saturation'):
-        if getattr(cfg, k) < 0: raise VLLabError(f"{k} must be >= 0, got {getattr(cfg, k)}")
-    if not 0 <= cfg.hue <= 0.5: raise VLLabError(f"hue must be in [0, 0.5], got {cfg.hue}")
+        if getattr(cfg, k) < 0:
+            raise VLLabError(f"{k} must be >= 0, got {getattr(cfg, k)}")
+    if not 0 <= cfg.hue <= 0.5:
+        raise VLLabError(f"hue must be in [0, 0.5], got {cfg.hue}")
+
 
 # %% ../nbs/02a_transforms.ipynb #da80eede
 _LR_RE = re.compile(r"\b(left|right)(most|-hand)?\b", re.I)
 
+
 def _match_case(src: str, word: str) -> str:
     "`word` written in the case of `src`: 'LEFT' -> 'RIGHT', 'Left' -> 'Right', 'left' -> 'right'."
-    if src.isupper() and len(src) > 1: return word.upper()
-    if src[0].isupper(): return word[0].upper() + word[1:]
+    if src.isupper() and len(src) > 1:
+        return word.upper()
+    if src[0].isupper():
+        return word[0].upper() + word[1:]
     return word
+
 
 def flip_caption(text: str) -> str:
     "`text` with left<->right, leftmost<->rightmost and left-hand<->right-hand swapped (whole words, case kept)."
+
     def swap(m):
         side = 'right' if m.group(1).lower() == 'left' else 'left'
         return _match_case(m.group(1), side) + (m.group(2) or '')
+
     return _LR_RE.sub(swap, text)
 
+
 # %% ../nbs/02a_transforms.ipynb #9e96397e
-_SYNONYM_GROUPS = (('picture', 'image', 'photo'), ('pictures', 'images', 'photos'), ('shows', 'depicts'),
-                   ('show', 'depict'), ('small', 'little'), ('large', 'big'), ('below', 'under', 'beneath'),
-                   ('above', 'over'), ('circle', 'disc'), ('center', 'middle'), ('drawing', 'illustration'),
-                   ('single', 'lone'), ('shape', 'figure'), ('shapes', 'figures'))
+_SYNONYM_GROUPS = (
+    ('picture', 'image', 'photo'),
+    ('pictures', 'images', 'photos'),
+    ('shows', 'depicts'),
+    ('show', 'depict'),
+    ('small', 'little'),
+    ('large', 'big'),
+    ('below', 'under', 'beneath'),
+    ('above', 'over'),
+    ('circle', 'disc'),
+    ('center', 'middle'),
+    ('drawing', 'illustration'),
+    ('single', 'lone'),
+    ('shape', 'figure'),
+    ('shapes', 'figures'),
+)
 SYNONYMS = {w: tuple(x for x in g if x != w) for g in _SYNONYM_GROUPS for w in g}  # word -> its synonyms
-PROTECTED_WORDS = frozenset('''red orange yellow green blue purple pink brown black white gray grey violet cyan magenta
-    gold silver beige left right leftmost rightmost'''.split())  # never replaced: the pair's meaning rests on them
+PROTECTED_WORDS = frozenset(
+    '''red orange yellow green blue purple pink brown black white gray grey violet cyan magenta
+    gold silver beige left right leftmost rightmost'''.split()
+)  # never replaced: the pair's meaning rests on them
+
 
 def _article(word: str) -> str:
     return 'an' if word[:1].lower() in 'aeiou' else 'a'
 
+
 def synonym_replace(text: str, rng: np.random.Generator, p: float, table: dict = SYNONYMS) -> str:
     "`text` with each word found in `table` replaced, with probability `p`, by one of its synonyms drawn from `rng`."
-    if p <= 0: return text
+    if p <= 0:
+        return text
     parts = re.split(r"(\W+)", text)  # words at even indices, separators at odd ones
     prev = None  # index of the previous word
     for i in range(0, len(parts), 2):
         w = parts[i]
-        if not w: continue
+        if not w:
+            continue
         low = w.lower()
         if low in table and low not in PROTECTED_WORDS and rng.random() < p:
             alts = table[low]
@@ -96,30 +147,38 @@ def synonym_replace(text: str, rng: np.random.Generator, p: float, table: dict =
         prev = i
     return ''.join(parts)
 
+
 # %% ../nbs/02a_transforms.ipynb #abea222d
 def to_tensor_image(img) -> torch.Tensor:
     "A CxHxW RGB tensor (uint8, or float in [0, 1]) of a PIL image, an HxWxC array or a CxHxW tensor."
-    if isinstance(img, Image.Image): return F.pil_to_tensor(img.convert('RGB'))
+    if isinstance(img, Image.Image):
+        return F.pil_to_tensor(img.convert('RGB'))
     if isinstance(img, np.ndarray):
         img = torch.from_numpy(np.ascontiguousarray(img[..., None] if img.ndim == 2 else img)).permute(2, 0, 1)
     if not isinstance(img, torch.Tensor) or img.ndim != 3 or img.shape[0] not in (1, 3, 4):
-        raise VLLabError(f"expected a PIL image, an HxWxC array or a CxHxW tensor, got {type(img).__name__} {tuple(getattr(img, 'shape', ()))}")
+        raise VLLabError(
+            f"expected a PIL image, an HxWxC array or a CxHxW tensor, got {type(img).__name__} {tuple(getattr(img, 'shape', ()))}"
+        )
     img = img.as_subclass(torch.Tensor)
     return img.expand(3, -1, -1) if img.shape[0] == 1 else img[:3]
+
 
 def denormalize(x: torch.Tensor, mean_std: str = 'clip') -> torch.Tensor:
     "Undo the normalization of a CxHxW (or NxCxHxW) tensor: values back in [0, 1]."
     mean, std = (torch.tensor(v, dtype=x.dtype, device=x.device)[:, None, None] for v in NORMALIZE[mean_std])
     return (x * std + mean).clamp(0, 1)
 
+
 def to_pil(x: torch.Tensor, mean_std: str = 'clip') -> Image.Image:
     "A PIL image of a normalized CxHxW tensor."
     return F.to_pil_image((denormalize(x, mean_std) * 255).round().to(torch.uint8))
+
 
 # %% ../nbs/02a_transforms.ipynb #adb8c4f4
 def pair_rng(seed: int, epoch: int = 0, index: int = 0) -> np.random.Generator:
     "A generator of its own for pair `index` in `epoch` of a run seeded with `seed`."
     return np.random.default_rng([seed, epoch, index])
+
 
 def _crop_box(H, W, scale, rng):
     "(top, left, height, width) of a random crop covering `scale` of the area, as torchvision's RandomResizedCrop."
@@ -131,28 +190,39 @@ def _crop_box(H, W, scale, rng):
         if 0 < w <= W and 0 < h <= H:
             return int(rng.integers(0, H - h + 1)), int(rng.integers(0, W - w + 1)), h, w
     ratio = W / H  # fallback: the largest central crop with a ratio in range
-    if ratio < CROP_RATIO[0]: w, h = W, round(W / CROP_RATIO[0])
-    elif ratio > CROP_RATIO[1]: h, w = H, round(H * CROP_RATIO[1])
-    else: w, h = W, H
+    if ratio < CROP_RATIO[0]:
+        w, h = W, round(W / CROP_RATIO[0])
+    elif ratio > CROP_RATIO[1]:
+        h, w = H, round(H * CROP_RATIO[1])
+    else:
+        w, h = W, H
     return (H - h) // 2, (W - w) // 2, h, w
+
 
 def _each(caption, fn):
     "`fn` of a caption, of each of a list of captions (of one image), or None."
-    if caption is None: return None
+    if caption is None:
+        return None
     return [fn(t) for t in caption] if isinstance(caption, list) else fn(caption)
+
 
 class PairTransform:
     "Preprocess (eval) or augment (train) an (image, caption) pair with the randomness of a given generator."
+
     def __init__(self, cfg: TransformConfig = None, train: bool = False):
         self.cfg, self.train = cfg or TransformConfig(), train
         check_transform_config(self.cfg)
 
     def _jitter(self, x, rng):
         c, ops = self.cfg, []
-        if c.brightness > 0: ops.append((F.adjust_brightness, rng.uniform(max(0, 1 - c.brightness), 1 + c.brightness)))
-        if c.contrast > 0: ops.append((F.adjust_contrast, rng.uniform(max(0, 1 - c.contrast), 1 + c.contrast)))
-        if c.saturation > 0: ops.append((F.adjust_saturation, rng.uniform(max(0, 1 - c.saturation), 1 + c.saturation)))
-        if c.hue > 0: ops.append((F.adjust_hue, rng.uniform(-c.hue, c.hue)))
+        if c.brightness > 0:
+            ops.append((F.adjust_brightness, rng.uniform(max(0, 1 - c.brightness), 1 + c.brightness)))
+        if c.contrast > 0:
+            ops.append((F.adjust_contrast, rng.uniform(max(0, 1 - c.contrast), 1 + c.contrast)))
+        if c.saturation > 0:
+            ops.append((F.adjust_saturation, rng.uniform(max(0, 1 - c.saturation), 1 + c.saturation)))
+        if c.hue > 0:
+            ops.append((F.adjust_hue, rng.uniform(-c.hue, c.hue)))
         for i in rng.permutation(len(ops)):
             fn, factor = ops[i]
             x = fn(x, float(factor))
@@ -160,7 +230,8 @@ class PairTransform:
 
     def __call__(self, img, caption: str | list[str] | None, rng: np.random.Generator | None = None):
         c, x = self.cfg, to_tensor_image(img)
-        if self.train and rng is None: raise VLLabError("a training transform needs a numpy Generator (e.g. pair_rng(seed, epoch, index))")
+        if self.train and rng is None:
+            raise VLLabError("a training transform needs a numpy Generator (e.g. pair_rng(seed, epoch, index))")
         if self.train and c.random_resized_crop:
             top, left, h, w = _crop_box(*x.shape[-2:], (c.crop_scale_min, c.crop_scale_max), rng)
             x = F.resized_crop(x, top, left, h, w, [c.size, c.size], InterpolationMode.BICUBIC, antialias=True)
@@ -170,7 +241,9 @@ class PairTransform:
             if c.hflip_p > 0 and rng.random() < c.hflip_p:
                 x = F.horizontal_flip(x)
                 caption = _each(caption, flip_caption)
-            if c.color_jitter: x = self._jitter(x, rng)
-            if c.synonym_p > 0: caption = _each(caption, lambda t: synonym_replace(t, rng, c.synonym_p))
+            if c.color_jitter:
+                x = self._jitter(x, rng)
+            if c.synonym_p > 0:
+                caption = _each(caption, lambda t: synonym_replace(t, rng, c.synonym_p))
         x = F.normalize(F.to_dtype(x, torch.float32, scale=True), *NORMALIZE[c.mean_std])
         return x.contiguous(), caption
