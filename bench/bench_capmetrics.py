@@ -74,7 +74,9 @@ SLOTS = {
 
 def corpus(seed=0):
     rng = np.random.default_rng(seed)
-    pick = lambda opts: opts[rng.integers(len(opts))]
+
+    def pick(opts):
+        return opts[rng.integers(len(opts))]
 
     def say(scene):
         words = ' '.join(w for w in (pick(SLOTS[s][i]) for s, i in scene.items()) if w)
@@ -141,15 +143,20 @@ if __name__ == '__main__':
     vs, vout = ours(refs, hyps)
     print(f'  {"step":<22}{"pycocoevalcap":>14}{"vl_lab":>10}')
     for step in ('tokenize refs', 'tokenize hyps', 'tokenize refs+hyps', 'BLEU', 'METEOR', 'ROUGE_L', 'CIDEr'):
-        fmt = lambda d: f'{d[step]:.2f} s' if step in d else '-'
+
+        def fmt(d):
+            return f'{d[step]:.2f} s' if step in d else '-'
+
         print(f'  {step:<22}{fmt(cs):>14}{fmt(vs):>10}')
     print(
-        f'  {"total":<22}{cs["total"]:>12.2f} s{vs["total"]:>8.2f} s   (vl_lab total: caption_metrics, METEOR loading meanwhile)'
+        f'  {"total":<22}{cs["total"]:>12.2f} s{vs["total"]:>8.2f} s   '
+        '(vl_lab total: caption_metrics, METEOR loading meanwhile)'
     )
     print(f'  ratio pycocoevalcap/vl_lab total: {cs["total"] / vs["total"]:.2f}x (aim: >= 1)')
     diff = {k: abs(vout[k] - cout[k]) for k in cout}
     print('  scores: ' + ', '.join(f'{k} {v:.4f}' for k, v in vout.items()))
     print(
-        f'  largest difference from pycocoevalcap: {max(diff.values()):.1e} (METEOR equal: {vout["METEOR"] == cout["METEOR"]})'
+        f'  largest difference from pycocoevalcap: {max(diff.values()):.1e} '
+        f'(METEOR equal: {vout["METEOR"] == cout["METEOR"]})'
     )
     assert max(diff.values()) < 1e-6 and vout['METEOR'] == cout['METEOR'], diff

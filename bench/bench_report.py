@@ -108,6 +108,7 @@ if not args.smoke_only:
         for k in sorted(second.keys() - set(same)):
             only_times = k in first and first[k][1] == second[k][1]
             print(
-                f'  differs: {second[k][2]} ({k}): {"only in measured times (*_ms)" if only_times else "NOT only in times"}'
+                f'  differs: {second[k][2]} ({k}): '
+                f'{"only in measured times (*_ms)" if only_times else "NOT only in times"}'
             )
 WORK.rmdir()

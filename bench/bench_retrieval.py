@@ -1,4 +1,4 @@
-"""Benchmark: `retrieval_metrics` over 5,000 images x 25,000 captions (COCO 5k test size), chunked against the full matrix.
+"""Benchmark: `retrieval_metrics` over 5,000 images x 25,000 captions (COCO 5k test size), chunked vs the full matrix.
 
 Random normalised 256-d embeddings, 5 captions per image (each its image's embedding plus noise, so the ranks are not
 all chance). Each variant runs in a fresh subprocess: the chunked metrics with the default chunk (1024) and with 256,
@@ -30,7 +30,7 @@ def data():
 
 
 def rss_now_kb():
-    return int(next(l for l in open('/proc/self/status') if l.startswith('VmRSS')).split()[1])
+    return int(next(line for line in open('/proc/self/status') if line.startswith('VmRSS')).split()[1])
 
 
 @torch.no_grad()
@@ -90,6 +90,7 @@ if __name__ == '__main__':
     assert all(r['r1'] == res['full']['r1'] for r in res.values()), 'chunked and full-matrix R@1 disagree'
     c = res['1024']
     print(
-        f'  default chunk vs full matrix: {res["full"]["peak_increase_mb"] / c["peak_increase_mb"]:.1f}x less peak memory, '
+        f'  default chunk vs full matrix: '
+        f'{res["full"]["peak_increase_mb"] / c["peak_increase_mb"]:.1f}x less peak memory, '
         f'{c["seconds"] / res["full"]["seconds"]:.2f}x the time (it also computes MRR, NDCG@10, ranks for all k)'
     )

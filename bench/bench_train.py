@@ -79,7 +79,8 @@ assert steps == plain_steps, (steps, plain_steps)
 lab_rate, plain_rate = steps * cfg.batch_size / lab_s, plain_steps * cfg.batch_size / plain_s
 peak = matmul_rate()
 print(
-    f'cpu-tiny dual encoder, batch {cfg.batch_size}, {steps} optimizer steps each ({EPOCHS} epochs of {len(ds)} images):'
+    f'cpu-tiny dual encoder, batch {cfg.batch_size}, {steps} optimizer steps each '
+    f'({EPOCHS} epochs of {len(ds)} images):'
 )
 print(f'  vl_lab loop : {lab_rate:7.1f} pairs/s  ({lab_s:.1f} s)')
 print(f'  plain loop  : {plain_rate:7.1f} pairs/s  ({plain_s:.1f} s)')

@@ -19,9 +19,10 @@ from vl_lab.deploy import (
     eval_split,
     weight_sparsity,
 )
-from vl_lab.evaluate import load_run
+from vl_lab.run import load_run
 from vl_lab.synthetic import synth, synth_config
-from vl_lab.train import resolve_config, train
+from vl_lab.run import resolve_config
+from vl_lab.train import train
 
 torch.set_num_threads(1)
 pytestmark = pytest.mark.filterwarnings('ignore')
@@ -32,14 +33,10 @@ def run(tmp_path_factory):
     d = tmp_path_factory.mktemp('deploy')
     synth(d / 'data', synth_config('none', n_images=160, seed=3), progress=False)
     cfg = resolve_config(
-        'cpu-tiny',
+        'cpu-small',
         {
             'epochs': 1,
             'model.tasks': 'contrastive',
-            'model.conv_channels': '16,32,64,64',
-            'model.text_width': 64,
-            'model.text_layers': 2,
-            'model.embed_dim': 32,
         },
         data=d / 'data',
     )

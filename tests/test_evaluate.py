@@ -7,28 +7,7 @@ import pytest
 from conftest import one_line_error, run_cli
 from vl_lab.synthetic import synth, synth_config
 
-SMALL = [
-    '--set',
-    'model.conv_channels=16,32,64,64',
-    '--set',
-    'model.text_width=64',
-    '--set',
-    'model.text_layers=2',
-    '--set',
-    'model.text_heads=2',
-    '--set',
-    'model.embed_dim=32',
-    '--set',
-    'model.fusion_width=64',
-    '--set',
-    'model.fusion_layers=1',
-    '--set',
-    'model.decoder_layers=1',
-    '--set',
-    'warmup_steps=5',
-    '--set',
-    'lr=5e-4',
-]
+SMALL = ['--set', 'warmup_steps=5', '--set', 'lr=5e-4']  # on top of the cpu-small preset
 
 
 @pytest.fixture(scope='module')
@@ -37,7 +16,7 @@ def run(tmp_path_factory):
     synth(d / 'shapes', synth_config('none', n_images=200, seed=5), progress=False)
     run_cli(
         'train',
-        'cpu-tiny',
+        'cpu-small',
         '--data',
         d / 'shapes',
         '--out',

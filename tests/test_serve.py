@@ -14,7 +14,8 @@ from fastapi.testclient import TestClient
 
 from conftest import png_of_size, scene_image
 from vl_lab.synthetic import synth, synth_config
-from vl_lab.train import resolve_config, train
+from vl_lab.run import resolve_config
+from vl_lab.train import train
 
 LIMIT_MB = 0.25  # upload limit of the service under test
 JSON = {'content-type': 'application/json'}
@@ -27,15 +28,10 @@ def run(tmp_path_factory):
     d = tmp_path_factory.mktemp('serve')
     synth(d / 'data', synth_config('none', n_images=160), progress=False)
     cfg = resolve_config(
-        'cpu-tiny',
+        'cpu-small',
         {
             'epochs': 1,
             'model.tasks': 'contrastive,caption',
-            'model.conv_channels': '16,32,64,64',
-            'model.text_width': 64,
-            'model.text_layers': 2,
-            'model.embed_dim': 32,
-            'model.decoder_layers': 1,
         },
         data=d / 'data',
     )
@@ -268,7 +264,7 @@ def test_onnx_backend_needs_export(run):
 
 def _export_onnx(run, dest):
     "A stand-in for `vl-lab export --onnx` with the agreed names (pixels / input_ids, attention_mask -> embedding)."
-    from vl_lab.evaluate import load_run
+    from vl_lab.run import load_run
 
     model, tok, cfg, _ = load_run(run)
 
@@ -332,7 +328,7 @@ def test_onnx_backend_matches_torch(run, tmp_path):
     assert c.post('/embed/text', json={'texts': caps}).json()['dim'] == 32
     # INT8 files beside them (dynamic, and the image encoder static): the int8 backends serve scores close to torch's
     from vl_lab.deploy import quantize_encoders
-    from vl_lab.evaluate import load_run
+    from vl_lab.run import load_run
 
     _, tok, cfg, _ = load_run(r2)
     quantize_encoders({k: r2 / 'export' / f'{k}.onnx' for k in ('image', 'text')}, cfg, tok, n_calibration=32)

@@ -13,22 +13,7 @@ import pytest
 from conftest import VL_LAB, one_line_error, run_cli
 from vl_lab.synthetic import synth, synth_config
 
-SMALL = [
-    '--set',
-    'model.conv_channels=16,32,64,64',
-    '--set',
-    'model.text_width=64',
-    '--set',
-    'model.text_layers=2',
-    '--set',
-    'model.text_heads=2',
-    '--set',
-    'model.embed_dim=32',
-    '--set',
-    'warmup_steps=5',
-    '--set',
-    'lr=5e-4',
-]
+SMALL = ['--set', 'warmup_steps=5', '--set', 'lr=5e-4']  # on top of the cpu-small preset
 
 
 @pytest.fixture(scope='module')
@@ -46,7 +31,7 @@ def test_same_seed_same_history_and_metrics(corpus, tmp_path):
     for name in ('a', 'b'):
         run_cli(
             'train',
-            'cpu-tiny',
+            'cpu-small',
             '--data',
             corpus,
             '--out',
@@ -63,7 +48,7 @@ def test_same_seed_same_history_and_metrics(corpus, tmp_path):
 
 
 def test_resume_after_sigkill_gives_the_same_result(corpus, tmp_path):
-    args = ['train', 'cpu-tiny', '--data', corpus, '--quiet', '--set', 'epochs=3', *SMALL]
+    args = ['train', 'cpu-small', '--data', corpus, '--quiet', '--set', 'epochs=3', *SMALL]
     run_cli(*args, '--out', tmp_path / 'whole', check=True)
     run = tmp_path / 'killed'
     p = subprocess.Popen(
@@ -83,7 +68,7 @@ def test_resume_after_sigkill_gives_the_same_result(corpus, tmp_path):
 
 
 def test_ddp_two_processes_match_one(corpus, tmp_path):
-    args = ['train', 'cpu-tiny', '--data', corpus, '--quiet', '--set', 'epochs=2', *SMALL]
+    args = ['train', 'cpu-small', '--data', corpus, '--quiet', '--set', 'epochs=2', *SMALL]
     run_cli(*args, '--out', tmp_path / 'one', check=True)
     torchrun = str(Path(sys.executable).parent / 'torchrun')
     r = subprocess.run(
@@ -123,6 +108,7 @@ def test_bad_input(corpus, tmp_path):
 def test_nonfinite_loss_stops_with_the_last_good_checkpoint(corpus, tmp_path, monkeypatch):
     import torch
     import vl_lab.train as vt
+    from vl_lab.run import load_checkpoint, resolve_config
 
     real, calls = vt.compute_losses, []
 
@@ -132,12 +118,12 @@ def test_nonfinite_loss_stops_with_the_last_good_checkpoint(corpus, tmp_path, mo
         return (total * float('nan'), terms) if len(calls) > 12 else (total, terms)
 
     monkeypatch.setattr(vt, 'compute_losses', poisoned)
-    cfg = vt.resolve_config('cpu-tiny', [x for x in SMALL if x != '--set'] + ['epochs=3', 'max_val=40'], data=corpus)
+    cfg = resolve_config('cpu-small', [x for x in SMALL if x != '--set'] + ['epochs=3', 'max_val=40'], data=corpus)
     with pytest.raises(
         vt.VLLabError, match=r'the loss became nan at stage stage0, epoch 2.*last good checkpoint is .*last\.pt'
     ):
         vt.train(cfg, tmp_path / 'run', progress=False)
-    ck = vt.load_checkpoint(tmp_path / 'run' / 'last.pt')
+    ck = load_checkpoint(tmp_path / 'run' / 'last.pt')
     assert ck['state']['epoch'] == 1 and all(
         torch.isfinite(v).all() for v in ck['model'].values() if v.is_floating_point()
     )

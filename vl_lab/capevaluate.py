@@ -15,7 +15,8 @@ __all__ = ['EVALUATE_MODULE_NAME', 'EVALUATE_MODULE_SOURCE', 'evaluate_module_pa
 # %% ../nbs/30b_capevaluate.ipynb #22f0f7c5
 EVALUATE_MODULE_NAME = 'vl_lab_caption'
 
-EVALUATE_MODULE_SOURCE = '''"""COCO caption metrics (BLEU-1..4, METEOR, ROUGE-L, CIDEr) equal to pycocoevalcap's, from vl_lab.capmetrics.
+EVALUATE_MODULE_SOURCE = '''"""COCO caption metrics (BLEU-1..4, METEOR, ROUGE-L, CIDEr) equal to pycocoevalcap's, \
+from vl_lab.capmetrics.
 
 Written by vl_lab.capevaluate.evaluate_module_path(); load it with evaluate.load(path).
 """
@@ -55,7 +56,8 @@ class VlLabCaption(evaluate.Metric):
 
 
 def evaluate_module_path(root=None) -> Path:
-    "The folder of the `evaluate` module of `caption_metrics`, written under `root` (default: ~/.cache/vl_lab/evaluate) if missing or stale."
+    """The folder of the `evaluate` module of `caption_metrics`, written under `root` (default:
+    ~/.cache/vl_lab/evaluate) if missing or stale."""
     root = (
         Path(root) if root else Path(os.environ.get('XDG_CACHE_HOME') or Path.home() / '.cache') / 'vl_lab' / 'evaluate'
     )

@@ -6,15 +6,15 @@
 from __future__ import annotations
 import hashlib
 import html
-import io
 import re
 import unicodedata
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image
 
 from .data import has_invalid_utf8
+from .images import Header, Verdict, ok
 
 # %% auto #0
 __all__ = [
@@ -24,14 +24,8 @@ __all__ = [
     'ALL_RULES',
     'DEFAULT_RULES',
     'CleanConfig',
-    'Verdict',
-    'ok',
-    'Header',
-    'read_header',
     'check_bomb',
     'check_resolution',
-    'to_rgb',
-    'decode_image',
     'phash',
     'thumbnail',
     'thumb_correlation',
@@ -79,43 +73,7 @@ class CleanConfig:
     rules: str = ','.join(DEFAULT_RULES)  # rules to apply, comma-separated
 
 
-@dataclass
-class Verdict:
-    "The outcome of one rule on one item."
-
-    keep: bool
-    rule: str
-    detail: str = ''
-
-
-def ok(rule):
-    return Verdict(True, rule)
-
-
 # %% ../nbs/03_cleaning.ipynb #1cb2afe1
-@dataclass
-class Header:
-    "What the header of an image says, before any pixel is decoded."
-
-    width: int
-    height: int
-    mode: str
-    format: str
-
-
-def read_header(data: bytes) -> Header | Verdict:
-    "The header of encoded image `data`, or a rejecting verdict (`corrupt`, `decompression_bomb`)."
-    if not data:
-        return Verdict(False, 'corrupt', 'zero-byte file')
-    try:
-        with Image.open(io.BytesIO(data)) as im:  # parses the header only (no EXIF: parsing it costs 5x the header)
-            return Header(im.width, im.height, im.mode, im.format or '?')
-    except Image.DecompressionBombError as e:
-        return Verdict(False, 'decompression_bomb', str(e).split('.')[0])
-    except Exception as e:
-        return Verdict(False, 'corrupt', f'not an image ({type(e).__name__})')
-
-
 def check_bomb(h: Header, cfg: CleanConfig) -> Verdict:
     "Refuse images whose header claims more than `max_pixels` pixels."
     n = h.width * h.height
@@ -131,53 +89,6 @@ def check_resolution(h: Header, cfg: CleanConfig) -> Verdict:
     if h.width >= cfg.min_size and h.height >= cfg.min_size:
         return ok('resolution')
     return Verdict(False, 'resolution', f'{h.width}x{h.height} < {cfg.min_size}x{cfg.min_size}')
-
-
-# %% ../nbs/03_cleaning.ipynb #16450e5f
-_EXIF_ROT = {
-    2: 'mirrored',
-    3: 'rotated 180',
-    4: 'flipped',
-    5: 'transposed',
-    6: 'rotated 90 CW',
-    7: 'transversed',
-    8: 'rotated 90 CCW',
-}
-
-
-def to_rgb(im: Image.Image) -> tuple[Image.Image, list[str]]:
-    "`im` upright and in RGB, with the transformations applied (EXIF orientation, mode conversion)."
-    done = []
-    o = im.getexif().get(0x0112, 1)
-    if o not in (1, None):
-        im = ImageOps.exif_transpose(im)
-        done.append(f'exif: {_EXIF_ROT.get(o, o)}')
-    if im.mode == 'RGB':
-        return im, done
-    mode = im.mode
-    if mode in ('I;16', 'I;16B', 'I;16L', 'I', 'F'):
-        a = np.asarray(im, dtype=np.float64)
-        lo, hi = float(a.min()), float(a.max())
-        a = np.zeros_like(a) if hi == lo else (a - lo) / (hi - lo) * 255
-        im = Image.fromarray(a.round().astype(np.uint8), 'L')
-    if im.mode == 'P':
-        im = im.convert('RGBA' if 'transparency' in im.info else 'RGB')
-    if im.mode in ('RGBA', 'LA', 'PA', 'La', 'RGBa'):
-        rgba = im.convert('RGBA')
-        bg = Image.new('RGBA', rgba.size, (255, 255, 255, 255))
-        im = Image.alpha_composite(bg, rgba)
-    done.append(f'mode: {mode} to RGB')
-    return im.convert('RGB'), done
-
-
-def decode_image(data: bytes) -> tuple[Image.Image, list[str]] | Verdict:
-    "Decode all pixels (a truncated file fails here) and return the upright RGB image and its transformations."
-    try:
-        with Image.open(io.BytesIO(data)) as im:
-            im.load()
-            return to_rgb(im)
-    except Exception as e:
-        return Verdict(False, 'corrupt', f'cannot decode: {str(e)[:80] or type(e).__name__}')
 
 
 # %% ../nbs/03_cleaning.ipynb #8e2623d8

@@ -89,7 +89,8 @@ def _cmd_clean(args):
 
 
 def _cmd_train(args):
-    from vl_lab.train import resolve_config, train
+    from vl_lab.run import resolve_config
+    from vl_lab.train import train
 
     cfg = resolve_config(args.config, args.set or [], data=args.data)
     train(cfg, args.out, resume=args.resume, progress=not args.quiet)
@@ -113,7 +114,7 @@ def _cmd_caption_metrics(args):
 
 def _cmd_export(args):
     from vl_lab.deploy import deployment_table, export_onnx, quantize_encoders, table_markdown
-    from vl_lab.evaluate import load_run
+    from vl_lab.run import load_run
 
     if not (args.onnx or args.int8 or args.table):
         args.onnx = args.int8 = True
@@ -231,7 +232,7 @@ def make_parser() -> argparse.ArgumentParser:
     c.add_argument('--overwrite', action='store_true', help='redo a finished cleaning in OUT_DIR')
     c.add_argument('--quiet', action='store_true', help='no progress bar')
     c.set_defaults(func=_cmd_clean)
-    from vl_lab.train import PRESETS
+    from vl_lab.run import PRESETS
 
     t = sub.add_parser('train', help='train a model (the one training loop); prints val R@1 at the end')
     t.add_argument(

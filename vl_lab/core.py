@@ -13,7 +13,7 @@ import random
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field, fields
+from dataclasses import fields
 from importlib import metadata
 from pathlib import Path
 
@@ -25,6 +25,7 @@ __all__ = [
     'VLLabError',
     'config_to_dict',
     'update_config',
+    'flatten_dict',
     'config_from_dict',
     'seed_everything',
     'get_device',
@@ -54,8 +55,14 @@ def _coerce(value, typ, key):
     "Convert `value` (often a string from the command line) to the field type `typ`."
     if isinstance(typ, str):
         typ = {'int': int, 'float': float, 'bool': bool, 'str': str}.get(typ.split('|')[0].strip(), None)
-    if typ is None or not isinstance(value, str):
+    if typ is None:
         return value
+    if not isinstance(value, str):  # a YAML or JSON value: its type must already be the field's
+        if typ is float and isinstance(value, int) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, typ) and not (typ is int and isinstance(value, bool)):
+            return value
+        raise VLLabError(f"config key {key!r}: {value!r} is {type(value).__name__}, not {typ.__name__}")
     try:
         if typ is bool:
             low = value.lower()
@@ -95,19 +102,20 @@ def update_config(cfg, overrides):
     return cfg
 
 
+def flatten_dict(d: dict, prefix: str = '') -> dict:
+    "A nested dict as one level of dotted keys: {'model': {'embed_dim': 64}} -> {'model.embed_dim': 64}."
+    flat = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            flat.update(flatten_dict(v, f'{prefix}{k}.'))
+        else:
+            flat[f'{prefix}{k}'] = v
+    return flat
+
+
 def config_from_dict(cls, d: dict):
     "Build dataclass `cls` from a (nested) dict such as `config_to_dict` wrote; unknown keys are an error."
-    flat = {}
-
-    def walk(prefix, x):
-        for k, v in x.items():
-            if isinstance(v, dict):
-                walk(f"{prefix}{k}.", v)
-            else:
-                flat[f"{prefix}{k}"] = v
-
-    walk('', d)
-    return update_config(cls(), flat)
+    return update_config(cls(), flatten_dict(d))
 
 
 # %% ../nbs/00_core.ipynb #a26fcdca

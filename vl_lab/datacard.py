@@ -43,7 +43,7 @@ def load_corpus(data_dir) -> tuple[dict, dict | None]:
 
 def open_image(path) -> Image.Image | None:
     "The image at `path` upright and RGB (as the cleaning rules decode it), or None when it cannot be decoded."
-    from vl_lab.cleaning import decode_image
+    from vl_lab.images import decode_image
 
     try:
         out = decode_image(Path(path).read_bytes())

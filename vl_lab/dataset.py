@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .cleaning import decode_image
+from .images import decode_image
 from .data import Record
 from .transforms import PairTransform, TransformConfig
 

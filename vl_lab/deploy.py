@@ -18,9 +18,9 @@ from torch import nn
 from .core import VLLabError, write_json
 from .data import load_records
 from .dataset import PairDataset
-from .evaluate import embed_split, load_run
+from .evaluate import embed_split
+from .run import load_run, split_records
 from .metrics import retrieval_metrics
-from .train import split_records
 
 # %% auto #0
 __all__ = [

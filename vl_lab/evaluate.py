@@ -9,19 +9,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .core import VLLabError, config_from_dict, get_device, write_json
+from .core import VLLabError, get_device, write_json
 from .data import load_records
 from .dataset import PairDataset
 from .metrics import PROMPT_TEMPLATES, classification_metrics, itm_accuracy, retrieval_metrics, vqa_accuracy
-from .models import VLModel, task_list
-from .tokenizer import load_tokenizer
-from .train import TrainConfig, _special_ids, load_checkpoint, split_records
+from .run import load_run, split_records
 
 # %% auto #0
 __all__ = [
     'COUNT_TEMPLATES',
     'PROBE_IMAGES',
-    'load_run',
     'embed_split',
     'encode_texts',
     'zero_shot_tasks',
@@ -34,36 +31,6 @@ __all__ = [
     'evaluate_run',
     'summary_line',
 ]
-
-
-# %% ../nbs/31_evaluate.ipynb #5fed8b99
-def load_run(run_dir, device: str = 'cpu', which: str = 'best.pt'):
-    "(model in eval mode, tokenizer, TrainConfig, answer vocabulary) of a trained run."
-    run_dir = Path(run_dir)
-    if not (run_dir / 'params.yaml').is_file():
-        raise VLLabError(f"{run_dir}: not a run folder (no params.yaml)")
-    ck = load_checkpoint(run_dir / which)
-    cfg = config_from_dict(TrainConfig, ck['config'])
-    tok = load_tokenizer(run_dir / 'tokenizer')
-    tasks = (
-        task_list(cfg.model.tasks)
-        if not cfg.stages
-        else [
-            t
-            for t in ('contrastive', 'itm', 'caption', 'vqa')
-            if any(t in task_list(s.get('tasks', cfg.model.tasks)) for s in cfg.stages)
-        ]
-    )
-    mcfg = config_from_dict(type(cfg.model), {**ck['config']['model'], 'tasks': ','.join(tasks)})
-    model = VLModel(
-        mcfg,
-        vocab_size=len(tok),
-        n_answers=len(ck['answers']),
-        hf_configs=ck['hf_configs'],
-        special_ids=_special_ids(tok),
-    )
-    model.load_state_dict(ck['model'])
-    return model.to(device).eval(), tok, cfg, list(ck['answers'])
 
 
 # %% ../nbs/31_evaluate.ipynb #29988d93

@@ -32,6 +32,8 @@ __all__ = [
     'corpus_kinds',
     'notebook_parameters',
     'check_params',
+    'portable',
+    'run_inputs',
     'plan_runs',
     'is_complete',
     'notebook_html',
@@ -92,6 +94,9 @@ class PlannedRun:
     run_dir: Path | None = None
     skip: str = ''  # why the run is not executed (a missing package), if it is not
     deps: list = field(default_factory=list)  # run ids of the runs named by its run: / runs: parameters
+    inputs: dict = field(
+        default_factory=dict
+    )  # what the notebook gets: `params`, with a resolved `config` if it takes one
 
 
 # modules that only present results: editing them re-renders the report but changes no run; and the modules that only
@@ -184,11 +189,47 @@ def check_params(name: str, notebook: Path, params) -> None:
             )
 
 
+def portable(x, roots: dict):
+    """`x` with every path under one of `roots` ({folder: name}) written from that name instead: what a run id hashes,
+    so that the same plan in a checkout in another folder (or on another machine) finds its runs complete."""
+    if isinstance(x, dict):
+        return {k: portable(v, roots) for k, v in x.items()}
+    if isinstance(x, list):
+        return [portable(v, roots) for v in x]
+    if isinstance(x, str):
+        for root in sorted(roots, key=len, reverse=True):
+            if x == root or x.startswith(root + os.sep):
+                return roots[root] + x[len(root) :]
+    return x
+
+
+def run_inputs(name: str, params: dict, declared: set) -> dict:
+    """The parameters papermill passes to a run. A notebook that declares `config` gets the run's training config
+    resolved here, in one validated dict (preset, overrides, seed, data and teacher): an unknown key or a value of the
+    wrong type fails before any run starts, and two spellings of one config (`epochs=4`, `epochs=04`) are one run."""
+    if 'config' not in declared or 'config' in params:
+        return dict(params)
+    from vl_lab.core import config_to_dict, update_config
+    from vl_lab.run import resolve_config
+
+    p = dict(params)
+    fixed = {'seed': p.pop('seed')} | ({'teacher': p.pop('teacher')} if p.get('teacher') else {})
+    p.pop('teacher', None)
+    try:
+        cfg = resolve_config(p.pop('preset'), p.pop('overrides', None) or [], data=p.pop('data'))
+        cfg = update_config(cfg, fixed)
+    except VLLabError as err:
+        raise VLLabError(f"experiment {name}: {err}") from None
+    return dict(p, config=config_to_dict(cfg))
+
+
 def plan_runs(
     plan: dict, corpora: dict, out: Path, preset: str | None = None, only: str | None = None
 ) -> list[PlannedRun]:
-    "Every run of the plan with its content-hash id: sha256 of notebook, parameters, library code and data."
+    """Every run of the plan with its content-hash id: sha256 of the notebook, the parameters the notebook gets (paths
+    written relative to the checkout and to `out`), the library code and the data."""
     code, data_hashes, runs, by_name = code_hash(), {}, [], {}
+    roots = {str(Path(out).resolve()): '<out>', str(Path.cwd().resolve()): '<checkout>'}
     for e in plan['experiments']:
         nb = Path(e['notebook'])
         if not nb.is_file():
@@ -199,8 +240,12 @@ def plan_runs(
             else ''
         )
         check_params(e['name'], nb, e.get('params') or {})
+        declared = notebook_parameters(nb)
         params = dict(e.get('params') or {})
-        corpus = lambda v: Path(corpora.get(v, v)).resolve()
+
+        def corpus(v):
+            return Path(corpora.get(v, v)).resolve()
+
         data = corpus(params.get('data', 'clean'))
         params.update(data=str(data), preset=preset or e.get('preset') or plan.get('preset', 'cpu-tiny'))
         if params.get('eval_data'):
@@ -211,12 +256,11 @@ def plan_runs(
                 if key not in data_hashes:
                     data_hashes[key] = dir_sha256(key) if Path(key).exists() else 'missing'
             hashes = [data_hashes[str(data)], data_hashes[params.get('eval_data') or str(data)]]
-            blob = json.dumps(
-                dict(notebook=hashlib.sha256(nb.read_bytes()).hexdigest(), params=p, code=code, data=hashes),
-                sort_keys=True,
-            )
+            inputs = run_inputs(e['name'], p, declared)
+            blob = dict(notebook=hashlib.sha256(nb.read_bytes()).hexdigest(), params=portable(inputs, roots), code=code)
+            blob = json.dumps(blob | dict(data=hashes), sort_keys=True)
             rid = hashlib.sha256(blob.encode()).hexdigest()[:12]
-            runs.append(PlannedRun(e['name'], nb, int(seed), p, rid, out / 'runs' / rid, skip, deps))
+            runs.append(PlannedRun(e['name'], nb, int(seed), p, rid, out / 'runs' / rid, skip, deps, inputs))
         by_name[e['name']] = [r for r in runs if r.name == e['name']]
     if not only:
         return runs
@@ -280,7 +324,7 @@ def execute_run(run: PlannedRun, timeout: float, threads: int = 0) -> dict:
         d / 'run.json',
         dict(name=run.name, notebook=str(run.notebook), seed=run.seed, params=run.params, run_id=run.run_id),
     )
-    (d / 'papermill_params.yaml').write_text(yaml.safe_dump(dict(run.params, out=str(d.resolve()))))
+    (d / 'papermill_params.yaml').write_text(yaml.safe_dump(dict(run.inputs or run.params, out=str(d.resolve()))))
     # the kernel draws inline (an Agg backend, which `make` exports, would leave the run page without its figures)
     env = dict(
         os.environ,

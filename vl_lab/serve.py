@@ -22,10 +22,10 @@ from fastapi.responses import JSONResponse
 from PIL import Image
 from pydantic import BaseModel
 
-from .cleaning import Verdict, read_header, to_rgb
+from .images import Verdict, read_header, to_rgb
 from .core import VLLabError, config_to_dict
 from .deploy import OrtEncoders
-from .evaluate import load_run
+from .run import load_run
 from .transforms import PairTransform
 
 # %% auto #0

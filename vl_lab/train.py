@@ -9,7 +9,6 @@ import io
 import math
 import random
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -20,191 +19,42 @@ from tqdm.auto import tqdm
 from vl_lab.core import (
     VLLabError,
     atomic_write,
-    config_from_dict,
     config_to_dict,
     provenance,
     seed_everything,
-    update_config,
     write_json,
 )
 from .data import load_records
 from .dataset import EpochBatches, PairDataset, answer_vocabulary, make_collate
 from .losses import compute_losses
-from .models import ModelConfig, VLModel, task_list
+from .models import task_list
+from vl_lab.run import (
+    TrainConfig,
+    build_model,
+    load_checkpoint,
+    load_run,
+    run_tasks,
+    save_checkpoint,
+    special_ids,
+    split_records,
+)
 from .tokenizer import load_tokenizer, save_tokenizer, train_word_tokenizer
-from .transforms import TransformConfig
 
 # %% auto #0
 __all__ = [
-    'CPU_TINY',
-    'PRESETS',
     'STAGE_KEYS',
     'HISTORY_COLUMNS',
-    'TrainConfig',
-    'resolve_config',
     'stage_list',
     'param_groups',
     'warmup_cosine',
     'rng_state',
     'set_rng_state',
-    'save_checkpoint',
-    'load_checkpoint',
     'quick_retrieval',
-    'split_records',
     'load_teacher',
     'write_history',
     'evaluate_val',
     'train',
 ]
-
-
-# %% ../nbs/20_train.ipynb #6c58edd5
-@dataclass
-class TrainConfig:
-    "Everything a training run depends on (with the data, the run id is a hash of this)."
-
-    model: ModelConfig = field(default_factory=ModelConfig)
-    transform: TransformConfig = field(default_factory=lambda: TransformConfig(size=64))
-    data: str = 'data/shapes-clean'  # corpus folder or file (any format vl_lab.data loads)
-    seed: int = 0  # one seed: identical history and metrics on a CPU
-    epochs: int = 10  # lab notes: 10
-    batch_size: int = 32  # lab notes: 32 (the global batch, over all processes)
-    captions_per_image: int = 1  # captions of each image per step: one InfoNCE term per caption, one image forward
-    lr: float = 1e-4  # lab notes: 1e-4 (AdamW)
-    image_lr_mult: float = 1.0  # per-modality learning rates: image tower lr = lr * this
-    text_lr_mult: float = 1.0  # text tower lr = lr * this
-    weight_decay: float = 0.1  # AdamW decay; never on norms, biases or the logit scale
-    beta2: float = 0.98  # AdamW beta2 (CLIP's)
-    warmup_steps: int = 50  # linear warmup, then cosine decay to 0
-    grad_accum: int = 1  # micro-batches per optimizer step (batch_size is split into them)
-    grad_clip: float = 1.0  # max gradient norm (0: off)
-    precision: str = 'fp32'  # fp32 | bf16 (autocast, CPU or GPU) | fp16 (GPU, with a grad scaler)
-    device: str = 'auto'  # auto (cuda > mps > cpu) | cpu | cuda
-    loss_weights: str = 'contrastive=1,itm=1,caption=1,vqa=1'  # weight of each loss term
-    label_smoothing: float = 0.0  # captioning cross-entropy
-    freeze: str = ''  # towers to freeze: image, text, or image,text (LiT: a frozen pretrained text tower)
-    patience: int = 3  # early stopping: epochs without improvement of the monitored metric (0: off)
-    monitor: str = 'val_t2i_r1'  # metric for early stopping and best.pt (higher is better; else -val_loss)
-    stages: list = field(default_factory=list)  # multi-stage: list of dicts overriding name, epochs, tasks, lr, freeze
-    tokenizer: str = ''  # '' = the text model's tokenizer, or a word-level one trained on train captions
-    vocab_size: int = 5000  # word-level tokenizer size
-    max_val: int = 0  # evaluate on at most this many val images (0: all)
-    num_workers: int = 0  # DataLoader workers
-    teacher: str = ''  # distillation: a trained run folder whose similarity logits this student learns (term 'distill')
-    distill_temperature: float = 1.0  # softens teacher and student logits alike in the distillation term
-
-
-# cpu-tiny: towers trained from scratch on a CPU, the recipe chosen by the sweep in sweep.yaml (its table: SWEEP.md)
-CPU_TINY = {
-    'model.conv_channels': '32,64,128,192',
-    'model.image_pool': 'attn',  # conv tower, attention pool
-    'transform.hflip_p': 0.5,
-    'transform.random_resized_crop': True,  # flips (captions flipped too), crops
-    'model.text_width': 128,
-    'model.text_layers': 0,
-    'model.text_heads': 4,  # word + position embeddings, mean-pooled
-    'model.fusion_width': 128,
-    'model.fusion_layers': 1,
-    'model.decoder_layers': 2,
-    'model.itm_negatives': 'random',
-    'lr': 1e-3,
-    'warmup_steps': 40,
-    'batch_size': 32,
-    'epochs': 8,
-    'captions_per_image': 3,
-}
-PRESETS = {
-    'lab-notes': {},  # the TrainConfig defaults, the lab notes' recipe (AdamW 1e-4, batch 32, 10 epochs): for fine-tuning
-    # pretrained towers (model.text_model / model.image_model); from scratch it barely learns
-    'cpu-tiny': CPU_TINY,
-    'cpu-student': CPU_TINY
-    | {
-        'model.conv_channels': '16,32,64,96',
-        'model.text_width': 64,
-        'model.text_heads': 2,
-        'model.embed_dim': 64,
-    },  # about a quarter of cpu-tiny's parameters, for distillation
-    'cpu-micro': CPU_TINY
-    | {
-        'epochs': 1,
-        'model.conv_channels': '8,16,16,32',
-        'model.text_width': 32,
-        'model.text_heads': 2,
-        'model.embed_dim': 32,
-        'model.fusion_width': 32,
-        'model.fusion_heads': 2,
-        'model.decoder_layers': 1,
-        'model.decoder_heads': 2,
-    },  # tests
-    'gpu-base': {
-        'model.image_tower': 'hf',
-        'model.image_size': 224,
-        'model.vit_patch': 16,
-        'model.vit_width': 384,
-        'model.vit_layers': 6,
-        'model.vit_heads': 6,
-        'model.text_width': 384,
-        'model.text_layers': 6,
-        'model.text_heads': 6,
-        'model.embed_dim': 256,
-        'transform.size': 224,
-        'batch_size': 128,
-        'precision': 'bf16',
-        'num_workers': 4,
-        # from scratch, like cpu-tiny: a from-scratch rate and more epochs (not yet measured on a GPU)
-        'lr': 5e-4,
-        'warmup_steps': 500,
-        'epochs': 20,
-        'captions_per_image': 3,
-    },
-    'gpu-pretrained': {
-        'model.image_tower': 'hf',
-        'model.image_model': 'openai/clip-vit-base-patch32',
-        'model.text_model': 'openai/clip-vit-base-patch32',
-        'model.image_size': 224,
-        'transform.size': 224,
-        'model.embed_dim': 512,
-        'precision': 'bf16',
-        'num_workers': 4,
-    },
-    # a CLIP checkpoint's towers, fine-tuned with the lab notes' recipe (the defaults)
-}
-
-
-def resolve_config(preset_or_path: str, overrides=None, data: str | None = None) -> TrainConfig:
-    "A `TrainConfig` from a preset name or a YAML file of overrides, then `overrides` (dict or 'key=value' list)."
-    if preset_or_path in PRESETS:
-        cfg = update_config(TrainConfig(), PRESETS[preset_or_path])
-    elif preset_or_path.endswith(('.yaml', '.yml')) and Path(preset_or_path).is_file():
-        try:
-            d = yaml.safe_load(Path(preset_or_path).read_text()) or {}
-        except yaml.YAMLError as e:
-            raise VLLabError(f"{preset_or_path}: malformed YAML: {str(e).splitlines()[0]}") from None
-        base = d.pop('preset', 'cpu-tiny')
-        cfg = config_from_dict(TrainConfig, {}) if base is None else resolve_config(base)
-        stages = d.pop('stages', None)
-        flat = {}
-
-        def walk(prefix, x):
-            for k, v in x.items():
-                if isinstance(v, dict):
-                    walk(f'{prefix}{k}.', v)
-                else:
-                    flat[prefix + k] = v
-
-        walk('', d)
-        cfg = update_config(cfg, flat)
-        if stages is not None:
-            cfg.stages = list(stages)
-    else:
-        raise VLLabError(
-            f"unknown preset or config {preset_or_path!r} (presets: {', '.join(PRESETS)}; or a .yaml file)"
-        )
-    cfg = update_config(cfg, overrides or {})
-    if data is not None:
-        cfg.data = str(data)
-    return cfg
-
 
 # %% ../nbs/20_train.ipynb #cf97b468
 STAGE_KEYS = ('name', 'epochs', 'tasks', 'lr', 'freeze')
@@ -288,33 +138,6 @@ def set_rng_state(st: dict):
         torch.cuda.set_rng_state_all(st['cuda'])
 
 
-def save_checkpoint(path, state: dict):
-    "torch.save through a temporary file and a rename."
-    buf = io.BytesIO()
-    torch.save(state, buf)
-    atomic_write(path, buf.getvalue())
-
-
-def load_checkpoint(path) -> dict:
-    "A checkpoint, loaded with weights_only=True; a missing or corrupt file is a one-line error."
-    path = Path(path)
-    if not path.is_file():
-        raise VLLabError(f"{path}: no checkpoint there")
-    import pickle
-    import warnings
-
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter('ignore')
-            return torch.load(path, map_location='cpu', weights_only=True)
-    except pickle.UnpicklingError:
-        raise VLLabError(f"{path}: not a readable checkpoint (it does not load with weights_only=True)") from None
-    except Exception as e:
-        raise VLLabError(
-            f"{path}: not a readable checkpoint ({type(e).__name__}: {str(e).splitlines()[0][:100]})"
-        ) from None
-
-
 # %% ../nbs/20_train.ipynb #9f362c2f
 @torch.no_grad()
 def quick_retrieval(model, ds: PairDataset, tokenizer, max_len: int, device, batch: int = 256) -> dict:
@@ -368,16 +191,6 @@ HISTORY_COLUMNS = (
 )
 
 
-def split_records(records, name: str) -> list:
-    "Records of split `name`; a corpus without splits holds out every tenth record (by id hash) as val."
-    if any(r.split for r in records):
-        return [r for r in records if (r.split or 'train') == name]
-    import zlib
-
-    is_val = lambda r: zlib.crc32(str(r.id).encode()) % 10 == 0
-    return [r for r in records if is_val(r) == (name == 'val')] if name in ('train', 'val') else []
-
-
 def _weights(s: str) -> dict:
     out = {}
     for item in filter(None, (x.strip() for x in s.split(','))):
@@ -395,8 +208,6 @@ def load_teacher(cfg: TrainConfig, tasks: list):
     "(teacher model in eval mode, its tokenizer) for distillation, checked against the student's config; (None, None) without one."
     if not cfg.teacher:
         return None, None
-    from vl_lab.evaluate import load_run  # evaluate builds on this module: imported here, not at the top
-
     teacher, tok, tcfg, _ = load_run(cfg.teacher, 'cpu')
     if 'contrastive' not in tasks:
         raise VLLabError('distillation from a teacher needs the contrastive task in the student')
@@ -411,11 +222,6 @@ def load_teacher(cfg: TrainConfig, tasks: list):
     if cfg.model.max_len > tcfg.model.max_len:
         raise VLLabError(f"model.max_len {cfg.model.max_len} is longer than the teacher's ({tcfg.model.max_len})")
     return teacher.requires_grad_(False), tok
-
-
-def _special_ids(tok) -> tuple:
-    pick = lambda *xs: next(x for x in xs + (0,) if x is not None)
-    return pick(tok.pad_token_id), pick(tok.bos_token_id, tok.cls_token_id), pick(tok.eos_token_id, tok.sep_token_id)
 
 
 def write_history(path, rows):
@@ -460,7 +266,7 @@ def train(cfg: TrainConfig, out_dir, resume: bool = False, progress: bool = True
 
     t0, out_dir = time.time(), Path(out_dir)
     stages = stage_list(cfg)
-    tasks_all = [t for t in ('contrastive', 'itm', 'caption', 'vqa') if any(t in task_list(s['tasks']) for s in stages)]
+    tasks_all = run_tasks(cfg)
     weights = _weights(cfg.loss_weights)
     if cfg.precision not in ('fp32', 'bf16', 'fp16'):
         raise VLLabError(f"precision {cfg.precision!r}: use fp32, bf16 or fp16")
@@ -518,15 +324,8 @@ def train(cfg: TrainConfig, out_dir, resume: bool = False, progress: bool = True
     answers = answer_vocabulary(train_recs) if 'vqa' in tasks_all else []
     train_ds = PairDataset(train_recs, cfg.transform, True, cfg.seed, answers, captions_per_item=cfg.captions_per_image)
     val_ds = PairDataset(val_recs, cfg.transform, False, cfg.seed, answers)
-    pad_id = _special_ids(tok)[0]
-    mcfg = update_config(cfg.model, {'tasks': ','.join(tasks_all)})
-    model = VLModel(
-        mcfg,
-        vocab_size=len(tok),
-        n_answers=len(answers),
-        hf_configs=ck['hf_configs'] if ck else None,
-        special_ids=_special_ids(tok),
-    )
+    pad_id = special_ids(tok)[0]
+    model = build_model(cfg, tok, len(answers), ck['hf_configs'] if ck else None)
     if ck is not None:
         model.load_state_dict(ck['model'])
     model = acc.prepare(model)
