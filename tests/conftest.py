@@ -26,7 +26,7 @@ def run_cli(*args, cwd=None, check=False):
 def one_line_error(r):
     "Assert that a CLI run failed with exactly one line on stderr and no traceback; return that line."
     assert r.returncode != 0 and 'Traceback' not in r.stderr, r.stderr
-    lines = [l for l in r.stderr.splitlines() if l.strip()]
+    lines = [line for line in r.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and 'error' in lines[0], r.stderr
     return lines[0]
 

@@ -45,7 +45,9 @@ def test_no_module_a_run_executes_imports_a_presentation_module():
 
 
 def test_architecture_page_is_current():
-    r = subprocess.run([sys.executable, str(ROOT / 'tools' / 'architecture.py'), '--check'], capture_output=True, text=True)
+    r = subprocess.run(
+        [sys.executable, str(ROOT / 'tools' / 'architecture.py'), '--check'], capture_output=True, text=True
+    )
     assert r.returncode == 0, r.stderr
 
 

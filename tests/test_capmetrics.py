@@ -171,7 +171,8 @@ def close(a, b, eps=1e-9):
 def test_bleu_rouge_cider_match_pycocoevalcap(seed, tokens, tokenized):
     if tokens == 'ptb':
         gts, res = tokenized[seed]
-    else:  # raw strings: double spaces, tabs and punctuation, which BLEU/CIDEr (split()) and ROUGE (split(' ')) treat differently
+    else:  # raw strings: double spaces, tabs and punctuation, which BLEU/CIDEr (split()) and ROUGE (split(' '))
+        # treat differently
         refs, hyps = corpus(seed)
         gts, res = refs, {k: [h] for k, h in hyps.items()}
     for n in (4, 2):
@@ -236,7 +237,8 @@ def test_meteor_function(coco_meteor):
 
 
 def tree_state(root: Path) -> dict:
-    "Every file and folder under `root` with its size and modification time: a folder's mtime changes when a file is created or removed in it, even a temporary one."
+    """Every file and folder under `root` with its size and modification time: a folder's mtime changes when a file
+    is created or removed in it, even a temporary one."""
     return {str(p): (p.stat().st_size if p.is_file() else None, p.stat().st_mtime_ns) for p in [root, *root.rglob('*')]}
 
 

@@ -38,7 +38,10 @@ def bad_corpus(root: Path):
     "A COCO corpus holding every bad input of the issue, one caption per image; returns {file_name: expected}."
     (root / 'images').mkdir(parents=True)
     (root.parent / 'outside.jpg').write_bytes(jpeg(scene_image(0)[0]))
-    img = lambda s: scene_image(s)[0]
+
+    def img(s):
+        return scene_image(s)[0]
+
     trunc = jpeg(img(3))
     exif = Image.Exif()
     exif[0x0112] = 6  # stored turned 90 degrees counter-clockwise; viewers turn it back
@@ -140,9 +143,10 @@ def test_resume_does_not_redo_finished_shards(tmp_path, monkeypatch):
     monkeypatch.setattr(vc, '_run_shard', lambda work, idx, *a: (calls.append(idx), real(work, idx, *a))[1])
     s = vc.clean_corpus(tmp_path / 'raw', tmp_path / 'out', workers=1, shard_size=8, progress=False)
     assert calls == [3, 4, 5, 6]  # 50 records in shards of 8: 0-2 were done before the stop
-    strip = lambda p: [
-        {k: v for k, v in json.loads(l).items()} for l in (p / 'manifest.jsonl').read_text().splitlines()
-    ]
+
+    def strip(p):
+        return [{k: v for k, v in json.loads(line).items()} for line in (p / 'manifest.jsonl').read_text().splitlines()]
+
     assert strip(tmp_path / 'out') == strip(tmp_path / 'ref')
     assert {k: v for k, v in s.items() if k != 'input'} == {k: v for k, v in ref.items() if k != 'input'}
 
@@ -251,8 +255,8 @@ def test_consistency_rule_with_its_own_cross_fitted_scorer(tmp_path):
             read_manifest(tmp_path / 'clean'), read_json(tmp_path / 'raw' / 'noise_labels.json'), summary
         )
     }
-    # an 800-image corpus trains weaker scorers than the default corpus (precision and recall above 0.8, see the README);
-    # here 0.70 and 0.85, against 0.25 and 0.0 for a rule that flags nothing in particular
+    # an 800-image corpus trains weaker scorers than the default corpus (precision and recall above 0.8, see the
+    # README); here 0.70 and 0.85, against 0.25 and 0.0 for a rule that flags nothing in particular
     assert q['consistency']['precision'] >= 0.6 and q['consistency']['recall'] >= 0.75, q['consistency']
     # cross-fitting: the model of fold k never trained on an image of fold k
     sc = SelfScorer(overrides=['epochs=1', 'batch_size=8'], work_dir=tmp_path / 'work')

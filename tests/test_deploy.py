@@ -1,4 +1,5 @@
-"""`vl_lab.deploy` on a tiny trained run: ONNX parity at two batch sizes, INT8 size and accuracy, pruning sparsity, the table."""
+"""`vl_lab.deploy` on a tiny trained run: ONNX parity at two batch sizes, INT8 size and accuracy, pruning sparsity,
+the table."""
 
 import json
 

@@ -78,7 +78,10 @@ def hostile_karpathy(root, sec):
     """Karpathy: bad paths, an entry that is a number, a sentence that is a string, a filename that is a list, a
     repeated imgid."""
     images_into(root / 'imgs', sec)
-    sent = lambda c: {'raw': c, 'tokens': c.split()}
+
+    def sent(c):
+        return {'raw': c, 'tokens': c.split()}
+
     ims = [
         {'filepath': 'imgs', 'filename': 'a.jpg', 'imgid': 0, 'sentences': [sent(GOOD[0][2])]},
         {'filepath': 'imgs', 'filename': 'b.jpg', 'imgid': 1, 'sentences': [sent(GOOD[1][2])]},
@@ -274,17 +277,20 @@ def fuzz_case(rng: random.Random, kind: str):
     "A document in the COCO or Karpathy shape with random values where the entries go, or random bytes."
     if rng.random() < 0.1:
         return bytes(rng.randrange(256) for _ in range(rng.randrange(64)))
-    entry = lambda: rng.choice(
-        [
-            random_json(rng),
-            {
-                'id': rng.choice([1, 2, 'a', [1]]),
-                'file_name': random_json(rng),
-                'caption': random_json(rng),
-                'image_id': rng.choice([1, 2, None]),
-            },
-        ]
-    )
+
+    def entry():
+        return rng.choice(
+            [
+                random_json(rng),
+                {
+                    'id': rng.choice([1, 2, 'a', [1]]),
+                    'file_name': random_json(rng),
+                    'caption': random_json(rng),
+                    'image_id': rng.choice([1, 2, None]),
+                },
+            ]
+        )
+
     if kind == 'coco':
         doc = {
             'images': [entry() for _ in range(rng.randrange(4))],

@@ -63,7 +63,8 @@ def naive_retrieval(img, txt, owner, ks=(1, 5, 10)):
 
 
 def grid_embeddings(n, dim, rng):
-    "Rows of four entries +-1 (normalised: +-0.5), so every score is a multiple of 1/4, exact in any order: many exact ties."
+    """Rows of four entries +-1 (normalised: +-0.5), so every score is a multiple of 1/4, exact in any order: many
+    exact ties."""
     x = np.zeros((n, dim), np.float32)
     for r in range(n):
         x[r, rng.choice(dim, 4, replace=False)] = rng.choice([-1.0, 1.0], 4)
@@ -126,7 +127,8 @@ def test_retrieval_matches_torchmetrics():
         F.normalize(torch.randn(120, 8, generator=g), dim=-1),
     )
     own = owners(30, 120, np.random.default_rng(4))
-    # torchmetrics 1.9 counts an item with score <= 0 as irrelevant (`where(preds > 0, target, 0)`): shift cosines above 0
+    # torchmetrics 1.9 counts an item with score <= 0 as irrelevant (`where(preds > 0, target, 0)`): shift cosines
+    # above 0
     S = (img @ txt.T).double() + 2
     assert len(torch.unique(S)) == S.numel()  # no ties: torchmetrics breaks them by sort order
     got = retrieval_metrics(img, txt, own, chunk=9)
@@ -135,7 +137,10 @@ def test_retrieval_matches_torchmetrics():
         'i2t': [(S[i], own == i) for i in range(30)],
     }
     for d, qs in queries.items():
-        mean = lambda f, **kw: torch.stack([f(p, t, **kw) for p, t in qs]).double().mean().item()
+
+        def mean(f, **kw):
+            return torch.stack([f(p, t, **kw) for p, t in qs]).double().mean().item()
+
         assert got[f'{d}_MRR'] == pytest.approx(mean(retrieval_reciprocal_rank), rel=1e-6)
         assert got[f'{d}_NDCG@10'] == pytest.approx(mean(retrieval_normalized_dcg, top_k=10), rel=1e-6)
         for k in (1, 5, 10):

@@ -239,3 +239,52 @@ def test_dead_kernel_and_timeout_are_failed_runs_with_their_cause(lab, tmp_path)
     assert recs[0]['cause'] == 'the kernel died (out of memory?)', recs[0]
     assert recs[1]['cause'] == 'timed out after 40 s', recs[1]
     assert __import__('time').time() - t < 120  # the hung kernel was killed, not waited for
+
+
+def test_a_copy_in_another_folder_finds_every_complete_run(lab, tmp_path, monkeypatch):
+    "Run ids do not depend on where the checkout is: a copy of the folder, with its reports/, has nothing to execute."
+    import shutil
+
+    from vl_lab.runner import is_complete, plan_runs, read_plan
+
+    d, _ = lab
+    here = tmp_path / 'elsewhere' / 'lab'
+    shutil.copytree(d, here, ignore=shutil.ignore_patterns('reports-again', 'plan2.yaml'))
+    (here / 'plan.yaml').write_text((d / 'plan.yaml').read_text().replace(str(d), str(here)))
+
+    def planned(folder):
+        monkeypatch.chdir(folder)
+        corpora = {
+            k: folder / name
+            for k, name in (('raw', 'shapes'), ('clean', 'shapes-clean'), ('consistent', 'shapes-consistent'))
+        }
+        return plan_runs(read_plan(folder / 'plan.yaml'), corpora, folder / 'reports')
+
+    there, copy = planned(d), planned(here)
+    assert [r.run_id for r in copy] == [r.run_id for r in there]
+    done = [r for r in there if is_complete(r.run_dir)]
+    assert len(done) == 11 and all(is_complete(r.run_dir) for r in copy if r.run_id in {x.run_id for x in done})
+
+
+def test_a_misspelled_override_is_one_line_before_any_run(lab, tmp_path):
+    d, _ = lab
+    plan = yaml.safe_load((d / 'plan.yaml').read_text())
+    plan['experiments'][1]['params']['overrides'] = ARM + ['epoch=3']
+    (tmp_path / 'typo.yaml').write_text(yaml.safe_dump(plan))
+    r = run_cli('report', '--plan', tmp_path / 'typo.yaml', '--out', tmp_path / 'reports', cwd=d)
+    assert r.returncode != 0 and 'Traceback' not in r.stderr
+    line = r.stderr.strip().splitlines()
+    assert len(line) == 1 and 'experiment dual-encoder-raw' in line[0] and "unknown config key 'epoch'" in line[0]
+    assert not (tmp_path / 'reports' / 'runs').exists()  # nothing ran
+
+
+def test_two_spellings_of_one_config_are_one_run(lab, monkeypatch):
+    from vl_lab.runner import plan_runs, read_plan
+
+    d, _ = lab
+    monkeypatch.chdir(d)
+    plan = read_plan(d / 'plan.yaml')
+    corpora = {'raw': d / 'shapes', 'clean': d / 'shapes-clean', 'consistent': d / 'shapes-consistent'}
+    ids = [r.run_id for r in plan_runs(plan, corpora, d / 'reports')]
+    plan['experiments'][0]['params']['overrides'] = ['epochs=02'] + ARM[1:]  # TINY is ['epochs=2']
+    assert [r.run_id for r in plan_runs(plan, corpora, d / 'reports')] == ids

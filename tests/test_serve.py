@@ -1,4 +1,5 @@
-"""`vl_lab.serve` over real HTTP on loopback: each endpoint, each kind of bad input with its status, and a service that keeps answering."""
+"""`vl_lab.serve` over real HTTP on loopback: each endpoint, each kind of bad input with its status, and a service
+that keeps answering."""
 
 import asyncio
 import io
@@ -308,7 +309,8 @@ def _export_onnx(run, dest):
 
 @pytest.mark.filterwarnings('ignore')
 def test_onnx_backend_matches_torch(run, tmp_path):
-    "With export files in place, the onnx backend gives the torch scores (a copy of the run, so the service above is untouched)."
+    """With export files in place, the onnx backend gives the torch scores (a copy of the run, so the service above is
+    untouched)."""
     import shutil
     from fastapi.testclient import TestClient
     from vl_lab.serve import make_app
@@ -391,7 +393,10 @@ def test_lone_surrogate_text_is_422_and_spares_its_batch(url, client):
     "JSON texts with a lone surrogate: 422 with a reason; the good requests sent at the same moment answered as alone."
     good = [[f'a red circle and {n} blue squares'] for n in range(36)]
     alone = [client.post('/embed/text', json={'texts': t}).json()['embeddings'] for t in good]
-    bad = lambda c: c.post('/embed/text', content=b'{"texts": ["\\ud800 x"]}', headers=JSON)
+
+    def bad(c):
+        return c.post('/embed/text', content=b'{"texts": ["\\ud800 x"]}', headers=JSON)
+
     sends = [_text_request(t) for t in good]
     for i in (3, 12, 21, 30):
         sends.insert(i, bad)
@@ -495,7 +500,10 @@ def test_decodes_are_bounded_by_max_decodes(run, monkeypatch):
 
     monkeypatch.setattr(serve_mod, 'load_pixels', counted)
     data = png_bytes(scene_image(7)[0])
-    send = lambda c: c.post('/embed/image', files={'image': ('s.png', data)})
+
+    def send(c):
+        return c.post('/embed/image', files={'image': ('s.png', data)})
+
     with serving(serve_mod.make_app(run, num_beams=1, max_decodes=2)) as u:
         answers = asyncio.run(_burst(u, [send] * 8))
         assert httpx.get(u + '/health').json() == {'status': 'ok'}

@@ -44,7 +44,7 @@ def test_noise_rates_match_configuration(heavy_corpus):
         ('image', IMAGE_NOISE, noise['images']),
         ('caption', CAPTION_NOISE, noise['annotations']),
     ):
-        n, counts = len(labels), Counter(l['kind'] for l in labels)
+        n, counts = len(labels), Counter(lab['kind'] for lab in labels)
         for k in kinds:
             p = rates[k]
             sigma = math.sqrt(n * p * (1 - p))
@@ -55,8 +55,8 @@ def test_noise_rates_match_configuration(heavy_corpus):
 def test_none_preset_is_clean(tmp_path):
     run_cli('synth', tmp_path / 'c', '--n-images', 50, '--noise', 'none', '--quiet', check=True)
     ann, noise = load(tmp_path / 'c')
-    assert {l['kind'] for l in noise['images']} == {'clean'}
-    assert {l['kind'] for l in noise['annotations']} == {'clean'}
+    assert {lab['kind'] for lab in noise['images']} == {'clean'}
+    assert {lab['kind'] for lab in noise['annotations']} == {'clean'}
 
 
 def test_noise_labels_are_true_of_the_files(heavy_corpus):
@@ -111,7 +111,7 @@ def test_noise_labels_are_true_of_the_files(heavy_corpus):
 def test_clean_pixels_show_the_recorded_objects(heavy_corpus):
     "The centre of each recorded object's box has that object's colour (nearest palette colour)."
     ann, noise = load(heavy_corpus)
-    kind = {l['image_id']: l['kind'] for l in noise['images']}
+    kind = {lab['image_id']: lab['kind'] for lab in noise['images']}
     palette = np.array(list(COLORS.values()), np.float32)
     names = list(COLORS)
     checked = 0

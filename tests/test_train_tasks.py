@@ -1,4 +1,5 @@
-"""Every head through the one loop: a two-stage run (alignment, then matching + captioning + VQA), bf16, accumulation."""
+"""Every head through the one loop: a two-stage run (alignment, then matching + captioning + VQA), bf16,
+accumulation."""
 
 import json
 
@@ -25,7 +26,8 @@ SMALL = {'warmup_steps': 2, 'max_val': 32}  # on top of the cpu-small preset
 def test_two_stage_run_with_every_head(corpus, tmp_path):
     cfg_file = tmp_path / 'stages.yaml'
     cfg_file.write_text(
-        'preset: cpu-small\nmodel: {tasks: "contrastive,itm,caption,vqa"}\nloss_weights: "contrastive=1,itm=0.5,caption=1,vqa=1"\n'
+        'preset: cpu-small\nmodel: {tasks: "contrastive,itm,caption,vqa"}\n'
+        'loss_weights: "contrastive=1,itm=0.5,caption=1,vqa=1"\n'
         'label_smoothing: 0.1\nstages:\n  - {name: align, epochs: 1, tasks: contrastive}\n'
         '  - {name: fuse, epochs: 2, tasks: "itm,caption,vqa", freeze: image, lr: 0.0005}\n'
     )

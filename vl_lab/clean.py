@@ -350,6 +350,7 @@ def score_consistency(results: list[dict], scorer, cfg: CleanConfig, img_dir: Pa
     )
 
 
+# %% ../nbs/03a_clean.ipynb #da494dad
 def write_outputs(results: list[dict], work: Path, out_dir: Path, meta: dict) -> dict:
     "The cleaned COCO corpus, manifest.jsonl and summary.json; checks kept + rejected = input."
     (out_dir / 'images').mkdir(exist_ok=True)

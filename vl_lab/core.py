@@ -77,7 +77,8 @@ def _coerce(value, typ, key):
 
 
 def update_config(cfg, overrides):
-    "A copy of dataclass `cfg` with `overrides` (dict of dotted keys, or list of 'key=value') applied; unknown keys are an error."
+    """A copy of dataclass `cfg` with `overrides` (dict of dotted keys, or list of 'key=value') applied; unknown keys
+    are an error."""
     if isinstance(overrides, (list, tuple)):
         pairs = {}
         for item in overrides:

@@ -5,6 +5,7 @@
 # %% ../nbs/30_metrics.ipynb #e8488d98
 from __future__ import annotations
 import re
+import warnings
 
 import numpy as np
 import torch
@@ -169,25 +170,27 @@ def _labels_1d(y, name: str) -> np.ndarray:
 
 def classification_metrics(y_true, y_pred, labels=None) -> dict:
     "Accuracy, macro F1 and the confusion matrix (rows: true, columns: predicted, in the order of `labels`)."
+    from sklearn.metrics import accuracy_score, confusion_matrix, f1_score
+
     yt, yp = _labels_1d(y_true, 'y_true'), _labels_1d(y_pred, 'y_pred')
     if len(yt) != len(yp):
         raise VLLabError(f"y_true has {len(yt)} labels but y_pred has {len(yp)}")
-    labels = np.unique(np.concatenate([yt, yp])).tolist() if labels is None else _labels_1d(labels, 'labels').tolist()
+    seen = np.unique(np.concatenate([yt, yp])).tolist()
+    labels = seen if labels is None else _labels_1d(labels, 'labels').tolist()
     known = set(labels)
-    every = labels + [
-        x for x in np.unique(np.concatenate([yt, yp])).tolist() if x not in known
-    ]  # other labels still count as errors
+    every = labels + [x for x in seen if x not in known]  # other labels still count as errors
     index = {x: i for i, x in enumerate(every)}
-    cm = np.zeros((len(every), len(every)), np.int64)
-    np.add.at(cm, ([index[x] for x in yt.tolist()], [index[x] for x in yp.tolist()]), 1)
-    tp, support = np.diag(cm)[: len(labels)], cm.sum(1)[: len(labels)] + cm.sum(0)[: len(labels)]
-    f1 = np.divide(2 * tp, support, out=np.zeros(len(labels)), where=support > 0)
+    t, p = (np.array([index[x] for x in y.tolist()], np.int64) for y in (yt, yp))
+    k = len(labels)
+    with warnings.catch_warnings():  # one label in all: scikit-learn asks for `labels`, which it is given
+        warnings.filterwarnings('ignore', 'A single label was found', UserWarning)
+        cm = confusion_matrix(t, p, labels=np.arange(len(every)))
     return dict(
-        accuracy=float((yt == yp).mean()),
-        macro_f1=float(f1.mean()),
+        accuracy=float(accuracy_score(t, p)),
+        macro_f1=float(f1_score(t, p, labels=np.arange(k), average='macro', zero_division=0)),
         n=len(yt),
         labels=labels,
-        confusion=cm[: len(labels), : len(labels)].tolist(),
+        confusion=cm[:k, :k].tolist(),
     )
 
 

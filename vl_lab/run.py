@@ -88,8 +88,9 @@ CPU_TINY = {
     'captions_per_image': 3,
 }
 PRESETS = {
-    'lab-notes': {},  # the TrainConfig defaults, the lab notes' recipe (AdamW 1e-4, batch 32, 10 epochs): for fine-tuning
-    # pretrained towers (model.text_model / model.image_model); from scratch it barely learns
+    # the TrainConfig defaults, the lab notes' recipe (AdamW 1e-4, batch 32, 10 epochs): for fine-tuning pretrained
+    # towers (model.text_model / model.image_model); from scratch it barely learns
+    'lab-notes': {},
     'cpu-tiny': CPU_TINY,
     'cpu-student': CPU_TINY
     | {
@@ -216,8 +217,9 @@ def split_records(records, name: str) -> list:
         return [r for r in records if (r.split or 'train') == name]
     import zlib
 
-    is_val = lambda r: zlib.crc32(str(r.id).encode()) % 10 == 0
-    return [r for r in records if is_val(r) == (name == 'val')] if name in ('train', 'val') else []
+    if name not in ('train', 'val'):
+        return []
+    return [r for r in records if (zlib.crc32(str(r.id).encode()) % 10 == 0) == (name == 'val')]
 
 
 def special_ids(tok) -> tuple:
