@@ -11,7 +11,7 @@ from PIL import Image
 
 from conftest import png_of_size, run_cli, scene_image
 from vl_lab.cleancard import measure_cleaning, read_manifest
-from vl_lab.data import read_json
+from vl_lab.core import read_json
 
 
 def jpeg(img, **kw):

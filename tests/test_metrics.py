@@ -1,7 +1,10 @@
 """vl_lab.metrics against naive or reference implementations: a full-matrix retrieval written out by sorting,
-torchmetrics' retrieval metrics, scikit-learn's classification metrics, and the official VQA accuracy loop."""
+torchmetrics' retrieval metrics, classification metrics counted sample by sample, and the official VQA accuracy
+loop."""
 
+import json
 import math
+from collections import Counter
 
 import numpy as np
 import pytest
@@ -202,27 +205,68 @@ def test_zero_shot_prompt_ensembling():
     assert torch.equal(zero_shot_classify(img.numpy(), cls.reshape(15, 16).numpy(), templates_per_class=3), want)
 
 
-@pytest.mark.parametrize('labels', [None, list(range(7))])
-def test_classification_matches_sklearn(labels):
-    from sklearn.metrics import accuracy_score, confusion_matrix, f1_score
+def naive_classification(y_true, y_pred, labels=None) -> dict:
+    """Counted one sample at a time, without numpy or scikit-learn: a label outside `labels` still makes its samples
+    errors (and false positives or negatives of the classes it is confused with); F1 = 2 TP / (#true + #predicted),
+    0 for a class never true nor predicted. Each F1 and the accuracy are one division of exact counts, and the mean
+    of the F1s is numpy's (its pairwise sum), so the result is the implementation's to the last bit."""
+    labels = sorted(set(y_true) | set(y_pred)) if labels is None else list(labels)
+    pairs, n_true, n_pred = Counter(zip(y_true, y_pred)), Counter(y_true), Counter(y_pred)
+    f1 = [2 * pairs[c, c] / (n_true[c] + n_pred[c]) if n_true[c] + n_pred[c] else 0.0 for c in labels]
+    return dict(
+        accuracy=sum(t == p for t, p in zip(y_true, y_pred)) / len(y_true),
+        macro_f1=float(np.mean(f1)),
+        n=len(y_true),
+        labels=labels,
+        confusion=[[pairs[a, b] for b in labels] for a in labels],
+    )
 
-    rng = np.random.default_rng(6)
-    yt, yp = rng.integers(0, 5, 200), rng.integers(0, 6, 200)  # class 5 only predicted; 6 in neither (with labels)
-    m = classification_metrics(torch.from_numpy(yt), yp, labels=None if labels is None else torch.tensor(labels))
-    assert m['accuracy'] == pytest.approx(accuracy_score(yt, yp))
-    assert m['macro_f1'] == pytest.approx(f1_score(yt, yp, average='macro', labels=labels, zero_division=0))
-    assert m['confusion'] == confusion_matrix(yt, yp, labels=labels).tolist() and m['n'] == 200
+
+@pytest.mark.parametrize('seed', range(4))
+def test_classification_matches_naive_exactly(seed):
+    "The JSON written to metrics.json, as a string: same keys, order, types and float bits."
+    rng = np.random.default_rng(seed)
+    for i in range(100):
+        c, n = int(rng.integers(1, 10)), int(rng.integers(1, 150))
+        yt, yp = rng.integers(0, c, n).tolist(), rng.integers(0, c + 1, n).tolist()  # class c is only predicted
+        if i % 4 == 1:
+            yt = [0 if t == c - 1 else t for t in yt]  # class c - 1 is never true
+        if i % 4 == 2:
+            yp = [t if rng.random() < 0.8 else p for t, p in zip(yt, yp)]  # mostly right
+        labels = [
+            None,
+            list(range(c + 2)),  # classes in neither
+            sorted(rng.choice(c, max(1, c // 2), replace=False).tolist()),  # a subset: the others count as errors
+            rng.permutation(c + 1).tolist(),  # another order
+            [c + 5],  # no label of `labels` is true or predicted
+        ][i % 5]
+        got = classification_metrics(torch.tensor(yt) if i % 2 else yt, np.array(yp), labels=labels)
+        assert json.dumps(got) == json.dumps(naive_classification(yt, yp, labels)), (yt, yp, labels)
 
 
-def test_classification_label_subset_and_strings_match_sklearn():
-    from sklearn.metrics import confusion_matrix, f1_score
+@pytest.mark.parametrize(
+    'yt, yp',
+    [
+        ([3], [3]),  # one class
+        ([0] * 5, [1] * 5),
+        ([0, 1, 1, 2], [0, 1, 1, 2]),
+        (['cat', 'dog', 'fox', 'dog', 'cat', 'fox'], ['cat', 'cat', 'dog', 'dog', 'fox', 'fox']),
+    ],
+)
+def test_classification_small_cases_match_naive(yt, yp):
+    for labels in (None, sorted(set(yt))[:1], sorted(set(yt) | set(yp)) + ['owl' if isinstance(yt[0], str) else 9]):
+        got = classification_metrics(yt, yp, labels=labels)
+        assert json.dumps(got) == json.dumps(naive_classification(yt, yp, labels))
+        assert type(got['accuracy']) is float and type(got['macro_f1']) is float and type(got['n']) is int
+        assert all(type(x) is int for row in got['confusion'] for x in row)
 
-    yt, yp = ['cat', 'dog', 'fox', 'dog', 'cat', 'fox'], ['cat', 'cat', 'dog', 'dog', 'fox', 'fox']
-    for labels in (None, ['dog', 'cat'], ['cat', 'dog', 'fox', 'owl']):
-        m = classification_metrics(yt, yp, labels=labels)
-        assert m['macro_f1'] == pytest.approx(f1_score(yt, yp, average='macro', labels=labels, zero_division=0))
-        assert m['confusion'] == confusion_matrix(yt, yp, labels=labels).tolist()
-    assert m['labels'] == ['cat', 'dog', 'fox', 'owl']
+
+def test_classification_by_hand():
+    m = classification_metrics(['cat', 'dog', 'fox', 'dog'], ['cat', 'cat', 'dog', 'owl'], labels=['cat', 'dog'])
+    # cat: TP 1, 1 true, 2 predicted -> 2/3; dog: TP 0 -> 0; fox and owl are errors outside the table
+    assert m == dict(accuracy=0.25, macro_f1=(2 / 3 + 0) / 2, n=4, labels=['cat', 'dog'], confusion=[[1, 0], [1, 0]])
+    m = classification_metrics([0.5, 1.5], [0.5, 0.5])  # float labels, which scikit-learn alone calls continuous
+    assert (m['labels'], m['confusion'], m['accuracy']) == ([0.5, 1.5], [[1, 0], [1, 0]], 0.5)
 
 
 def test_itm_accuracy():

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from .core import VLLabError
-from .data import read_json
+from .core import read_json
 
 # %% auto #0
 __all__ = [

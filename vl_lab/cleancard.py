@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 
 from .core import VLLabError
-from .data import read_json
+from .core import read_json
 from .page import render, table_html, thumb_html
 
 # %% auto #0

@@ -33,6 +33,8 @@ __all__ = [
     'dir_sha256',
     'atomic_write',
     'write_json',
+    'parse_json',
+    'read_json',
     'git_info',
     'cpu_model',
     'package_versions',
@@ -191,6 +193,30 @@ def atomic_write(path, data: bytes | str):
 def write_json(path, obj):
     "Write `obj` as stable, human-readable JSON (sorted keys), atomically."
     atomic_write(path, json.dumps(obj, indent=1, sort_keys=True, ensure_ascii=False) + '\n')
+
+
+def parse_json(text: str, where: str):
+    "The JSON value of `text`; malformed or too deeply nested JSON is a one-line `VLLabError` naming `where`."
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise VLLabError(f"{where}: malformed JSON at line {e.lineno}, column {e.colno}: {e.msg}") from None
+    except RecursionError:
+        raise VLLabError(f"{where}: JSON nested too deeply to read") from None
+
+
+def read_json(path):
+    "Parse the JSON file `path`; a missing, malformed or too deeply nested file is a one-line `VLLabError`."
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise VLLabError(f"{path}: no such file") from None
+    except OSError as e:
+        raise VLLabError(f"{path}: cannot read: {e.strerror or e}") from None
+    return parse_json(
+        raw.decode('utf-8', 'surrogateescape'), str(path)
+    )  # undecodable bytes kept, as `data.decode_text`
 
 
 # %% ../nbs/00_core.ipynb #0d00a9e0

@@ -15,7 +15,7 @@ from typing import Iterator
 
 from PIL import Image
 
-from .core import VLLabError
+from .core import VLLabError, parse_json, read_json
 
 # %% auto #0
 __all__ = [
@@ -23,8 +23,6 @@ __all__ = [
     'FORMATS',
     'decode_text',
     'has_invalid_utf8',
-    'parse_json',
-    'read_json',
     'ImageRef',
     'Record',
     'refused',
@@ -49,28 +47,6 @@ def decode_text(b: bytes) -> str:
 def has_invalid_utf8(s: str) -> bool:
     "Whether `s` holds bytes that were not valid UTF-8 (lone surrogates from `decode_text`)."
     return any('\udc80' <= ch <= '\udcff' for ch in s)
-
-
-def parse_json(text: str, where: str):
-    "The JSON value of `text`; malformed or too deeply nested JSON is a one-line `VLLabError` naming `where`."
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as e:
-        raise VLLabError(f"{where}: malformed JSON at line {e.lineno}, column {e.colno}: {e.msg}") from None
-    except RecursionError:
-        raise VLLabError(f"{where}: JSON nested too deeply to read") from None
-
-
-def read_json(path):
-    "Parse the JSON file `path`; a missing, malformed or too deeply nested file is a one-line `VLLabError`."
-    path = Path(path)
-    try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        raise VLLabError(f"{path}: no such file") from None
-    except OSError as e:
-        raise VLLabError(f"{path}: cannot read: {e.strerror or e}") from None
-    return parse_json(decode_text(raw), str(path))
 
 
 # %% ../nbs/02_data.ipynb #a5faed6d

@@ -12,7 +12,8 @@ import numpy as np
 from PIL import Image
 
 from .core import VLLabError
-from .data import read_json, resolve_inside
+from .core import read_json
+from .data import resolve_inside
 from .page import fig_html, render, table_html, thumb_html
 from .synthetic import CAPTION_NOISE, IMAGE_NOISE
 

@@ -144,6 +144,7 @@ def _epochs(p: dict) -> int:
     return sum(int(s.get('epochs', p['epochs'])) for s in p['stages']) if p.get('stages') else p['epochs']
 
 
+# %% ../nbs/42_labnote.ipynb #c03bf136
 def training_section(runs) -> dict:
     "Configuration table, curves (mean over seeds) and observations per experiment."
     import matplotlib
@@ -231,6 +232,7 @@ def training_section(runs) -> dict:
     return dict(id='training', title='Model training', body=body)
 
 
+# %% ../nbs/42_labnote.ipynb #3894b761
 def evaluation_section(runs) -> dict:
     "Headline metrics per experiment: mean ± std over seeds, with the chance level or baseline of each."
     groups, rows, zs_rows = _groups(runs), [], []

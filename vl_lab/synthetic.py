@@ -120,7 +120,8 @@ def _entity(c, rng):
 
 
 def _url(c, rng):
-    return f"{c} {rng.choice(['http', 'https'])}://img{int(rng.integers(1000))}.example.com/p/{int(rng.integers(10**6))}.jpg"
+    scheme, host = rng.choice(['http', 'https']), int(rng.integers(1000))
+    return f"{c} {scheme}://img{host}.example.com/p/{int(rng.integers(10**6))}.jpg"
 
 
 def _email(c, rng):
