@@ -284,14 +284,15 @@ def main():
         run_dir = Path(a.run_dir) if a.run_dir else None
         if run_dir is None:
             from vl_lab.synthetic import synth, synth_config
-            from vl_lab.train import resolve_config, train
+            from vl_lab.run import resolve_config
+            from vl_lab.train import train
 
             synth(Path(d) / 'data', synth_config('none', n_images=160), progress=False)
             run_dir = Path(d) / 'run'
             train(resolve_config('cpu-tiny', {'epochs': 1}, data=Path(d) / 'data'), run_dir, progress=False)
             if set(a.backends.split(',')) - {'torch'}:
                 from vl_lab.deploy import export_onnx, quantize_encoders
-                from vl_lab.evaluate import load_run
+                from vl_lab.run import load_run
 
                 _, tok, cfg, _ = load_run(run_dir)
                 quantize_encoders(export_onnx(run_dir), cfg, tok)

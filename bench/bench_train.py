@@ -23,7 +23,8 @@ from vl_lab.losses import compute_losses
 from vl_lab.models import VLModel
 from vl_lab.synthetic import synth, synth_config
 from vl_lab.tokenizer import train_word_tokenizer
-from vl_lab.train import param_groups, resolve_config, split_records, train, warmup_cosine
+from vl_lab.run import resolve_config, split_records
+from vl_lab.train import param_groups, train, warmup_cosine
 
 EPOCHS = int(sys.argv[1]) if len(sys.argv) > 1 else 3
 

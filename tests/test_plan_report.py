@@ -266,15 +266,20 @@ def test_a_copy_in_another_folder_finds_every_complete_run(lab, tmp_path, monkey
     assert len(done) == 11 and all(is_complete(r.run_dir) for r in copy if r.run_id in {x.run_id for x in done})
 
 
-def test_a_misspelled_override_is_one_line_before_any_run(lab, tmp_path):
+def test_a_misspelled_override_is_one_line_before_any_run(lab, tmp_path, monkeypatch):
+    "The plan is resolved before any run starts; the CLI prints a VLLabError as this one line (tests/test_cli.py)."
+    from vl_lab.core import VLLabError
+    from vl_lab.runner import run_plan
+
     d, _ = lab
+    monkeypatch.chdir(d)
     plan = yaml.safe_load((d / 'plan.yaml').read_text())
     plan['experiments'][1]['params']['overrides'] = ARM + ['epoch=3']
     (tmp_path / 'typo.yaml').write_text(yaml.safe_dump(plan))
-    r = run_cli('report', '--plan', tmp_path / 'typo.yaml', '--out', tmp_path / 'reports', cwd=d)
-    assert r.returncode != 0 and 'Traceback' not in r.stderr
-    line = r.stderr.strip().splitlines()
-    assert len(line) == 1 and 'experiment dual-encoder-raw' in line[0] and "unknown config key 'epoch'" in line[0]
+    with pytest.raises(VLLabError) as err:
+        run_plan(tmp_path / 'typo.yaml', out=tmp_path / 'reports', progress=False)
+    line = str(err.value)
+    assert '\n' not in line and line.startswith("experiment dual-encoder-raw: unknown config key 'epoch'"), line
     assert not (tmp_path / 'reports' / 'runs').exists()  # nothing ran
 
 

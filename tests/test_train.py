@@ -107,17 +107,18 @@ def test_bad_input(corpus, tmp_path):
 
 def test_nonfinite_loss_stops_with_the_last_good_checkpoint(corpus, tmp_path, monkeypatch):
     import torch
+    import vl_lab.losses
     import vl_lab.train as vt
     from vl_lab.run import load_checkpoint, resolve_config
 
-    real, calls = vt.compute_losses, []
+    real, calls = vl_lab.losses.compute_losses, []
 
     def poisoned(out, *a, **k):
         total, terms = real(out, *a, **k)
         calls.append(1)
         return (total * float('nan'), terms) if len(calls) > 12 else (total, terms)
 
-    monkeypatch.setattr(vt, 'compute_losses', poisoned)
+    monkeypatch.setattr(vl_lab.losses, 'compute_losses', poisoned)  # the public loss function the loop calls
     cfg = resolve_config('cpu-small', [x for x in SMALL if x != '--set'] + ['epochs=3', 'max_val=40'], data=corpus)
     with pytest.raises(
         vt.VLLabError, match=r'the loss became nan at stage stage0, epoch 2.*last good checkpoint is .*last\.pt'

@@ -28,7 +28,7 @@ from vl_lab.core import (
 from .data import load_records
 from .evaluate import embed_split
 from .dataset import EpochBatches, PairDataset, answer_vocabulary, make_collate
-from .losses import compute_losses
+from . import losses
 from .models import task_list
 from vl_lab.run import (
     TrainConfig,
@@ -237,7 +237,7 @@ def evaluate_val(model, ds, tok, cfg, tasks, weights, pad_id, device) -> dict:
     coll, tot, n = make_collate(tok, cfg.model.max_len), 0.0, 0
     for keys in EpochBatches(len(ds), min(cfg.batch_size, len(ds)), cfg.seed, shuffle=False, drop_last=False):
         b = _to(coll([ds[k] for k in keys]), device)
-        loss, _ = compute_losses(
+        loss, _ = losses.compute_losses(
             model(b, tasks), weights, pad_id, cfg.label_smoothing, gather=False
         )  # every process sees all of val
         tot += loss.item() * len(keys)
@@ -439,7 +439,7 @@ def train_step(s: Session, batch: dict, tasks: list, opt, sched, where: str) -> 
             out = model(mb, tasks)
             if s.teacher is not None and 'contrastive' in tasks:
                 out.update(_distill_targets(s, mb))
-            total, terms = compute_losses(
+            total, terms = losses.compute_losses(
                 out, s.weights, s.pad_id, cfg.label_smoothing, distill_temperature=cfg.distill_temperature
             )
         if not torch.isfinite(total).all():
