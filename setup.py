@@ -14,6 +14,7 @@ licenses = {'apache2': ('Apache Software License 2.0', 'OSI Approved :: Apache S
 lic = licenses[cfg['license']]
 requirements = cfg.get('requirements', '').split()
 dev_requirements = cfg.get('dev_requirements', '').split()
+ray_requirements = cfg.get('ray_requirements', '').split()  # vl_lab[ray]: the ray executor
 console_scripts = cfg.get('console_scripts', '').split()
 
 setuptools.setup(
@@ -25,7 +26,7 @@ setuptools.setup(
     packages=setuptools.find_packages(include=['vl_lab', 'vl_lab.*']),
     include_package_data=True,
     install_requires=requirements,
-    extras_require={'dev': dev_requirements},
+    extras_require={'dev': dev_requirements, 'ray': ray_requirements},
     python_requires='>=' + cfg['min_python'],
     description=cfg['description'],
     keywords=cfg['keywords'].split(),

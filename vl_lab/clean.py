@@ -5,11 +5,9 @@
 # %% ../nbs/03a_clean.ipynb #87531366
 from __future__ import annotations
 import json
-import multiprocessing as mp
 import os
 import shutil
-import sys
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, wait
 from dataclasses import asdict
 from itertools import islice
 from pathlib import Path
@@ -35,6 +33,7 @@ from vl_lab.cleaning import (
 from .core import VLLabError, atomic_write, config_to_dict, write_json
 from .images import Verdict, decode_image, read_header
 from .data import Record, load_records
+from .executor import make_executor
 
 # %% auto #0
 __all__ = [
@@ -164,13 +163,22 @@ def _shards(records, size):
 
 
 def inspect_corpus(
-    records, work: Path, cfg: CleanConfig, rules: set, workers: int = 2, shard_size: int = 256, progress: bool = True
+    records,
+    work: Path,
+    cfg: CleanConfig,
+    rules: set,
+    workers: int = 2,
+    shard_size: int = 256,
+    progress: bool = True,
+    executor: str = 'local',
+    address: str | None = None,
 ) -> int:
-    "Run the per-record rules over `records` into `work/`, skipping shards already done; returns the shard count."
+    """Run the per-record rules over `records` into `work/`, skipping shards already done; returns the shard count.
+    Shards go to `workers` local processes, or with `executor='ray'` to Ray tasks (`address`: a running cluster)."""
     (work / 'images').mkdir(parents=True, exist_ok=True)
     bar = tqdm(desc='clean', unit=' records', disable=not progress, mininterval=1)
     n_shards = 0
-    if workers <= 1:
+    if workers <= 1 and executor == 'local':
         for idx, items in _shards(records, shard_size):
             n_shards += 1
             if not (work / f'shard-{idx:06d}.jsonl').exists():
@@ -178,10 +186,8 @@ def inspect_corpus(
             bar.update(len(items))
         bar.close()
         return n_shards
-    # fork on Linux (workers use PIL and numpy only): spawn re-imports __main__, which fails for stdin scripts
-    with ProcessPoolExecutor(
-        workers, mp_context=mp.get_context('fork' if sys.platform == 'linux' else 'spawn')
-    ) as pool:
+    work = work.resolve()  # a task may run on another node: paths it gets are absolute
+    with make_executor(executor, workers, address, kind='process') as pool:
         pending = {}
         for idx, items in _shards(records, shard_size):
             n_shards += 1
@@ -189,7 +195,7 @@ def inspect_corpus(
                 bar.update(len(items))
                 continue
             pending[pool.submit(_run_shard, work, idx, items, cfg, rules)] = len(items)
-            while len(pending) >= 2 * workers:  # bounded: a stream is never read far ahead of the workers
+            while len(pending) >= 2 * pool.capacity:  # bounded: a stream is never read far ahead of the workers
                 done, _ = wait(pending, return_when=FIRST_COMPLETED)
                 for f in done:
                     f.result()
@@ -430,6 +436,8 @@ def clean_corpus(
     scorer=None,
     overwrite: bool = False,
     progress: bool = True,
+    executor: str = 'local',
+    address: str | None = None,
 ) -> dict:
     """Clean the corpus at `input` into `out_dir`; resumes an interrupted run with the same settings.
     Returns the summary."""
@@ -460,7 +468,7 @@ def clean_corpus(
     except OSError as e:
         raise VLLabError(f"cannot write to {out_dir}: {e.strerror or e}") from None
     workers = os.cpu_count() or 1 if workers is None else workers
-    n = inspect_corpus(records, work, cfg, rules, workers, shard_size, progress)
+    n = inspect_corpus(records, work, cfg, rules, workers, shard_size, progress, executor, address)
     results = [json.loads(line) for i in range(n) for line in (work / f'shard-{i:06d}.jsonl').read_text().splitlines()]
     mark_duplicates(results, cfg, rules)
     if 'consistency' in rules:

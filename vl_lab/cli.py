@@ -31,6 +31,20 @@ def _positive_int(s: str) -> int:
     return v
 
 
+def _executor_args(p, what: str):
+    p.add_argument(
+        '--executor',
+        choices=['local', 'ray'],
+        default='local',
+        help=f'where the {what} run: local (this machine, the default) or ray (a Ray task each)',
+    )
+    p.add_argument(
+        '--address',
+        default=None,
+        help='the Ray cluster to join (auto, or HOST:PORT); without it --executor ray starts a local Ray instance',
+    )
+
+
 # %% ../nbs/90_cli.ipynb #f2e00ffc
 def _cmd_synth(args):
     from vl_lab.synthetic import synth, synth_config
@@ -82,6 +96,8 @@ def _cmd_clean(args):
         scorer=scorer,
         overwrite=args.overwrite,
         progress=not args.quiet,
+        executor=args.executor,
+        address=args.address,
     )
     why = ', '.join(f'{k} {v}' for k, v in s['rejected_by_rule'].items()) or 'none'
     print(
@@ -169,6 +185,8 @@ def _cmd_report(args):
             force=args.force,
             jobs=args.jobs,
             corpora=corpora,
+            executor=args.executor,
+            address=args.address,
         )
     elif args.plan != Path('lab.yaml'):
         raise VLLabError(f"{args.plan}: no such plan")
@@ -236,6 +254,7 @@ def make_parser() -> argparse.ArgumentParser:
     c.add_argument('--shard-size', type=_positive_int, default=256, help='records per shard (the unit of resuming)')
     c.add_argument('--overwrite', action='store_true', help='redo a finished cleaning in OUT_DIR')
     c.add_argument('--quiet', action='store_true', help='no progress bar')
+    _executor_args(c, 'shards')
     c.set_defaults(func=_cmd_clean)
     from vl_lab.run import PRESETS
 
@@ -343,6 +362,7 @@ def make_parser() -> argparse.ArgumentParser:
         default=os.cpu_count() or 1,
         help='runs executed in parallel, one thread each (default: the CPU count, %(default)s)',
     )
+    _executor_args(r, 'runs')
     r.set_defaults(func=_cmd_report)
     return p
 

@@ -4,6 +4,7 @@
 
 # %% ../nbs/41_runner.ipynb #685618fb
 from __future__ import annotations
+import dataclasses
 import hashlib
 import importlib.util
 import json
@@ -12,13 +13,14 @@ import signal
 import subprocess
 import sys
 import time
-from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
 from .core import VLLabError, dir_sha256, write_json
+from .executor import LocalExecutor, make_executor
 
 # %% auto #0
 __all__ = [
@@ -38,6 +40,8 @@ __all__ = [
     'is_complete',
     'notebook_html',
     'execute_run',
+    'submit_run',
+    'run_record',
     'plan_corpora',
     'run_plan',
 ]
@@ -377,6 +381,30 @@ def execute_run(run: PlannedRun, timeout: float, threads: int = 0) -> dict:
     return rec
 
 
+# %% ../nbs/41_runner.ipynb #7bb0c1f6
+def submit_run(pool, run: PlannedRun, timeout: float, threads: int):
+    """Submit `execute_run` to `pool`. Off this machine (Ray) the run goes with absolute paths, and asks for a GPU when
+    its preset is a GPU one (`gpu-...`), so that a mixed cluster places it on a GPU node."""
+    if isinstance(pool, LocalExecutor):
+        return pool.submit(execute_run, run, timeout, threads)
+    here = dataclasses.replace(run, notebook=run.notebook.resolve(), run_dir=run.run_dir.resolve())
+    gpus = 1 if str(run.params.get('preset', '')).startswith('gpu') else 0
+    return pool.submit(execute_run, here, timeout, threads, num_cpus=max(1, threads), num_gpus=gpus)
+
+
+def run_record(future, run: PlannedRun) -> dict:
+    "The record of a finished run; a run whose task died with its worker (Ray) is failed, with that cause."
+    try:
+        return future.result()
+    except Exception as e:
+        what = 'its worker died' if 'Crashed' in type(e).__name__ or 'died' in str(e) else 'its task failed'
+        cause = f"{what} ({type(e).__name__}: {str(e).strip().splitlines()[0][:160] if str(e).strip() else ''})"
+        rec = dict(name=run.name, seed=run.seed, run_id=run.run_id, status='failed', cause=cause, seconds=0)
+        run.run_dir.mkdir(parents=True, exist_ok=True)
+        write_json(run.run_dir / 'failed.json', rec)
+        return rec
+
+
 # %% ../nbs/41_runner.ipynb #6dc70788
 def plan_corpora(plan: dict, data=None) -> dict:
     "The corpora the plan needs, made where missing or stale: its `corpus` (or `data`), cleaned as its runs ask."
@@ -396,9 +424,12 @@ def run_plan(
     data=None,
     progress: bool = True,
     corpora: dict | None = None,
+    executor: str = 'local',
+    address: str | None = None,
 ) -> list[dict]:
     """Execute every run of the plan that is not complete (all with `force`); returns a record per run. `corpora`
-    ({kind: folder}, from `plan_corpora`) are made here when not given."""
+    ({kind: folder}, from `plan_corpora`) are made here when not given. `executor`: `local` (`jobs` runs at once on
+    this machine) or `ray` (a Ray task per run, on the cluster at `address` or on a local Ray instance)."""
     plan, out = read_plan(plan_path), Path(out)
     corpora = corpora or plan_corpora(plan, data)
     runs = plan_runs(plan, corpora, out, preset, only)
@@ -437,7 +468,7 @@ def run_plan(
             f"{rec['status']} in {rec['seconds']:.0f} s" + (f" - {rec['cause']}" if rec['cause'] else '')
         )
 
-    with ThreadPoolExecutor(max(1, jobs)) as pool:
+    with make_executor(executor, jobs, address) as pool:
         waiting, running = list(todo), {}
         while waiting or running:
             before = len(waiting)
@@ -461,7 +492,7 @@ def run_plan(
                     )
                 elif all(s in ('done', 'cached') for _, s in dep):
                     waiting.remove(r)
-                    running[pool.submit(execute_run, r, timeout, threads)] = r
+                    running[submit_run(pool, r, timeout, threads)] = r
             if not running:
                 if len(waiting) == before:
                     raise VLLabError(
@@ -470,8 +501,7 @@ def run_plan(
                 continue
             done, _ = wait(running, return_when=FIRST_COMPLETED)
             for f in done:
-                running.pop(f)
-                finish(f.result())
+                finish(run_record(f, running.pop(f)))
     order = {r.run_id: i for i, r in enumerate(runs)}
     records.sort(key=lambda r: order[r['run_id']])
     (out / 'runs').mkdir(parents=True, exist_ok=True)
