@@ -55,7 +55,9 @@ class RayExecutor:
             raise VLLabError('the ray executor needs Ray: pip install "vl_lab[ray]" (or ray)') from None
         self.ray, self.own = ray, not ray.is_initialized()
         if self.own:
-            opts = dict(address=address) if address else dict(num_cpus=num_cpus, include_dashboard=False)
+            # a local instance listens on 127.0.0.1 only: nothing of it is reachable from off this machine
+            local = dict(num_cpus=num_cpus, include_dashboard=False, _node_ip_address='127.0.0.1')
+            opts = dict(address=address) if address else local
             try:
                 ray.init(**opts, log_to_driver=False, configure_logging=False)
             except ConnectionError as e:
