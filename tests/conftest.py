@@ -39,21 +39,22 @@ def heavy_corpus(tmp_path_factory):
     return out
 
 
-def png_of_size(w, h):
-    "A valid 1-bit PNG of w x h blank pixels, written row by row (a few KB on disk, huge when decoded)."
+def png_of_size(w, h, depth=1):
+    """A valid greyscale PNG of w x h blank pixels, `depth` bits each (1, or 16: PIL decodes it as mode I;16), written
+    row by row (a few KB on disk, huge when decoded)."""
     import struct
     import zlib
 
     def chunk(t, d):
         return struct.pack('>I', len(d)) + t + d + struct.pack('>I', zlib.crc32(t + d) & 0xFFFFFFFF)
 
-    z, row, parts = zlib.compressobj(9), b'\x00' * (1 + (w + 7) // 8), []
+    z, row, parts = zlib.compressobj(9), b'\x00' * (1 + (w * depth + 7) // 8), []
     for _ in range(h):
         parts.append(z.compress(row))
     parts.append(z.flush())
     return (
         b'\x89PNG\r\n\x1a\n'
-        + chunk(b'IHDR', struct.pack('>IIBBBBB', w, h, 1, 0, 0, 0, 0))
+        + chunk(b'IHDR', struct.pack('>IIBBBBB', w, h, depth, 0, 0, 0, 0))
         + chunk(b'IDAT', b''.join(parts))
         + chunk(b'IEND', b'')
     )

@@ -347,26 +347,6 @@ def test_onnx_backend_matches_torch(run, tmp_path):
         assert abs(__import__('numpy').array(together) - __import__('numpy').array(alone)).max() < 1e-6, backend
 
 
-def png16_of_size(w, h):
-    "A valid 16-bit greyscale PNG of w x h black pixels (a few KB on disk; PIL decodes it as mode I;16)."
-    import struct
-    import zlib
-
-    def chunk(t, d):
-        return struct.pack('>I', len(d)) + t + d + struct.pack('>I', zlib.crc32(t + d) & 0xFFFFFFFF)
-
-    z, row, parts = zlib.compressobj(9), b'\x00' * (1 + 2 * w), []
-    for _ in range(h):
-        parts.append(z.compress(row))
-    parts.append(z.flush())
-    return (
-        b'\x89PNG\r\n\x1a\n'
-        + chunk(b'IHDR', struct.pack('>IIBBBBB', w, h, 16, 0, 0, 0, 0))
-        + chunk(b'IDAT', b''.join(parts))
-        + chunk(b'IEND', b'')
-    )
-
-
 def jpeg_bytes(w, h):
     from PIL import Image
 
@@ -451,7 +431,9 @@ def test_over_budget_images_are_413_with_the_limit(run, client):
     from vl_lab.cleaning import CleanConfig
     from vl_lab.serve import make_app
 
-    r = client.post('/embed/image', files={'image': ('a.png', png16_of_size(1500, 1500))})  # 2.25 M 16-bit: 4.5 M > 4 M
+    r = client.post(
+        '/embed/image', files={'image': ('a.png', png_of_size(1500, 1500, depth=16))}
+    )  # 2.25 M 16-bit: 4.5 M > 4 M
     assert r.status_code == 413 and '4,000,000' in r.json()['detail'], r.text
     assert '1500x1500' in r.json()['detail'] and '16-bit' in r.json()['detail'], r.text
     r = client.post('/embed/image', files={'image': ('a.png', png_of_size(2500, 2500))})  # 6.25 M 1-bit pixels > 4 M
@@ -459,7 +441,9 @@ def test_over_budget_images_are_413_with_the_limit(run, client):
     default = inspect.signature(make_app).parameters['max_pixels'].default
     assert 2048 * 2048 <= default <= 4096 * 4096 < CleanConfig().max_pixels, default
     c = TestClient(make_app(run, num_beams=1))
-    r = c.post('/embed/image', files={'image': ('a.png', png16_of_size(6000, 6000))})  # 7 s and 0.7 GB unbounded
+    r = c.post(
+        '/embed/image', files={'image': ('a.png', png_of_size(6000, 6000, depth=16))}
+    )  # 7 s and 0.7 GB unbounded
     assert r.status_code == 413 and f'{default:,}' in r.json()['detail'], r.text
 
 
