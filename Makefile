@@ -23,7 +23,8 @@ test: venv  ## every gate: notebooks and package in sync, notebooks clean, lint 
 	$(BIN)/ruff format --check vl_lab tests bench tools
 	# two notebooks run at once: one thread each, or their OpenMP threads spin against each other on 2 cores
 	OMP_NUM_THREADS=1 $(BIN)/nbdev_test --n_workers 2 --timing
-	$(BIN)/python -m pytest -q tests
+	# test files on every core (pytest-xdist), each file on one worker (module fixtures built once), one thread each
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -n auto --dist loadfile tests
 
 check: venv  ## the quick gates: notebooks and package in sync, lint and format
 	$(BIN)/python tools/check_nbdev.py
