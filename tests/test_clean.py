@@ -265,3 +265,29 @@ def test_consistency_rule_with_its_own_cross_fitted_scorer(tmp_path):
     for k in range(3):
         trained = {im['orig_id'] for im in read_json(tmp_path / 'work' / f'fold{k}' / 'annotations.json')['images']}
         assert trained and all(fold_of(key, 3) != k for key in trained)
+
+
+def test_the_self_scorer_does_not_depend_on_the_core_count(tmp_path):
+    "Fold models train and score on one thread, so a 2-core and a 16-core machine clean a corpus alike."
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from vl_lab.selfscore import SelfScorer
+    from vl_lab.synthetic import synth, synth_config
+
+    synth(tmp_path / 'raw', synth_config('none', n_images=40, seed=5), progress=False)
+    files = sorted((tmp_path / 'raw' / 'images').iterdir())
+    pairs = [(p.stem, p, f'a {c} shape') for p, c in zip(files, ['red', 'blue', 'green', 'black'] * 10)]
+    images = [Image.open(p).convert('RGB') for p in files]
+    scores, before = [], torch.get_num_threads()
+    for threads in (1, 2):
+        torch.set_num_threads(threads)
+        try:
+            sc = SelfScorer(overrides=['epochs=1', 'batch_size=8'], work_dir=tmp_path / f'work{threads}')
+            sc.fit(pairs)
+            scores.append(sc.score(images, [c for _, _, c in pairs], [k for k, _, _ in pairs]))
+            assert torch.get_num_threads() == threads  # the caller's setting is left as it was
+        finally:
+            torch.set_num_threads(before)
+    assert np.array_equal(scores[0], scores[1]) and len(set(scores[0].round(6))) > 1

@@ -431,6 +431,8 @@ d = {
             'vl_lab.selfscore.SelfScorer.score': ('selfscore.html#selfscorer.score', 'vl_lab/selfscore.py'),
             'vl_lab.selfscore._hash': ('selfscore.html#_hash', 'vl_lab/selfscore.py'),
             'vl_lab.selfscore.fold_of': ('selfscore.html#fold_of', 'vl_lab/selfscore.py'),
+            'vl_lab.selfscore.one_thread': ('selfscore.html#one_thread', 'vl_lab/selfscore.py'),
+            'vl_lab.selfscore.train_fold': ('selfscore.html#train_fold', 'vl_lab/selfscore.py'),
             'vl_lab.selfscore.write_fold_corpus': ('selfscore.html#write_fold_corpus', 'vl_lab/selfscore.py'),
         },
         'vl_lab.serve': {

@@ -18,15 +18,18 @@ EXECUTORS = ('local', 'ray')
 
 
 class LocalExecutor:
-    "A pool on this machine: `workers` threads (`kind='thread'`) or forked processes (`kind='process'`)."
+    """A pool on this machine: `workers` threads (`kind='thread'`), forked processes (`kind='process'`) or freshly
+    started ones (`kind='spawn'`: for work that runs torch, whose thread pools a fork does not carry over safely)."""
 
     def __init__(self, workers: int = 1, kind: str = 'thread'):
         self.workers = max(1, int(workers))
         if kind == 'thread':
             self.pool = ThreadPoolExecutor(self.workers)
-        else:  # fork on Linux (shard workers use PIL and numpy only): spawn re-imports __main__
-            ctx = mp.get_context('fork' if sys.platform == 'linux' else 'spawn')
+        elif kind in ('process', 'spawn'):  # fork on Linux (shard workers use PIL and numpy only)
+            ctx = mp.get_context('fork' if kind == 'process' and sys.platform == 'linux' else 'spawn')
             self.pool = ProcessPoolExecutor(self.workers, mp_context=ctx)
+        else:
+            raise VLLabError(f"unknown pool kind {kind!r} (thread, process, spawn)")
 
     def submit(self, fn, *args, num_cpus: int = 1, num_gpus: int = 0) -> Future:
         return self.pool.submit(fn, *args)

@@ -19,7 +19,7 @@ import torch
 from .core import VLLabError, write_json
 
 # %% auto #0
-__all__ = ['fold_of', 'write_fold_corpus', 'SelfScorer']
+__all__ = ['fold_of', 'write_fold_corpus', 'one_thread', 'train_fold', 'SelfScorer']
 
 
 # %% ../nbs/03c_selfscore.ipynb #699584cd
@@ -55,6 +55,29 @@ def write_fold_corpus(pairs: list, dest: Path) -> dict:
     return dict(images=len(images), pairs=len(anns), val_images=sum(i['split'] == 'val' for i in images))
 
 
+# %% ../nbs/03c_selfscore.ipynb #d1eb81e0
+@contextlib.contextmanager
+def one_thread():
+    "torch on one thread inside the block: what is computed there does not depend on the machine's core count."
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(n)
+
+
+def train_fold(cfg, out: str, progress: bool = False) -> dict:
+    """Train one fold model (`cfg`, into `out`) on one thread; `SelfScorer.fit` runs each fold in a process of its own,
+    all at once. One thread, as every run of the plan: the fold models, and so the consistency-cleaned corpus, are then
+    the same on machines of any core count."""
+    from vl_lab.train import train
+
+    torch.set_num_threads(1)
+    with contextlib.redirect_stdout(sys.stdout if progress else io.StringIO()):  # its epochs, when asked
+        return train(cfg, out, progress=progress)
+
+
 # %% ../nbs/03c_selfscore.ipynb #1598b590
 class SelfScorer:
     """Cross-fitted image-text consistency: `folds` dual encoders trained with `preset` (and `overrides`) on the corpus
@@ -82,30 +105,35 @@ class SelfScorer:
         return fold_of(key, self.folds)
 
     def fit(self, pairs: list):
-        "Train the fold models on `pairs` of (image key, image path, caption)."
+        """Train the fold models on `pairs` of (image key, image path, caption): all folds at once, each in a process of
+        its own on one thread."""
+        from vl_lab.executor import LocalExecutor
         from vl_lab.run import load_run, resolve_config
-        from vl_lab.train import train
 
         if not pairs:
             raise VLLabError('the consistency scorer has no pairs to learn from')
         work = Path(self.work_dir or tempfile.mkdtemp(prefix='vl_lab-selfscore-'))
-        folds = []
+        cfgs = []
         for k in range(self.folds):
             write_fold_corpus([p for p in pairs if self.fold_of(p[0]) != k], work / f'fold{k}')
-            cfg = resolve_config(
-                self.preset,
-                [*self.overrides, f'seed={self.seed + k}', f'device={self.device}'],
-                data=str(work / f'fold{k}'),
+            cfgs.append(
+                resolve_config(
+                    self.preset,
+                    [*self.overrides, f'seed={self.seed + k}', f'device={self.device}'],
+                    data=str(work / f'fold{k}'),
+                )
             )
-            with contextlib.redirect_stdout(sys.stdout if self.progress else io.StringIO()):  # its epochs, when asked
-                metrics = train(cfg, work / f'run{k}', progress=self.progress)
+        with LocalExecutor(self.folds, kind='spawn') as pool:
+            futures = [pool.submit(train_fold, cfg, str(work / f'run{k}'), self.progress) for k, cfg in enumerate(cfgs)]
+            results = [f.result() for f in futures]
+        folds = []
+        for k, metrics in enumerate(results):
             self.models[k] = load_run(work / f'run{k}', self.device)[:3]
-            scores = sum(self.fold_of(p[0]) == k for p in pairs)
             folds.append(
                 dict(
                     fold=k,
                     train_images=metrics['data']['train_images'],
-                    scores_pairs=scores,
+                    scores_pairs=sum(self.fold_of(p[0]) == k for p in pairs),
                     val_t2i_r1=metrics['final'].get('val_t2i_r1'),
                     chance_r1=metrics['final'].get('chance_r1'),
                 )
@@ -116,29 +144,31 @@ class SelfScorer:
 
     @torch.no_grad()
     def score(self, images, captions, keys) -> np.ndarray:
-        "Cosine similarity of each (image, caption), both embedded by the model of the image's fold."
+        "Cosine similarity of each (image, caption), both embedded by the model of the image's fold (on one thread)."
         from vl_lab.transforms import PairTransform
 
         if not self.models:
             raise VLLabError('SelfScorer.score before fit')
         out = np.zeros(len(captions))
-        for k, (model, tok, cfg) in self.models.items():
-            idx = [i for i, key in enumerate(keys) if self.fold_of(key) == k]
-            if not idx:
-                continue
-            tf = PairTransform(cfg.transform, train=False)
-            todo = [i for i in idx if (k, keys[i]) not in self._img_cache]
-            if todo:
-                emb = model.encode_image(torch.stack([tf(images[i], None)[0] for i in todo]).to(self.device))[0].cpu()
-                self._img_cache.update({(k, keys[i]): e for i, e in zip(todo, emb)})
-            img = torch.stack([self._img_cache[(k, keys[i])] for i in idx])
-            t = tok(
-                [captions[i] for i in idx],
-                padding='longest',
-                truncation=True,
-                max_length=cfg.model.max_len,
-                return_tensors='pt',
-            )
-            txt = model.encode_text(t['input_ids'].to(self.device), t['attention_mask'].to(self.device))[0].cpu()
-            out[idx] = (img * txt).sum(1).numpy()
+        with one_thread():
+            for k, (model, tok, cfg) in self.models.items():
+                idx = [i for i, key in enumerate(keys) if self.fold_of(key) == k]
+                if not idx:
+                    continue
+                tf = PairTransform(cfg.transform, train=False)
+                todo = [i for i in idx if (k, keys[i]) not in self._img_cache]
+                if todo:
+                    px = torch.stack([tf(images[i], None)[0] for i in todo]).to(self.device)
+                    emb = model.encode_image(px)[0].cpu()
+                    self._img_cache.update({(k, keys[i]): e for i, e in zip(todo, emb)})
+                img = torch.stack([self._img_cache[(k, keys[i])] for i in idx])
+                t = tok(
+                    [captions[i] for i in idx],
+                    padding='longest',
+                    truncation=True,
+                    max_length=cfg.model.max_len,
+                    return_tensors='pt',
+                )
+                txt = model.encode_text(t['input_ids'].to(self.device), t['attention_mask'].to(self.device))[0].cpu()
+                out[idx] = (img * txt).sum(1).numpy()
         return out
