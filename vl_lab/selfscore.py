@@ -73,8 +73,7 @@ def train_fold(cfg, out: str, progress: bool = False) -> dict:
     the same on machines of any core count."""
     from vl_lab.train import train
 
-    torch.set_num_threads(1)
-    with contextlib.redirect_stdout(sys.stdout if progress else io.StringIO()):  # its epochs, when asked
+    with one_thread(), contextlib.redirect_stdout(sys.stdout if progress else io.StringIO()):  # its epochs, when asked
         return train(cfg, out, progress=progress)
 
 
