@@ -1,6 +1,7 @@
 """Benchmark: the end-to-end wall time of `make report` from cold (a fresh clone: no data, no runs), for the default
 plan (lab.yaml) and for a CI-sized smoke plan, on this machine. The fresh clone reuses this checkout's .venv (a link),
-so the figure is the lab's own time, not the one-off install (about 2.5 minutes, timed by CI). Run it on a quiet
+so the figure is the lab's own time, not the one-off install (about 2.5 minutes, timed by CI); each build starts with
+an empty cache of decoded images (VL_LAB_CACHE in a fresh folder), as on a fresh machine. Run it on a quiet
 machine: two runs share 2 cores, and anything else heavy slows them.
 
     python bench/bench_report.py [--jobs 2] [--smoke-only] [--twice]
@@ -67,12 +68,14 @@ def cold(plan_name, plan=None, budget_min=None) -> dict:
     os.symlink(ROOT / '.venv', clone / '.venv')
     if plan:
         (clone / 'smoke.yaml').write_text(yaml.safe_dump(plan))
+    cache = WORK / 'cache'  # cold: no decoded images kept from before either (vl_lab.dataset.decoded_cache_dir)
     t = time.perf_counter()
     r = subprocess.run(
         [str(clone / '.venv' / 'bin' / 'vl-lab'), 'report', '--plan', plan_name, '--jobs', str(args.jobs)],
         cwd=clone,
         capture_output=True,
         text=True,
+        env=os.environ | {'VL_LAB_CACHE': str(cache)},
     )
     el = time.perf_counter() - t
     tail = r.stdout.strip().splitlines()[-1] if r.stdout.strip() else r.stderr.strip()[-300:]
@@ -91,7 +94,7 @@ def cold(plan_name, plan=None, budget_min=None) -> dict:
         )
         for p in runs
     }
-    subprocess.run(['rm', '-rf', str(clone)], check=True)
+    subprocess.run(['rm', '-rf', str(clone), str(cache)], check=True)
     return out
 
 

@@ -187,7 +187,10 @@ d = {
             'vl_lab.dataset.PairDataset.__len__': ('dataset.html#pairdataset.__len__', 'vl_lab/dataset.py'),
             'vl_lab.dataset.PairDataset._decode': ('dataset.html#pairdataset._decode', 'vl_lab/dataset.py'),
             'vl_lab.dataset.PairDataset.image': ('dataset.html#pairdataset.image', 'vl_lab/dataset.py'),
+            'vl_lab.dataset._read_decoded': ('dataset.html#_read_decoded', 'vl_lab/dataset.py'),
+            'vl_lab.dataset._write_decoded': ('dataset.html#_write_decoded', 'vl_lab/dataset.py'),
             'vl_lab.dataset.answer_vocabulary': ('dataset.html#answer_vocabulary', 'vl_lab/dataset.py'),
+            'vl_lab.dataset.decoded_cache_dir': ('dataset.html#decoded_cache_dir', 'vl_lab/dataset.py'),
             'vl_lab.dataset.make_collate': ('dataset.html#make_collate', 'vl_lab/dataset.py'),
         },
         'vl_lab.decoder': {

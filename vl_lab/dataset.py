@@ -4,9 +4,13 @@
 
 # %% ../nbs/12_dataset.ipynb #2132e7b9
 from __future__ import annotations
+import hashlib
+import os
 from collections import Counter
+from pathlib import Path
 
 import numpy as np
+import PIL
 import torch
 from PIL import Image
 
@@ -15,7 +19,7 @@ from .data import Record
 from .transforms import PairTransform, TransformConfig
 
 # %% auto #0
-__all__ = ['answer_vocabulary', 'PairDataset', 'make_collate', 'EpochBatches']
+__all__ = ['DECODED_VERSION', 'answer_vocabulary', 'decoded_cache_dir', 'PairDataset', 'make_collate', 'EpochBatches']
 
 
 # %% ../nbs/12_dataset.ipynb #9307e2d3
@@ -23,6 +27,44 @@ def answer_vocabulary(records, min_count: int = 1) -> list[str]:
     "Answers of the records' questions, most frequent first (ties alphabetical)."
     c = Counter(q['answer'] for r in records for q in r.extra.get('questions', []) if q.get('answer'))
     return [a for a, n in sorted(c.items(), key=lambda x: (-x[1], x[0])) if n >= min_count]
+
+
+# %% ../nbs/12_dataset.ipynb #a1d3c0de
+DECODED_VERSION = 1  # of what `PairDataset._decode` keeps on disk: raise it when the decoding or resizing changes
+
+
+def decoded_cache_dir() -> Path | None:
+    """Where decoded, resized images are kept between runs: `$VL_LAB_CACHE/images`, by default
+    `~/.cache/vl_lab/images`; `VL_LAB_CACHE=off` keeps none. An entry is named by the hash of the file's bytes, the
+    size, Pillow's version and `DECODED_VERSION`, so a changed file or size is a new entry: the pixels a run sees are
+    the same with or without it, and only its time depends on it."""
+    where = os.environ.get('VL_LAB_CACHE', '')
+    if where.lower() == 'off':
+        return None
+    return Path(where or '~/.cache/vl_lab').expanduser() / 'images'
+
+
+def _read_decoded(path: Path) -> Image.Image | None:
+    "The RGB image kept at `path`, or None when there is none or it is unreadable (then it is decoded again)."
+    try:
+        a = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError):
+        return None
+    if a.dtype != np.uint8 or a.ndim != 3 or a.shape[2] != 3:
+        return None
+    return Image.fromarray(a)
+
+
+def _write_decoded(path: Path, a: np.ndarray):
+    "Keep `a` at `path` (written whole, then renamed: no reader sees half a file); an unwritable cache is skipped."
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f'{path.stem}.{os.getpid()}.tmp')
+        with open(tmp, 'wb') as f:
+            np.save(f, a, allow_pickle=False)
+        os.replace(tmp, path)
+    except OSError:
+        pass
 
 
 # %% ../nbs/12_dataset.ipynb #cde0e9e5
@@ -43,6 +85,7 @@ class PairDataset(torch.utils.data.Dataset):
         self.k = captions_per_item if train else 1  # evaluation: each image's first caption
         self.answer_id = {a: i for i, a in enumerate(answers or [])}
         self.records, self.images, self.skipped = [], [], Counter()
+        self.disk_cache = decoded_cache_dir()
         random_tf = train and (
             transform.random_resized_crop or transform.hflip_p > 0 or transform.color_jitter or transform.synonym_p > 0
         )
@@ -64,13 +107,22 @@ class PairDataset(torch.utils.data.Dataset):
             data = r.image.read_bytes()
         except OSError as e:
             return f'unreadable file ({type(e).__name__})'
+        s = self.tf.cfg.size
+        path = None
+        if self.disk_cache is not None:
+            key = hashlib.sha256(data + f'|{s}|{PIL.__version__}|{DECODED_VERSION}'.encode()).hexdigest()
+            path = self.disk_cache / key[:2] / f'{key}.npy'
+            if (img := _read_decoded(path)) is not None:
+                return img
         out = decode_image(data)
         if not isinstance(out, tuple):
             return 'undecodable image'
         img = out[0]
-        s = self.tf.cfg.size
         scale = s / min(img.size)  # keep a little more than the crop needs; the transform does the rest
-        return img.resize((max(s, round(img.width * scale)), max(s, round(img.height * scale))), Image.BICUBIC)
+        img = img.resize((max(s, round(img.width * scale)), max(s, round(img.height * scale))), Image.BICUBIC)
+        if path is not None:
+            _write_decoded(path, np.asarray(img))
+        return img
 
     def __len__(self):
         return len(self.records)
