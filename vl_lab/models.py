@@ -20,6 +20,7 @@ __all__ = [
     'ITM_FEATURES',
     'ITM_NEGATIVES',
     'IMAGE_POOLS',
+    'CONV_DOWNSAMPLE',
     'ModelConfig',
     'check_model_config',
     'task_list',
@@ -43,7 +44,9 @@ class ModelConfig:
     image_tower: str = 'conv'  # conv: small strided CNN | hf: a transformers vision model
     image_model: str = ''  # hf: name or local path for from_pretrained ('' = a ViT built from the sizes below)
     image_size: int = 64  # input side in pixels
-    conv_channels: str = '32,64,128,192'  # conv: widths of the stride-2 blocks
+    conv_channels: str = '32,64,128,192'  # conv: widths of the blocks, each halving the grid
+    conv_downsample: str = 'stride'  # conv: how blocks after the first halve the grid: stride (a stride-2 conv) |
+    # maxpool (a 2x2 max pool, then a stride-1 conv: the same multiply-adds)
     image_pool: str = 'mean'  # conv: pooling of the final grid, mean | attn (a learned attention pool)
     vit_width: int = 192  # hf from scratch: ViT width / layers / heads / patch
     vit_layers: int = 4
@@ -73,6 +76,7 @@ class ModelConfig:
 
 
 ITM_FEATURES, ITM_NEGATIVES, IMAGE_POOLS = ('fusion', 'product'), ('hard', 'sampled', 'random'), ('mean', 'attn')
+CONV_DOWNSAMPLE = ('stride', 'maxpool')
 
 
 def check_model_config(cfg: ModelConfig):
@@ -84,6 +88,8 @@ def check_model_config(cfg: ModelConfig):
         raise VLLabError(f"itm_negatives {cfg.itm_negatives!r} unknown (known: {', '.join(ITM_NEGATIVES)})")
     if cfg.image_pool not in IMAGE_POOLS:
         raise VLLabError(f"image_pool {cfg.image_pool!r} unknown (known: {', '.join(IMAGE_POOLS)})")
+    if cfg.conv_downsample not in CONV_DOWNSAMPLE:
+        raise VLLabError(f"conv_downsample {cfg.conv_downsample!r} unknown (known: {', '.join(CONV_DOWNSAMPLE)})")
 
 
 def task_list(tasks: str) -> list[str]:
@@ -98,14 +104,21 @@ def task_list(tasks: str) -> list[str]:
 
 # %% ../nbs/10_models.ipynb #5e4a8d93
 class ConvTower(nn.Module):
-    """Stride-2 conv blocks (GroupNorm: no batch statistics, so DDP matches one process); tokens are the final grid,
-    pooled by their mean or by a learned attention pool (a score per grid cell, softmax over the cells)."""
+    """Conv blocks that each halve the grid (GroupNorm: no batch statistics, so DDP matches one process); tokens are
+    the final grid, pooled by their mean or by a learned attention pool (a score per grid cell, softmax over the
+    cells). The first block is a stride-2 conv; the others one too (`downsample='stride'`), or a 2x2 max pool and a
+    stride-1 conv (`'maxpool'`: the same multiply-adds, and each block keeps the strongest response of every 2x2
+    cell instead of sampling one position of four)."""
 
-    def __init__(self, channels=(32, 64, 128, 192), pool: str = 'mean'):
+    def __init__(self, channels=(32, 64, 128, 192), pool: str = 'mean', downsample: str = 'stride'):
         super().__init__()
         layers, c_in = [], 3
-        for c in channels:
-            layers += [nn.Conv2d(c_in, c, 3, stride=2, padding=1), nn.GroupNorm(min(8, c // 4), c), nn.GELU()]
+        for k, c in enumerate(channels):
+            if downsample == 'maxpool' and k > 0:
+                layers += [nn.MaxPool2d(2), nn.Conv2d(c_in, c, 3, padding=1)]
+            else:
+                layers += [nn.Conv2d(c_in, c, 3, stride=2, padding=1)]
+            layers += [nn.GroupNorm(min(8, c // 4), c), nn.GELU()]
             c_in = c
         # channels-last (NHWC) weights and inputs: oneDNN's CPU convolutions (and cuDNN's) run about 20% faster so
         self.body, self.width = nn.Sequential(*layers).to(memory_format=torch.channels_last), c_in
@@ -182,7 +195,7 @@ def build_towers(cfg: ModelConfig, vocab_size: int, hf_configs: dict | None = No
 
     hf_configs = dict(hf_configs or {})
     if cfg.image_tower == 'conv':
-        image = ConvTower(tuple(int(c) for c in cfg.conv_channels.split(',')), cfg.image_pool)
+        image = ConvTower(tuple(int(c) for c in cfg.conv_channels.split(',')), cfg.image_pool, cfg.conv_downsample)
     elif cfg.image_tower == 'hf':
         if cfg.image_model or 'image' in hf_configs:
             m = _hf_from(cfg.image_model, hf_configs.get('image'), 'image')

@@ -72,6 +72,7 @@ class TrainConfig:
 CPU_TINY = {
     'model.conv_channels': '32,64,128,192',
     'model.image_pool': 'attn',  # conv tower, attention pool
+    'model.conv_downsample': 'maxpool',  # max-pool blocks (SWEEP.md: stride-conv)
     'transform.hflip_p': 0.5,
     'transform.random_resized_crop': True,  # flips (captions flipped too), crops
     'model.text_width': 128,
