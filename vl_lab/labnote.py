@@ -489,8 +489,8 @@ def next_steps_section(runs) -> dict:
                 read = f" and a linear probe reads it at {max(probes):.2f}" if probes else ''
                 items.append(
                     f"No model tells {what} well yet (accuracy {seen}; majority class {ch:.2f}{read}): give the "
-                    f"image tower what this needs (more training steps or a larger tower, higher resolution, negatives "
-                    f"that differ only in it) and measure again."
+                    f"image tower what this needs (an objective or data that ask for it, a larger tower, higher "
+                    f"resolution) and measure again."
                 )
     for arms in data_ablations(runs):
         ses = [
