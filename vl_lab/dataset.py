@@ -5,6 +5,7 @@
 # %% ../nbs/12_dataset.ipynb #2132e7b9
 from __future__ import annotations
 import hashlib
+import io
 import os
 from collections import Counter
 from pathlib import Path
@@ -14,6 +15,7 @@ import PIL
 import torch
 from PIL import Image
 
+from .core import atomic_write
 from .images import decode_image
 from .data import Record
 from .transforms import PairTransform, TransformConfig
@@ -57,12 +59,11 @@ def _read_decoded(path: Path) -> Image.Image | None:
 
 def _write_decoded(path: Path, a: np.ndarray):
     "Keep `a` at `path` (written whole, then renamed: no reader sees half a file); an unwritable cache is skipped."
+    buf = io.BytesIO()
+    np.save(buf, a, allow_pickle=False)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f'{path.stem}.{os.getpid()}.tmp')
-        with open(tmp, 'wb') as f:
-            np.save(f, a, allow_pickle=False)
-        os.replace(tmp, path)
+        atomic_write(path, buf.getvalue())
     except OSError:
         pass
 
