@@ -68,15 +68,26 @@ def test_resume_after_sigkill_gives_the_same_result(corpus, tmp_path):
 
 
 def test_ddp_two_processes_match_one(corpus, tmp_path):
-    args = ['train', 'cpu-small', '--data', corpus, '--quiet', '--set', 'epochs=2', *SMALL]
+    # GroupNorm: PyTorch syncs BatchNorm statistics across GPU processes only
+    args = ['train', 'cpu-small', '--data', corpus, '--quiet', '--set', 'epochs=2', '--set', 'model.conv_norm=group']
+    args += SMALL
     run_cli(*args, '--out', tmp_path / 'one', check=True)
     torchrun = str(Path(sys.executable).parent / 'torchrun')
-    r = subprocess.run(
-        [torchrun, '--standalone', '--nproc_per_node=2', VL_LAB, *map(str, args), '--out', str(tmp_path / 'two')],
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
+
+    def two(*extra, out='two'):
+        cmd = [
+            torchrun,
+            '--standalone',
+            '--nproc_per_node=2',
+            VL_LAB,
+            *map(str, args),
+            *extra,
+            '--out',
+            str(tmp_path / out),
+        ]
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+
+    r = two()
     assert r.returncode == 0, r.stderr[-3000:]
     one = json.loads((tmp_path / 'one' / 'metrics.json').read_text())['final']
     two = json.loads((tmp_path / 'two' / 'metrics.json').read_text())['final']
@@ -84,6 +95,9 @@ def test_ddp_two_processes_match_one(corpus, tmp_path):
     assert prov['processes'] == 2
     assert abs(one['val_loss'] - two['val_loss']) < 0.02, (one, two)
     assert abs(one['val_t2i_r1'] - two['val_t2i_r1']) <= 0.05, (one, two)
+    r = two('--set', 'model.conv_norm=batch', out='bn')  # BatchNorm: a clear error, not per-process statistics
+    assert r.returncode != 0
+    assert 'syncs BatchNorm statistics on GPUs only' in r.stderr
 
 
 def test_bad_input(corpus, tmp_path):

@@ -190,8 +190,10 @@ d = {
             'vl_lab.dataset._read_decoded': ('dataset.html#_read_decoded', 'vl_lab/dataset.py'),
             'vl_lab.dataset._write_decoded': ('dataset.html#_write_decoded', 'vl_lab/dataset.py'),
             'vl_lab.dataset.answer_vocabulary': ('dataset.html#answer_vocabulary', 'vl_lab/dataset.py'),
+            'vl_lab.dataset.caption_vectors': ('dataset.html#caption_vectors', 'vl_lab/dataset.py'),
             'vl_lab.dataset.decoded_cache_dir': ('dataset.html#decoded_cache_dir', 'vl_lab/dataset.py'),
             'vl_lab.dataset.make_collate': ('dataset.html#make_collate', 'vl_lab/dataset.py'),
+            'vl_lab.dataset.neighbour_order': ('dataset.html#neighbour_order', 'vl_lab/dataset.py'),
         },
         'vl_lab.decoder': {
             'vl_lab.decoder.CaptionDecoder': ('decoder.html#captiondecoder', 'vl_lab/decoder.py'),

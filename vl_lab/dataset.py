@@ -21,7 +21,16 @@ from .data import Record
 from .transforms import PairTransform, TransformConfig
 
 # %% auto #0
-__all__ = ['DECODED_VERSION', 'answer_vocabulary', 'decoded_cache_dir', 'PairDataset', 'make_collate', 'EpochBatches']
+__all__ = [
+    'DECODED_VERSION',
+    'answer_vocabulary',
+    'decoded_cache_dir',
+    'PairDataset',
+    'make_collate',
+    'caption_vectors',
+    'neighbour_order',
+    'EpochBatches',
+]
 
 
 # %% ../nbs/12_dataset.ipynb #9307e2d3
@@ -176,9 +185,44 @@ def make_collate(tokenizer, max_len: int):
     return collate
 
 
+# %% ../nbs/12_dataset.ipynb #1e8a3e1d
+def caption_vectors(records):
+    """Each record's captions as one L2-normalised TF-IDF row (sparse; words of letters, sublinear counts): how alike
+    two pairs' texts are, for batches of text neighbours (`EpochBatches(group=...)`); None without a word."""
+    from sklearn.feature_extraction.text import TfidfVectorizer
+
+    docs = [' '.join(r.captions).lower() for r in records]
+    try:
+        return TfidfVectorizer(token_pattern=r'[a-z]+', sublinear_tf=True).fit_transform(docs)
+    except ValueError:  # an empty vocabulary
+        return None
+
+
+def neighbour_order(vectors, group: int, rng: np.random.Generator) -> np.ndarray:
+    """A permutation of the rows of `vectors` in groups of `group` text neighbours: a random anchor not yet placed and
+    the unplaced rows most similar to it (ties broken at random), until every row is placed; the groups in random order.
+    Costs one sparse product per group: O(n^2 / group) over an epoch."""
+    n = vectors.shape[0]
+    free, groups = np.ones(n, bool), []
+    for a in rng.permutation(n):
+        if not free[a]:
+            continue
+        sims = np.asarray((vectors @ vectors[a].T).todense()).ravel() + 1e-9 * rng.random(n)
+        sims[~free] = -np.inf
+        sims[a] = np.inf
+        k = min(group, int(free.sum()))
+        idx = np.argpartition(-sims, k - 1)[:k]
+        free[idx] = False
+        groups.append(idx)
+    return np.concatenate([groups[g] for g in rng.permutation(len(groups))])
+
+
 # %% ../nbs/12_dataset.ipynb #518d4b57
 class EpochBatches(torch.utils.data.Sampler):
-    "Batches of `(epoch, index)` keys: this process's slice of each global batch of a seeded permutation."
+    """Batches of `(epoch, index)` keys: this process's slice of each global batch of a seeded permutation. With `group`
+    > 1 and `vectors` (`caption_vectors`), each batch is made of groups of `group` text neighbours (`neighbour_order`):
+    in-batch negatives that differ from each other in few words, hard negatives by the composition of the batch (as
+    topic-aware sampling, Hofstatter et al. 2021, builds query batches from clusters)."""
 
     def __init__(
         self,
@@ -189,6 +233,8 @@ class EpochBatches(torch.utils.data.Sampler):
         drop_last: bool = True,
         rank: int = 0,
         world: int = 1,
+        vectors=None,
+        group: int = 0,
     ):
         if batch_size % world:
             raise ValueError(f'batch size {batch_size} is not divisible by {world} processes')
@@ -201,7 +247,7 @@ class EpochBatches(torch.utils.data.Sampler):
             rank,
             world,
         )
-        self.epoch = 0
+        self.epoch, self.vectors, self.group = 0, vectors, group if vectors is not None else 0
 
     def set_epoch(self, epoch: int):
         self.epoch = epoch
@@ -210,11 +256,13 @@ class EpochBatches(torch.utils.data.Sampler):
         return self.n // self.bs if self.drop_last else -(-self.n // self.bs)
 
     def __iter__(self):
-        order = (
-            np.random.default_rng([self.seed, 10**6 + self.epoch]).permutation(self.n)
-            if self.shuffle
-            else np.arange(self.n)
-        )
+        rng = np.random.default_rng([self.seed, 10**6 + self.epoch])
+        if not self.shuffle:
+            order = np.arange(self.n)
+        elif self.group > 1:
+            order = neighbour_order(self.vectors, self.group, rng)
+        else:
+            order = rng.permutation(self.n)
         per = self.bs // self.world
         for b in range(len(self)):
             g = order[b * self.bs : (b + 1) * self.bs]

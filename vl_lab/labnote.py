@@ -534,19 +534,29 @@ def next_steps_section(runs) -> dict:
 
 
 def results_markdown(runs, title: str = 'Results') -> str:
-    "A Markdown table of every experiment: its overrides, retrieval R@1 both ways (mean ± std over seeds) and time."
+    """A Markdown table of every experiment: its overrides, retrieval R@1 both ways and the accuracy of each zero-shot
+    task any run has (mean ± std over seeds), and time."""
+    groups = _groups(runs)
+    tasks = list(
+        dict.fromkeys(
+            t for rs in groups.values() for r in rs for t in r['metrics'].get('eval', {}).get('zero_shot') or {}
+        )
+    )
     lines = [
         f'# {title}',
         '',
-        '| experiment | preset, overrides | seeds | t2i R@1 | i2t R@1 | seconds per run |',
-        '|---|---|---|---|---|---|',
+        '| experiment | preset, overrides | seeds | t2i R@1 | i2t R@1 | '
+        + ''.join(f'zero-shot {t} | ' for t in tasks)
+        + 'seconds per run |',
+        '|---|---|---|---|---|' + '---|' * len(tasks) + '---|',
     ]
-    for name, rs in _groups(runs).items():
+    for name, rs in groups.items():
         p = rs[0].get('plan_params') or {}
         what = ', '.join([p.get('preset', '')] + list(p.get('overrides') or [])).replace('|', '/')
         cells = [fmt_ms(*mean_std([_get(r, 'retrieval', k) for r in rs])) for k in ('t2i_R@1', 'i2t_R@1')]
+        cells += [fmt_ms(*mean_std([_zs(r, t, 'accuracy') for r in rs])) for t in tasks]
         secs = np.mean([r.get('seconds') or 0 for r in rs])
-        lines.append(f"| {name} | {what} | {len(rs)} | {cells[0]} | {cells[1]} | {secs:.0f} |")
+        lines.append(f"| {name} | {what} | {len(rs)} | {' | '.join(cells)} | {secs:.0f} |")
     split = next((r['metrics']['eval'].get('split', 'test') for r in runs if 'metrics' in r), 'test')
     return '\n'.join(lines + ['', f'Measured on the {split} split; mean ± sample standard deviation over seeds.', ''])
 

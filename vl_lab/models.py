@@ -21,6 +21,7 @@ __all__ = [
     'ITM_NEGATIVES',
     'IMAGE_POOLS',
     'CONV_DOWNSAMPLE',
+    'CONV_NORMS',
     'ModelConfig',
     'check_model_config',
     'task_list',
@@ -48,6 +49,8 @@ class ModelConfig:
     conv_downsample: str = 'stride'  # conv: how blocks after the first halve the grid: stride (a stride-2 conv) |
     # maxpool (a 2x2 max pool, then a stride-1 conv: the same multiply-adds)
     image_pool: str = 'mean'  # conv: pooling of the final grid, mean | attn (a learned attention pool)
+    conv_norm: str = 'group'  # conv: normalisation after each conv, group (GroupNorm: per image) | batch
+    # (BatchNorm: per channel over the batch; SyncBatchNorm across processes)
     vit_width: int = 192  # hf from scratch: ViT width / layers / heads / patch
     vit_layers: int = 4
     vit_heads: int = 4
@@ -76,7 +79,7 @@ class ModelConfig:
 
 
 ITM_FEATURES, ITM_NEGATIVES, IMAGE_POOLS = ('fusion', 'product'), ('hard', 'sampled', 'random'), ('mean', 'attn')
-CONV_DOWNSAMPLE = ('stride', 'maxpool')
+CONV_DOWNSAMPLE, CONV_NORMS = ('stride', 'maxpool'), ('group', 'batch')
 
 
 def check_model_config(cfg: ModelConfig):
@@ -90,6 +93,8 @@ def check_model_config(cfg: ModelConfig):
         raise VLLabError(f"image_pool {cfg.image_pool!r} unknown (known: {', '.join(IMAGE_POOLS)})")
     if cfg.conv_downsample not in CONV_DOWNSAMPLE:
         raise VLLabError(f"conv_downsample {cfg.conv_downsample!r} unknown (known: {', '.join(CONV_DOWNSAMPLE)})")
+    if cfg.conv_norm not in CONV_NORMS:
+        raise VLLabError(f"conv_norm {cfg.conv_norm!r} unknown (known: {', '.join(CONV_NORMS)})")
 
 
 def task_list(tasks: str) -> list[str]:
@@ -104,13 +109,17 @@ def task_list(tasks: str) -> list[str]:
 
 # %% ../nbs/10_models.ipynb #5e4a8d93
 class ConvTower(nn.Module):
-    """Conv blocks that each halve the grid (GroupNorm: no batch statistics, so DDP matches one process); tokens are
-    the final grid, pooled by their mean or by a learned attention pool (a score per grid cell, softmax over the
-    cells). The first block is a stride-2 conv; the others one too (`downsample='stride'`), or a 2x2 max pool and a
-    stride-1 conv (`'maxpool'`: the same multiply-adds, and each block keeps the strongest response of every 2x2
-    cell instead of sampling one position of four)."""
+    """Conv blocks that each halve the grid; tokens are the final grid, pooled by their mean or by a learned attention
+    pool (a score per grid cell, softmax over the cells). The first block is a stride-2 conv; the others one too
+    (`downsample='stride'`), or a 2x2 max pool and a stride-1 conv (`'maxpool'`: the same multiply-adds, and each block
+    keeps the strongest response of every 2x2 cell instead of sampling one position of four). Each conv is followed by
+    GroupNorm (`norm='group'`: statistics of each image, over groups of channels) or BatchNorm (`'batch'`: statistics
+    of each channel over the batch; in eval mode the running averages, so an image's embedding does not depend on the
+    others)."""
 
-    def __init__(self, channels=(32, 64, 128, 192), pool: str = 'mean', downsample: str = 'stride'):
+    def __init__(
+        self, channels=(32, 64, 128, 192), pool: str = 'mean', downsample: str = 'stride', norm: str = 'group'
+    ):
         super().__init__()
         layers, c_in = [], 3
         for k, c in enumerate(channels):
@@ -118,7 +127,7 @@ class ConvTower(nn.Module):
                 layers += [nn.MaxPool2d(2), nn.Conv2d(c_in, c, 3, padding=1)]
             else:
                 layers += [nn.Conv2d(c_in, c, 3, stride=2, padding=1)]
-            layers += [nn.GroupNorm(min(8, c // 4), c), nn.GELU()]
+            layers += [nn.GroupNorm(min(8, c // 4), c) if norm == 'group' else nn.BatchNorm2d(c), nn.GELU()]
             c_in = c
         # channels-last (NHWC) weights and inputs: oneDNN's CPU convolutions (and cuDNN's) run about 20% faster so
         self.body, self.width = nn.Sequential(*layers).to(memory_format=torch.channels_last), c_in
@@ -195,7 +204,9 @@ def build_towers(cfg: ModelConfig, vocab_size: int, hf_configs: dict | None = No
 
     hf_configs = dict(hf_configs or {})
     if cfg.image_tower == 'conv':
-        image = ConvTower(tuple(int(c) for c in cfg.conv_channels.split(',')), cfg.image_pool, cfg.conv_downsample)
+        image = ConvTower(
+            tuple(int(c) for c in cfg.conv_channels.split(',')), cfg.image_pool, cfg.conv_downsample, cfg.conv_norm
+        )
     elif cfg.image_tower == 'hf':
         if cfg.image_model or 'image' in hf_configs:
             m = _hf_from(cfg.image_model, hf_configs.get('image'), 'image')

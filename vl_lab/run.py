@@ -43,6 +43,8 @@ class TrainConfig:
     seed: int = 0  # one seed: identical history and metrics on a CPU
     epochs: int = 10  # lab notes: 10
     batch_size: int = 32  # lab notes: 32 (the global batch, over all processes)
+    batch_groups: int = 0  # hard batches: each batch made of groups of this many text neighbours (TF-IDF of the
+    # captions, vl_lab.dataset.neighbour_order); 0: batches of a random permutation
     captions_per_image: int = 1  # captions of each image per step: one InfoNCE term per caption, one image forward
     lr: float = 1e-4  # lab notes: 1e-4 (AdamW)
     image_lr_mult: float = 1.0  # per-modality learning rates: image tower lr = lr * this
@@ -73,8 +75,8 @@ CPU_TINY = {
     'model.conv_channels': '32,64,128,192',
     'model.image_pool': 'attn',  # conv tower, attention pool
     'model.conv_downsample': 'maxpool',  # max-pool blocks (SWEEP.md: stride-conv)
-    'transform.hflip_p': 0.5,
-    'transform.random_resized_crop': True,  # flips (captions flipped too), crops
+    'model.conv_norm': 'batch',  # BatchNorm (SWEEP.md: group-norm)
+    'transform.hflip_p': 0.5,  # flips (captions flipped too); no crops (SWEEP.md: crops)
     'model.text_width': 128,
     'model.text_layers': 0,
     'model.text_heads': 4,  # word + position embeddings, mean-pooled
@@ -85,7 +87,8 @@ CPU_TINY = {
     'lr': 1e-3,
     'warmup_steps': 40,
     'batch_size': 32,
-    'epochs': 8,
+    'batch_groups': 8,  # four groups of 8 text neighbours a batch (SWEEP.md: random-batches)
+    'epochs': 12,
     'captions_per_image': 3,
 }
 PRESETS = {
@@ -110,6 +113,7 @@ PRESETS = {
         'model.fusion_width': 64,
         'model.fusion_layers': 1,
         'model.decoder_layers': 1,
+        'epochs': 8,
     },  # the tests' and the notebooks' demonstrations: a run of a few epochs in seconds
     'cpu-micro': CPU_TINY
     | {

@@ -27,7 +27,7 @@ from vl_lab.core import (
 )
 from .data import load_records
 from .evaluate import embed_split
-from .dataset import EpochBatches, PairDataset, answer_vocabulary, make_collate
+from .dataset import EpochBatches, PairDataset, answer_vocabulary, caption_vectors, make_collate
 from . import losses
 from .models import task_list
 from vl_lab.run import (
@@ -343,6 +343,13 @@ def setup(cfg: TrainConfig, out_dir: Path, resume: bool) -> Session:
     model = build_model(cfg, tok, len(answers), ck['hf_configs'] if ck else None)
     if ck is not None:
         model.load_state_dict(ck['model'])
+    if world > 1 and any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules()):
+        if acc.device.type == 'cpu':
+            raise VLLabError(
+                'model.conv_norm=batch with several CPU processes: PyTorch syncs BatchNorm statistics on GPUs only; '
+                'set model.conv_norm=group'
+            )
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)  # the global batch's statistics, as one process
     model = acc.prepare(model)
     if teacher is not None:
         teacher.to(acc.device)
@@ -401,7 +408,18 @@ def stage_optimizer(s: Session, si: int) -> tuple:
     cfg, acc, stage = s.cfg, s.acc, s.stages[si]
     groups = param_groups(s.core, cfg, stage['lr'], stage['freeze'])
     opt = torch.optim.AdamW(groups, lr=stage['lr'], betas=(0.9, cfg.beta2), eps=1e-6)
-    sampler = EpochBatches(len(s.train_ds), cfg.batch_size, cfg.seed, rank=acc.process_index, world=acc.num_processes)
+    if cfg.batch_groups < 0:
+        raise VLLabError(f"batch_groups must be 0 (random batches) or a group size, got {cfg.batch_groups}")
+    vectors = caption_vectors(s.train_ds.records) if cfg.batch_groups > 1 else None
+    sampler = EpochBatches(
+        len(s.train_ds),
+        cfg.batch_size,
+        cfg.seed,
+        rank=acc.process_index,
+        world=acc.num_processes,
+        vectors=vectors,
+        group=cfg.batch_groups,
+    )
     if len(sampler) == 0:
         raise VLLabError(f"{len(s.train_ds)} training images are fewer than one batch of {cfg.batch_size}")
     sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(cfg.warmup_steps, stage['epochs'] * len(sampler)))
