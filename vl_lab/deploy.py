@@ -46,11 +46,14 @@ __all__ = [
 
 # %% ../nbs/50_deploy.ipynb #875fd43b
 class ImageEncoder(nn.Module):
-    "pixels (B, 3, H, W) -> normalised image embedding (B, D)."
+    """pixels (B, 3, H, W) -> normalised image embedding (B, D). In the wrapped model's mode (eval, for a loaded run):
+    the ONNX exporter puts a module back in its own mode afterwards, and a wrapper in train mode would leave BatchNorm
+    reading batch statistics."""
 
     def __init__(self, model):
         super().__init__()
         self.image_tower, self.image_proj = model.image_tower, model.image_proj
+        self.train(model.training)
 
     def forward(self, pixels):
         return nn.functional.normalize(self.image_proj(self.image_tower(pixels)[0]), dim=-1)
@@ -62,6 +65,7 @@ class TextEncoder(nn.Module):
     def __init__(self, model):
         super().__init__()
         self.text_tower, self.text_proj = model.text_tower, model.text_proj
+        self.train(model.training)
 
     def forward(self, input_ids, attention_mask):
         return nn.functional.normalize(self.text_proj(self.text_tower(input_ids, attention_mask)[0]), dim=-1)
