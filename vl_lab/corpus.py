@@ -18,6 +18,7 @@ __all__ = [
     'DEFAULT_DATA',
     'KINDS',
     'SCORER_FOLDS',
+    'SCORER_OVERRIDES',
     'ensure_corpus',
     'cleaning_settings',
     'ensure_clean',
@@ -28,6 +29,9 @@ __all__ = [
 DEFAULT_DATA = Path('data/shapes')
 KINDS = ('raw', 'clean', 'consistent')
 SCORER_FOLDS = 3  # the consistency scorer's folds (vl_lab.selfscore)
+# the scorer's fold models: cpu-tiny with 8 epochs, not its 12 (the scorer ranks pairs; 12 epochs cost its folds a
+# third more time before any run of the plan can start)
+SCORER_OVERRIDES = ('epochs=8',)
 
 
 def ensure_corpus(data_dir=DEFAULT_DATA, default=None) -> Path:
@@ -54,6 +58,7 @@ def cleaning_settings(kind: str) -> dict:
         scorer='self',
         folds=SCORER_FOLDS,
         preset=PRESETS['cpu-tiny'],
+        overrides=list(SCORER_OVERRIDES),
     )
 
 
@@ -75,7 +80,7 @@ def ensure_clean(data_dir, clean_dir, data_hash: str, kind: str = 'clean') -> Pa
     if kind == 'consistent':
         from vl_lab.selfscore import SelfScorer
 
-        scorer = SelfScorer(folds=SCORER_FOLDS)
+        scorer = SelfScorer(folds=SCORER_FOLDS, overrides=SCORER_OVERRIDES)
     clean_corpus(
         data_dir,
         clean_dir,
