@@ -547,6 +547,18 @@ d = {
                 'transforms.html#pairtransform._jitter',
                 'vl_lab/transforms.py',
             ),
+            'vl_lab.transforms.PairTransform.augment': (
+                'transforms.html#pairtransform.augment',
+                'vl_lab/transforms.py',
+            ),
+            'vl_lab.transforms.PairTransform.preparable': (
+                'transforms.html#pairtransform.preparable',
+                'vl_lab/transforms.py',
+            ),
+            'vl_lab.transforms.PairTransform.prepare': (
+                'transforms.html#pairtransform.prepare',
+                'vl_lab/transforms.py',
+            ),
             'vl_lab.transforms.TransformConfig': ('transforms.html#transformconfig', 'vl_lab/transforms.py'),
             'vl_lab.transforms._article': ('transforms.html#_article', 'vl_lab/transforms.py'),
             'vl_lab.transforms._crop_box': ('transforms.html#_crop_box', 'vl_lab/transforms.py'),

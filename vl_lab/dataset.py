@@ -99,7 +99,10 @@ class PairDataset(torch.utils.data.Dataset):
         random_tf = train and (
             transform.random_resized_crop or transform.hflip_p > 0 or transform.color_jitter or transform.synonym_p > 0
         )
+        # with the images in memory, the fixed part of the transform (resize, crop, normalize) is done once; when the
+        # transform also has random crops or colour jitter, each pair starts again from the resized image
         self.cache, self.fixed = len(records) <= cache_limit, not random_tf
+        self.prepared = self.cache and self.tf.preparable
         for r in records:
             if not r.captions:
                 self.skipped['no caption'] += 1
@@ -109,8 +112,8 @@ class PairDataset(torch.utils.data.Dataset):
                 self.skipped[img] += 1
                 continue
             self.records.append(r)
-            if self.cache:  # fixed preprocessing is done once; random augmentation starts from the resized image
-                self.images.append(img if random_tf else self.tf(img, None, np.random.default_rng(0))[0])
+            if self.cache:
+                self.images.append(self.tf.prepare(img) if self.prepared else img)
 
     def _decode(self, r: Record):
         try:
@@ -138,10 +141,9 @@ class PairDataset(torch.utils.data.Dataset):
         return len(self.records)
 
     def image(self, i, rng):
-        img = self.images[i] if self.cache else self._decode(self.records[i])
-        if self.cache and self.fixed:
-            return img
-        return self.tf(img, None, rng)[0]
+        if self.prepared:
+            return self.tf.augment(self.images[i], None, rng)[0]
+        return self.tf(self.images[i] if self.cache else self._decode(self.records[i]), None, rng)[0]
 
     def __getitem__(self, key):
         epoch, i = key
@@ -150,6 +152,8 @@ class PairDataset(torch.utils.data.Dataset):
         caps = [r.captions[(j + s) % len(r.captions)] for s in range(self.k)]  # distinct while the image has k
         if self.fixed:
             pixels = self.image(i, rng)
+        elif self.prepared:
+            pixels, caps = self.tf.augment(self.images[i], caps, rng)
         else:
             pixels, caps = self.tf(self.images[i] if self.cache else self._decode(self.records[i]), caps, rng)
         item = dict(pixels=pixels, caption=caps[0])

@@ -230,22 +230,50 @@ class PairTransform:
             x = fn(x, float(factor))
         return x
 
-    def __call__(self, img, caption: str | list[str] | None, rng: np.random.Generator | None = None):
+    @property
+    def preparable(self) -> bool:
+        """Whether every image goes through the same resize, crop and normalisation, and only flips (and caption
+        synonyms) are drawn per pair: no random crop, no colour jitter. Then `prepare` can run once per image."""
+        return not (self.train and (self.cfg.random_resized_crop or self.cfg.color_jitter))
+
+    def prepare(self, img) -> torch.Tensor:
+        "The fixed part of the transform: resize the shorter side, center crop, scale, normalize."
         c, x = self.cfg, to_tensor_image(img)
+        x = F.center_crop(F.resize(x, [c.size], InterpolationMode.BICUBIC, antialias=True), [c.size, c.size])
+        return F.normalize(F.to_dtype(x, torch.float32, scale=True), *NORMALIZE[c.mean_std]).contiguous()
+
+    def augment(self, x: torch.Tensor, caption, rng: np.random.Generator | None = None):
+        """The per-pair part, for a `preparable` transform, on a prepared image: flip (the caption's left and right
+        swapped with it) and synonyms. A flip commutes with the per-channel scaling, so this equals the whole
+        transform."""
+        c = self.cfg
         if self.train and rng is None:
             raise VLLabError("a training transform needs a numpy Generator (e.g. pair_rng(seed, epoch, index))")
-        if self.train and c.random_resized_crop:
+        if self.train:
+            if c.hflip_p > 0 and rng.random() < c.hflip_p:
+                x = F.horizontal_flip(x).contiguous()
+                caption = _each(caption, flip_caption)
+            if c.synonym_p > 0:
+                caption = _each(caption, lambda t: synonym_replace(t, rng, c.synonym_p))
+        return x, caption
+
+    def __call__(self, img, caption: str | list[str] | None, rng: np.random.Generator | None = None):
+        if self.preparable:
+            return self.augment(self.prepare(img), caption, rng)
+        c, x = self.cfg, to_tensor_image(img)
+        if rng is None:
+            raise VLLabError("a training transform needs a numpy Generator (e.g. pair_rng(seed, epoch, index))")
+        if c.random_resized_crop:
             top, left, h, w = _crop_box(*x.shape[-2:], (c.crop_scale_min, c.crop_scale_max), rng)
             x = F.resized_crop(x, top, left, h, w, [c.size, c.size], InterpolationMode.BICUBIC, antialias=True)
         else:
             x = F.center_crop(F.resize(x, [c.size], InterpolationMode.BICUBIC, antialias=True), [c.size, c.size])
-        if self.train:
-            if c.hflip_p > 0 and rng.random() < c.hflip_p:
-                x = F.horizontal_flip(x)
-                caption = _each(caption, flip_caption)
-            if c.color_jitter:
-                x = self._jitter(x, rng)
-            if c.synonym_p > 0:
-                caption = _each(caption, lambda t: synonym_replace(t, rng, c.synonym_p))
+        if c.hflip_p > 0 and rng.random() < c.hflip_p:
+            x = F.horizontal_flip(x)
+            caption = _each(caption, flip_caption)
+        if c.color_jitter:
+            x = self._jitter(x, rng)
+        if c.synonym_p > 0:
+            caption = _each(caption, lambda t: synonym_replace(t, rng, c.synonym_p))
         x = F.normalize(F.to_dtype(x, torch.float32, scale=True), *NORMALIZE[c.mean_std])
         return x.contiguous(), caption
