@@ -74,7 +74,7 @@ def test_ddp_two_processes_match_one(corpus, tmp_path):
     run_cli(*args, '--out', tmp_path / 'one', check=True)
     torchrun = str(Path(sys.executable).parent / 'torchrun')
 
-    def two(*extra, out='two'):
+    def torchrun_two(*extra, out='two'):
         cmd = [
             torchrun,
             '--standalone',
@@ -87,7 +87,7 @@ def test_ddp_two_processes_match_one(corpus, tmp_path):
         ]
         return subprocess.run(cmd, capture_output=True, text=True, timeout=900)
 
-    r = two()
+    r = torchrun_two()
     assert r.returncode == 0, r.stderr[-3000:]
     one = json.loads((tmp_path / 'one' / 'metrics.json').read_text())['final']
     two = json.loads((tmp_path / 'two' / 'metrics.json').read_text())['final']
@@ -95,7 +95,7 @@ def test_ddp_two_processes_match_one(corpus, tmp_path):
     assert prov['processes'] == 2
     assert abs(one['val_loss'] - two['val_loss']) < 0.02, (one, two)
     assert abs(one['val_t2i_r1'] - two['val_t2i_r1']) <= 0.05, (one, two)
-    r = two('--set', 'model.conv_norm=batch', out='bn')  # BatchNorm: a clear error, not per-process statistics
+    r = torchrun_two('--set', 'model.conv_norm=batch', out='bn')  # BatchNorm: a clear error, not per-process statistics
     assert r.returncode != 0
     assert 'syncs BatchNorm statistics on GPUs only' in r.stderr
 
