@@ -96,12 +96,9 @@ class PairDataset(torch.utils.data.Dataset):
         self.answer_id = {a: i for i, a in enumerate(answers or [])}
         self.records, self.images, self.skipped = [], [], Counter()
         self.disk_cache = decoded_cache_dir()
-        random_tf = train and (
-            transform.random_resized_crop or transform.hflip_p > 0 or transform.color_jitter or transform.synonym_p > 0
-        )
         # with the images in memory, the fixed part of the transform (resize, crop, normalize) is done once; when the
         # transform also has random crops or colour jitter, each pair starts again from the resized image
-        self.cache, self.fixed = len(records) <= cache_limit, not random_tf
+        self.cache = len(records) <= cache_limit
         self.prepared = self.cache and self.tf.preparable
         for r in records:
             if not r.captions:
@@ -150,9 +147,7 @@ class PairDataset(torch.utils.data.Dataset):
         r, rng = self.records[i], np.random.default_rng([self.seed, epoch, i])
         j = int(rng.integers(len(r.captions))) if self.train else 0
         caps = [r.captions[(j + s) % len(r.captions)] for s in range(self.k)]  # distinct while the image has k
-        if self.fixed:
-            pixels = self.image(i, rng)
-        elif self.prepared:
+        if self.prepared:
             pixels, caps = self.tf.augment(self.images[i], caps, rng)
         else:
             pixels, caps = self.tf(self.images[i] if self.cache else self._decode(self.records[i]), caps, rng)
