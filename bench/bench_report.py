@@ -4,11 +4,12 @@ so the figure is the lab's own time, not the one-off install (about 2.5 minutes,
 an empty cache of decoded images (VL_LAB_CACHE in a fresh folder), as on a fresh machine. Run it on a quiet
 machine: two runs share 2 cores, and anything else heavy slows them.
 
-    python bench/bench_report.py [--jobs 2] [--smoke-only] [--twice]
+    python bench/bench_report.py [--jobs 2] [--smoke-only] [--twice] [--keep DIR]
 
 Aims: the default plan under 10 minutes on 2 cores (ratio to that budget printed); the smoke plan under 3 minutes.
 `--twice` builds the default plan twice from cold at the same path and checks that every run's metrics.json is
 byte-identical, naming any that differs and whether it differs only in measured times (latencies, keys *_ms).
+`--keep DIR` copies the last default-plan build's reports/ folder to DIR (the page and every run), to read its figures.
 """
 
 import argparse
@@ -27,6 +28,7 @@ ap = argparse.ArgumentParser()
 ap.add_argument('--jobs', type=int, default=2)
 ap.add_argument('--smoke-only', action='store_true')
 ap.add_argument('--twice', action='store_true')
+ap.add_argument('--keep', type=Path, help="copy the last default-plan build's reports/ folder here")
 args = ap.parse_args()
 SMOKE = dict(
     preset='cpu-tiny',
@@ -94,6 +96,9 @@ def cold(plan_name, plan=None, budget_min=None) -> dict:
         )
         for p in runs
     }
+    if args.keep and not plan:
+        subprocess.run(['rm', '-rf', str(args.keep)], check=True)
+        subprocess.run(['cp', '-r', str(clone / 'reports'), str(args.keep)], check=True)
     subprocess.run(['rm', '-rf', str(clone), str(cache)], check=True)
     return out
 

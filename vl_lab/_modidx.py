@@ -309,9 +309,11 @@ d = {
             'vl_lab.labnote.mean_std': ('labnote.html#mean_std', 'vl_lab/labnote.py'),
             'vl_lab.labnote.next_steps_section': ('labnote.html#next_steps_section', 'vl_lab/labnote.py'),
             'vl_lab.labnote.results_markdown': ('labnote.html#results_markdown', 'vl_lab/labnote.py'),
+            'vl_lab.labnote.run_epochs': ('labnote.html#run_epochs', 'vl_lab/labnote.py'),
             'vl_lab.labnote.runs_section': ('labnote.html#runs_section', 'vl_lab/labnote.py'),
             'vl_lab.labnote.training_section': ('labnote.html#training_section', 'vl_lab/labnote.py'),
             'vl_lab.labnote.weak_score': ('labnote.html#weak_score', 'vl_lab/labnote.py'),
+            'vl_lab.labnote.zero_shot_source': ('labnote.html#zero_shot_source', 'vl_lab/labnote.py'),
         },
         'vl_lab.losses': {
             'vl_lab.losses.caption_loss': ('losses.html#caption_loss', 'vl_lab/losses.py'),

@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 from .data import resolve_inside
+from .labnote import zero_shot_source
 from .page import fig_html, render, thumb_html
 
 # %% auto #0
@@ -66,7 +67,8 @@ def _confusion_figure(z: dict):
 
 
 def evidence_section(runs, n: int = 6) -> dict | None:
-    "Retrieved images, captions, VQA answers and zero-shot confusion matrices of the first run that has each."
+    """Retrieved images, captions and VQA answers of the first run that has each; the zero-shot confusion matrices of
+    the first run of the experiment the conclusions take zero-shot figures from (`labnote.zero_shot_source`)."""
     done = [r for r in runs if 'metrics' in r and r['metrics'].get('eval')]
     if not done:
         return None
@@ -121,7 +123,8 @@ def evidence_section(runs, n: int = 6) -> dict | None:
             render('<h3>VQA ({{ name }}, seed {{ seed }})</h3>', name=vqa['name'], seed=vqa['seed'])
             + render(_VQA, rows=rows)
         )
-    if zs := next((r for r in done if r['metrics']['eval'].get('zero_shot')), None):
+    zname = zero_shot_source(done)
+    if zs := next((r for r in done if r['name'] == zname), None):
         figs = [
             fig_html(_confusion_figure(z), f'zero-shot confusion: {k}')
             for k, z in zs['metrics']['eval']['zero_shot'].items()

@@ -28,6 +28,8 @@ __all__ = [
     'data_ablations',
     'cleaning_conclusions',
     'weak_score',
+    'run_epochs',
+    'zero_shot_source',
     'conclusions_section',
     'next_steps_section',
     'results_markdown',
@@ -368,6 +370,34 @@ def weak_score(acc: float, chance: float) -> bool:
     return acc < max(2 * chance, 0.5)
 
 
+def run_epochs(r) -> int:
+    "A run's training epochs, over all its stages (0 where its config says none)."
+    p = r.get('params') or {}
+    return sum(int(s.get('epochs', p.get('epochs', 0))) for s in p.get('stages') or []) or int(p.get('epochs', 0))
+
+
+def zero_shot_source(runs) -> str | None:
+    """The experiment whose zero-shot figures the conclusions give: among the experiments trained like the most
+    thoroughly cleaned arm of a data ablation (same data, preset, teacher and tasks), the one trained for the most
+    epochs, the arm itself on a tie; without an ablation, the first experiment that measured zero-shot."""
+    g = _groups(runs)
+    has = [n for n, rs in g.items() if rs[0]['metrics'].get('eval', {}).get('zero_shot')]
+    best = [arms[-1][1] for arms in data_ablations(runs) if arms[-1][1] in has]
+    if not best:
+        return has[0] if has else None
+
+    def how(n):
+        p = g[n][0].get('plan_params') or {}
+        return (
+            p.get('data'),
+            p.get('preset'),
+            p.get('teacher'),
+            (g[n][0].get('params') or {}).get('model', {}).get('tasks'),
+        )
+
+    return max([n for n in best + has if how(n) == how(best[0])], key=lambda n: run_epochs(g[n][0]))
+
+
 def conclusions_section(runs, metric=('retrieval', 't2i_R@1')) -> dict:
     "Conclusions drawn from measured differences, each with its spread."
     g = _groups(runs)
@@ -418,8 +448,8 @@ def conclusions_section(runs, metric=('retrieval', 't2i_R@1')) -> dict:
             f"with the from-scratch text tower "
             f"({'one seed: not a conclusion' if not c['enough_seeds'] else _verdict(c, 'it')})."
         )
-    best = [arms[-1][1] for arms in data_ablations(runs)]  # the most thoroughly cleaned arm speaks for the dual encoder
-    zs = next((n for n in best + list(g) if g[n][0]['metrics'].get('eval', {}).get('zero_shot')), None)
+    zs = zero_shot_source(runs)
+    arm = next((arms[-1][1] for arms in data_ablations(runs) if arms[-1][1] != zs), None)
     for t in g[zs][0]['metrics']['eval']['zero_shot'] if zs else {}:
         acc = mean_std([_zs(r, t, 'accuracy') for r in g[zs]])
         ch = mean_std([_zs(r, t, 'chance_accuracy') for r in g[zs]])[0]
@@ -436,9 +466,12 @@ def conclusions_section(runs, metric=('retrieval', 't2i_R@1')) -> dict:
             )
         elif probe[2]:
             why = f" A linear probe on the image embedding reads it at {probe[0]:.3f}."
+        if arm and (a := mean_std([_zs(r, t, 'accuracy') for r in g[arm]]))[2]:
+            why += f" The ablation arm {arm} ({run_epochs(g[arm][0])} epochs) reads it at {fmt_ms(*a)}."
         items.append(
-            f"Zero-shot, {_zs(g[zs][0], t, 'what')} ({zs}): accuracy {fmt_ms(*acc)} against {ch:.3f} for the majority "
-            f"class: {'better than' if better else 'not measurably better than'} guessing.{why}"
+            f"Zero-shot, {_zs(g[zs][0], t, 'what')} ({zs}, {run_epochs(g[zs][0])} epochs): accuracy {fmt_ms(*acc)} "
+            f"against {ch:.3f} for the majority class: {'better than' if better else 'not measurably better than'} "
+            f"guessing.{why}"
         )
     if not items:
         items.append('No completed runs to conclude from.')
