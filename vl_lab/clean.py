@@ -34,6 +34,7 @@ from .core import VLLabError, atomic_write, config_to_dict, write_json
 from .images import Verdict, decode_image, read_header
 from .data import Record, load_records
 from .executor import make_executor
+from .splits import assign_splits
 
 # %% auto #0
 __all__ = [
@@ -42,9 +43,11 @@ __all__ = [
     'inspect_record',
     'inspect_corpus',
     'mark_duplicates',
+    'split_leaks',
     'score_consistency',
     'write_outputs',
     'clean_corpus',
+    'read_manifest_rows',
 ]
 
 # %% ../nbs/03a_clean.ipynb #56a6b4e6
@@ -246,6 +249,32 @@ def mark_duplicates(results: list[dict], cfg: CleanConfig, rules: set) -> None:
             kept.append((h, thumb, r['id']))
 
 
+def split_leaks(results: list[dict], cfg: CleanConfig, limit: int = 20) -> dict:
+    """Kept training images that are near copies (perceptual hash within `cfg.phash_radius`, thumbnails correlated
+    above `cfg.near_dup_min_corr`) of a kept val or test image: a test that training has seen (DataComp removes such
+    copies of its evaluation sets). {count, examples: [{train, other, split, distance}]}."""
+    held, buckets = [], {}
+    kept = [r for r in results if r['image']['verdict'] is None and 'phash' in r['image']]
+    for r in kept:
+        if r['split'] in ('val', 'test'):
+            h = int(r['image']['phash'], 16)
+            for key in _bands(h, cfg.phash_radius):
+                buckets.setdefault(key, []).append(len(held))
+            held.append((h, np.frombuffer(bytes.fromhex(r['image']['thumb']), np.uint8), r))
+    out = []
+    for r in kept:
+        if r['split'] != 'train':
+            continue
+        h, thumb = int(r['image']['phash'], 16), np.frombuffer(bytes.fromhex(r['image']['thumb']), np.uint8)
+        for j in sorted({j for key in _bands(h, cfg.phash_radius) for j in buckets.get(key, ())}):
+            o = held[j]
+            d = bin(h ^ o[0]).count('1')
+            if d <= cfg.phash_radius and thumb_correlation(thumb, o[1]) > cfg.near_dup_min_corr:
+                out.append(dict(train=r['source'], other=o[2]['source'], split=o[2]['split'], distance=d))
+                break
+    return dict(count=len(out), examples=out[:limit])
+
+
 # %% ../nbs/03a_clean.ipynb #09a01dba
 def _pair_rows(r: dict) -> list[dict]:
     "Manifest rows of one record: one per caption (one for a record with no caption)."
@@ -438,9 +467,11 @@ def clean_corpus(
     progress: bool = True,
     executor: str = 'local',
     address: str | None = None,
+    load_opts: dict | None = None,
 ) -> dict:
-    """Clean the corpus at `input` into `out_dir`; resumes an interrupted run with the same settings.
-    Returns the summary."""
+    """Clean the corpus at `input` into `out_dir`; resumes an interrupted run with the same settings. Every image gets
+    a split (`splits.assign_splits`: the corpus's own, else by a hash of the image), and near copies across splits are
+    counted. Returns the summary; a corpus that keeps no pair is an error once the manifest is written."""
     cfg = cfg or CleanConfig()
     rules = enabled_rules(cfg)
     if 'consistency' in rules and scorer is None:
@@ -450,7 +481,9 @@ def clean_corpus(
         raise VLLabError(f"cannot write to {out_dir}: it is a file")
     if (out_dir / 'summary.json').exists() and not overwrite:
         raise VLLabError(f"{out_dir} already holds a cleaned corpus (pass --overwrite to redo it)")
-    records = load_records(input, format, image_root)  # format errors surface here, before anything is written
+    records = load_records(
+        input, format, image_root, **(load_opts or {})
+    )  # format errors surface here, before anything is written
     meta = dict(
         input=str(input),
         format=format,
@@ -471,8 +504,25 @@ def clean_corpus(
     n = inspect_corpus(records, work, cfg, rules, workers, shard_size, progress, executor, address)
     results = [json.loads(line) for i in range(n) for line in (work / f'shard-{i:06d}.jsonl').read_text().splitlines()]
     mark_duplicates(results, cfg, rules)
+    splits, how = assign_splits([r['source'] for r in results], [r['split'] for r in results])
+    for r, s in zip(results, splits):
+        r['split'] = s
     if 'consistency' in rules:
         meta = dict(meta, consistency=score_consistency(results, scorer, cfg, work / 'images'))
+    meta = dict(meta, splits=how, split_leaks=split_leaks(results, cfg))
     summary = write_outputs(results, work, out_dir, meta)
     shutil.rmtree(work)
+    if summary['kept_pairs'] == 0:
+        why = ', '.join(f'{k} {v}' for k, v in summary['rejected_by_rule'].items()) or 'the corpus holds no pairs'
+        first = next((m['detail'] for m in read_manifest_rows(out_dir) if m['detail']), '')
+        raise VLLabError(
+            f"{input}: no usable pair: {summary['rejected_pairs']} of {summary['input_pairs']} rejected ({why})"
+            + (f"; first: {first[:160]}" if first else '')
+            + (' - name the images\' folder with --image-root' if 'missing_file' in summary['rejected_by_rule'] else '')
+        )
     return summary
+
+
+def read_manifest_rows(out_dir) -> list[dict]:
+    "The rows of a cleaned corpus's manifest.jsonl."
+    return [json.loads(line) for line in (Path(out_dir) / 'manifest.jsonl').read_text().splitlines()]

@@ -6,19 +6,28 @@
 from __future__ import annotations
 import hashlib
 import json
+import os
+import re
 from pathlib import Path
 
 from .clean import clean_corpus
 from .cleaning import ALL_RULES, CleanConfig
-from .core import VLLabError, config_to_dict, dir_sha256
+from .core import VLLabError, config_to_dict, dir_sha256, read_json
+from .data import detect_format, load_records
 from .synthetic import synth, synth_config
 
 # %% auto #0
 __all__ = [
     'DEFAULT_DATA',
+    'DATA_ROOT',
     'KINDS',
     'SCORER_FOLDS',
     'SCORER_OVERRIDES',
+    'data_root',
+    'lab_made',
+    'input_fingerprint',
+    'bring_in',
+    'derived_dir',
     'ensure_corpus',
     'cleaning_settings',
     'ensure_clean',
@@ -27,6 +36,7 @@ __all__ = [
 
 # %% ../nbs/40a_corpus.ipynb #69d7b996
 DEFAULT_DATA = Path('data/shapes')
+DATA_ROOT = Path('data')  # where derived corpora go (`--data-root`, or $VL_LAB_DATA)
 KINDS = ('raw', 'clean', 'consistent')
 SCORER_FOLDS = 3  # the consistency scorer's folds (vl_lab.selfscore)
 # the scorer's fold models: cpu-tiny with 8 epochs, not its 12 (the scorer ranks pairs; 12 epochs cost its folds a
@@ -34,17 +44,105 @@ SCORER_FOLDS = 3  # the consistency scorer's folds (vl_lab.selfscore)
 SCORER_OVERRIDES = ('epochs=8',)
 
 
-def ensure_corpus(data_dir=DEFAULT_DATA, default=None) -> Path:
-    "`data_dir`, generating the default shapes corpus there when it is the default folder and holds no corpus."
-    data_dir = Path(data_dir)
-    if (data_dir / 'annotations.json').exists():
-        return data_dir
-    is_default = default if default is not None else data_dir.resolve() == DEFAULT_DATA.resolve()
-    if not is_default:
-        raise VLLabError(f"{data_dir}: no annotations.json (run `vl-lab synth {data_dir}` or point --data at a corpus)")
-    print(f"generating the default shapes corpus into {data_dir} ...", flush=True)
-    synth(data_dir, synth_config(), overwrite=True)
-    return data_dir
+def data_root(root=None) -> Path:
+    "The folder derived corpora go under: `root`, else $VL_LAB_DATA, else `data/` of the working folder."
+    return Path(root or os.environ.get('VL_LAB_DATA') or DATA_ROOT)
+
+
+def lab_made(data_dir) -> bool:
+    "Whether `data_dir` is a corpus in the lab's form that the lab wrote (`vl-lab synth`, `vl-lab clean`)."
+    p = Path(data_dir) / 'annotations.json'
+    if not p.is_file():
+        return False
+    info = read_json(p).get('info') or {}
+    return isinstance(info, dict) and (
+        str(info.get('generator', '')).startswith('vl_lab')
+        or str(info.get('description', '')).startswith('cleaned by vl_lab')
+    )
+
+
+def input_fingerprint(input, format: str, image_root=None, load_opts: dict | None = None) -> str:
+    """sha256 of what the lab reads of a corpus: every record (id, image name, captions, split, other fields) and its
+    image (the bytes of a streamed one; the size and modification time of a file), in the format and options read."""
+    h = hashlib.sha256(
+        json.dumps(dict(format=format, root=str(image_root or ''), opts=load_opts or {}), sort_keys=True).encode()
+    )
+    for r in load_records(input, format, image_root, **(load_opts or {})):
+        h.update(
+            json.dumps(
+                [r.id, r.image.source, r.captions, r.split, r.extra, r.image.error], sort_keys=True, default=str
+            ).encode('utf-8', 'surrogateescape')
+        )
+        if r.image.data is not None:
+            h.update(hashlib.sha256(r.image.data).digest())
+        elif r.image.path is not None:
+            st = r.image.path.stat() if r.image.path.exists() else None
+            h.update(f'{st.st_size if st else -1}:{st.st_mtime_ns if st else -1}'.encode())
+    return h.hexdigest()
+
+
+def _name(input) -> str:
+    "A short folder name for a corpus: its folder's name, or its file's stem, safe on any file system."
+    s = str(input)
+    p = Path(s)
+    name = Path(s.split('{')[0] + 'x').parent.name if '{' in s else p.stem if p.is_file() else p.name
+    return re.sub(r'[^A-Za-z0-9._-]+', '_', name).strip('._') or 'corpus'
+
+
+def bring_in(input, format: str | None = None, image_root=None, load_opts: dict | None = None, root=None) -> Path:
+    """The corpus at `input` in the lab's form (a COCO folder with a split for every image, `annotations.json` +
+    `images/`, and its import manifest), made once under `root/corpora/NAME-HASH/NAME`, keyed by the input's content,
+    never written into or beside the input. A corpus the lab made itself is used where it is."""
+    if format is None and Path(input).is_dir() and lab_made(input):
+        return Path(input)
+    fmt = format or detect_format(input)
+    key = input_fingerprint(input, fmt, image_root, load_opts)
+    name = _name(input)
+    dest = data_root(root) / 'corpora' / f'{name}-{key[:12]}' / name
+    stamp = dest / 'source_hash.txt'
+    if (dest / 'summary.json').exists() and stamp.exists() and stamp.read_text().split()[-1] == key:
+        return dest
+    print(f"bringing {input} ({fmt}) into the lab's form in {dest} ...", flush=True)
+    clean_corpus(
+        input,
+        dest,
+        CleanConfig(rules=''),
+        format=fmt,
+        image_root=image_root,
+        overwrite=True,
+        progress=False,
+        load_opts=load_opts,
+    )
+    stamp.write_text(f"{key}\n")
+    return dest
+
+
+def derived_dir(raw: Path, kind: str, data_hash: str, root=None) -> Path:
+    """Where the `kind` cleaning of `raw` goes: beside it when the lab made it and may write there (`data/shapes-clean`),
+    else under `root/corpora/NAME-HASH/` (a corpus in the lab's form that the user keeps elsewhere stays untouched)."""
+    raw = Path(raw)
+    if lab_made(raw) and os.access(raw.parent, os.W_OK):
+        return raw.with_name(f'{raw.name}-{kind}')
+    return data_root(root) / 'corpora' / f'{raw.name}-{data_hash[:12]}' / f'{raw.name}-{kind}'
+
+
+def ensure_corpus(data_dir=DEFAULT_DATA, default=None, format=None, image_root=None, load_opts=None, root=None) -> Path:
+    """The raw corpus at `data_dir` in the lab's form (`bring_in`), generating the default shapes corpus there when it
+    is the default folder and holds no corpus."""
+    data_dir = Path(data_dir) if '{' not in str(data_dir) else data_dir
+    is_default = default if default is not None else Path(data_dir).resolve() == DEFAULT_DATA.resolve()
+    if is_default and not (Path(data_dir) / 'annotations.json').exists():
+        print(f"generating the default shapes corpus into {data_dir} ...", flush=True)
+        synth(data_dir, synth_config(), overwrite=True)
+        return Path(data_dir)
+    if (
+        format is None
+        and Path(data_dir).is_dir()
+        and (Path(data_dir) / 'annotations.json').exists()
+        and lab_made(data_dir)
+    ):
+        return Path(data_dir)
+    return bring_in(data_dir, format, image_root, load_opts, root)
 
 
 def cleaning_settings(kind: str) -> dict:
@@ -93,14 +191,25 @@ def ensure_clean(data_dir, clean_dir, data_hash: str, kind: str = 'clean') -> Pa
     return clean_dir
 
 
-def prepare_corpora(raw_dir=DEFAULT_DATA, kinds=('raw', 'clean')) -> dict:
-    "The corpora of `kinds`, made where missing or stale: {kind: folder}."
+def prepare_corpora(
+    raw_dir=DEFAULT_DATA,
+    kinds=('raw', 'clean'),
+    format=None,
+    image_root=None,
+    load_opts=None,
+    root=None,
+    check=None,
+) -> dict:
+    """The corpora of `kinds`, made where missing or stale: {kind: folder}. The raw corpus is brought into the lab's
+    form first (`ensure_corpus`); `check(raw)`, when given, runs then, before any cleaning (the plan's check)."""
     if bad := set(kinds) - set(KINDS):
         raise VLLabError(f"unknown corpus kind(s) {', '.join(sorted(bad))} (known: {', '.join(KINDS)})")
-    raw = ensure_corpus(Path(raw_dir))
+    raw = ensure_corpus(raw_dir, format=format, image_root=image_root, load_opts=load_opts, root=root)
+    if check is not None:
+        check(raw)
     out, data_hash = {'raw': raw}, None
     for kind in ('clean', 'consistent'):
         if kind in kinds:
             data_hash = data_hash or dir_sha256(raw)
-            out[kind] = ensure_clean(raw, raw.with_name(f'{raw.name}-{kind}'), data_hash, kind)
+            out[kind] = ensure_clean(raw, derived_dir(raw, kind, data_hash, root), data_hash, kind)
     return out

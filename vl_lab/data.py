@@ -8,6 +8,7 @@ import csv
 import io
 import json
 import os
+import re
 import tarfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,8 +20,13 @@ from .core import VLLabError, parse_json, read_json
 
 # %% auto #0
 __all__ = [
+    'COCO_FILE',
+    'KARPATHY_FOLDERS',
+    'IMAGE_COLUMNS',
+    'CAPTION_COLUMNS',
     'IMAGE_EXTS',
     'FORMATS',
+    'CSV_SUFFIXES',
     'decode_text',
     'has_invalid_utf8',
     'ImageRef',
@@ -29,8 +35,13 @@ __all__ = [
     'resolve_inside',
     'file_ref',
     'load_coco',
+    'coco_files',
+    'load_coco_folder',
     'load_karpathy',
+    'sniff_delimiter',
     'load_csv',
+    'expand_braces',
+    'shard_paths',
     'load_webdataset',
     'load_imagefolder',
     'detect_format',
@@ -117,13 +128,23 @@ def file_ref(root: Path, rel: str, boundary: Path | None = None) -> ImageRef:
 
 
 # %% ../nbs/02_data.ipynb #8218c275
-def _default_root(json_path: Path, image_root) -> tuple[Path, Path]:
-    """(image root, boundary): a root the user names is trusted as it is; the default one (`images/` beside the JSON,
-    else the JSON's folder) must keep every image's real path inside the JSON's folder."""
+def _default_root(json_path: Path, image_root, rels=(), candidates=()) -> tuple[Path, Path]:
+    """(image root, boundary) of the images a JSON file names (`rels`: a few of their relative paths). A root the user
+    names is trusted as it is. Otherwise the first of `candidates` ((root, boundary) pairs, after `images/` beside the
+    JSON and the JSON's folder) that holds most of `rels` is taken (the first one when none holds any); every image's
+    real path must stay inside that root's boundary."""
     if image_root:
         return Path(image_root), Path(image_root)
     folder = json_path.parent
-    return (folder / 'images' if (folder / 'images').is_dir() else folder), folder
+    options = [(folder / 'images', folder), (folder, folder), *candidates]
+    options = [(r, b) for r, b in options if Path(r).is_dir()] or [(folder, folder)]
+    sample = [r for r in rels if isinstance(r, str) and r][:20]
+    found = [sum(_is_file(resolve_inside(r, rel, b)[0]) for rel in sample) for r, b in options]
+    return options[found.index(max(found))] if sample else options[0]
+
+
+def _is_file(p) -> bool:
+    return p is not None and p.is_file()
 
 
 def _kind(x) -> str:
@@ -149,15 +170,34 @@ def _object_list(d: dict, key: str, path: Path) -> list:
     return xs
 
 
+COCO_FILE = re.compile(r'captions_(train|val|test)(\d{4})\.json$')
+
+
+def _coco_candidates(ann_file: Path) -> list:
+    """Where COCO puts the images of `annotations/captions_val2017.json`: `val2017/` beside the `annotations` folder
+    (or in an `images/` folder there), the COCO root being the boundary."""
+    m = COCO_FILE.search(ann_file.name)
+    if not m:
+        return []
+    top = ann_file.parent.parent if ann_file.parent.name == 'annotations' else ann_file.parent
+    name = f'{m.group(1)}{m.group(2)}'
+    return [(top / name, top), (top / 'images' / name, top), (top / 'images', top), (top, top)]
+
+
 def load_coco(ann_file, image_root=None) -> Iterator[Record]:
     """Records of a COCO captions annotation file. An image entry that is not an object, or that repeats an earlier
     entry's id, is a refused record (its captions stay with the first); annotations and questions of the wrong type
-    are a one-line error naming the place (they belong to no image that could carry the rejection)."""
+    are a one-line error naming the place (they belong to no image that could carry the rejection). The images are
+    where COCO puts them (`val2017/` beside `annotations/`), else in `images/` beside the file, else beside it; a file
+    named like COCO's (`captions_val2017.json`) gives its images that split unless they carry their own."""
     ann_file = Path(ann_file)
     d = read_json(ann_file)
-    root, bound = _default_root(ann_file, image_root)
     if not isinstance(d, dict) or not isinstance(d.get('images'), list) or not isinstance(d.get('annotations'), list):
         raise VLLabError(f"{ann_file}: not COCO captions (needs 'images' and 'annotations' lists)")
+    rels = [im.get('file_name') for im in d['images'][:20] if isinstance(im, dict)]
+    cands = _coco_candidates(ann_file)
+    root, bound = _default_root(ann_file, image_root, rels, cands)
+    file_split = m.group(1) if (m := COCO_FILE.search(ann_file.name)) else None
     caps, qs, first = {}, {}, {}
     for a in _object_list(d, 'annotations', ann_file):
         c = a.get('caption')
@@ -185,9 +225,31 @@ def load_coco(ann_file, image_root=None) -> Iterator[Record]:
             id=str(im.get('id')),
             image=file_ref(root, im.get('file_name') or '', bound),
             captions=caps.get(k, []),
-            split=im.get('split'),
+            split=im.get('split') or file_split,
             extra=extra,
         )
+
+
+def coco_files(folder) -> list[Path]:
+    "The COCO captions files of a folder as COCO distributes it: `annotations/captions_*.json` (or at its top)."
+    folder = Path(folder)
+    return sorted(folder.glob('annotations/captions_*.json')) or sorted(folder.glob('captions_*.json'))
+
+
+def load_coco_folder(folder, image_root=None) -> Iterator[Record]:
+    """Records of every COCO captions file of `folder` (train and val together), each with its images found where
+    COCO puts them; an image id that two files share is a refused record in the later one."""
+    files = coco_files(folder)
+    if not files:
+        raise VLLabError(f"{folder}: no COCO captions files (annotations/captions_*.json)")
+    seen = {}
+    for f in files:
+        for r in load_coco(f, image_root):
+            if r.image.error is None and r.id in seen:
+                yield refused(r.image.source, f"image id {r.id} is also in {seen[r.id]}", 'duplicate_id', id=r.id)
+                continue
+            seen.setdefault(r.id, f.name)
+            yield r
 
 
 def _karpathy_problem(im, k: int) -> str | None:
@@ -206,19 +268,39 @@ def _karpathy_problem(im, k: int) -> str | None:
     return None
 
 
+KARPATHY_FOLDERS = ('flickr30k-images', 'Flicker8k_Dataset', 'Flickr8k_Dataset', 'flickr8k-images', 'Images')
+
+
+def _karpathy_candidates(json_file: Path) -> list:
+    """Where Karpathy's files are used with their images: the image folder of each dataset (`flickr30k-images/`,
+    `Flicker8k_Dataset/`, ...; `train2014/` and `val2014/` are `filepath`s) beside the file or one folder up (the
+    files come in a `caption_datasets/` folder)."""
+    out = []
+    for top in (json_file.parent, json_file.parent.parent):
+        out += [(top / name, top) for name in KARPATHY_FOLDERS] + [(top, top)]
+        out += [(d, top) for d in sorted(top.iterdir()) if d.is_dir() and not d.name.startswith('.')][:50]
+    return out
+
+
 def load_karpathy(json_file, image_root=None) -> Iterator[Record]:
-    "Records of a Karpathy split file (dataset_coco.json, dataset_flickr8k.json, dataset_flickr30k.json)."
+    """Records of a Karpathy split file (dataset_coco.json, dataset_flickr8k.json, dataset_flickr30k.json), with its
+    images found beside it or one folder up (`_karpathy_candidates`); 'restval' is train, as in the Karpathy split."""
     json_file = Path(json_file)
     d = read_json(json_file)
-    root, bound = _default_root(json_file, image_root)
     if not isinstance(d, dict) or not isinstance(d.get('images'), list):
         raise VLLabError(f"{json_file}: not a Karpathy split file (needs an 'images' list)")
+
+    def rel_of(im):
+        return '/'.join(x for x in (im.get('filepath'), im.get('filename')) if isinstance(x, str) and x)
+
+    rels = [rel_of(im) for im in d['images'][:20] if isinstance(im, dict)]
+    root, bound = _default_root(json_file, image_root, rels, _karpathy_candidates(json_file))
     first = {}
     for k, im in enumerate(d['images']):
         if why := _karpathy_problem(im, k):
             yield refused(f'images[{k}]', why)
             continue
-        rel = '/'.join(x for x in (im.get('filepath'), im.get('filename')) if x)
+        rel = rel_of(im)
         rid = im.get('cocoid', im.get('imgid', k))
         if _key(rid) in first:
             yield refused(
@@ -227,28 +309,59 @@ def load_karpathy(json_file, image_root=None) -> Iterator[Record]:
             continue
         first[_key(rid)] = k
         extra = {x: im[x] for x in ('cocoid', 'imgid', 'sentids') if x in im}
+        split = im.get('split')
         yield Record(
             id=str(rid),
             image=file_ref(root, rel, bound),
             captions=[s.get('raw', '') for s in im.get('sentences', [])],
-            split=im.get('split'),
+            split='train' if split == 'restval' else split,
             extra=extra,
         )
 
 
 # %% ../nbs/02_data.ipynb #6e330a0c
-def load_csv(path, image_root=None, img_key='filepath', caption_key='title', sep=None) -> Iterator[Record]:
-    "Records of a CSV/TSV file of image paths and captions."
+IMAGE_COLUMNS = ('filepath', 'file_name', 'filename', 'image', 'image_path', 'img', 'path')  # open_clip's first
+CAPTION_COLUMNS = ('title', 'caption', 'text', 'sentence', 'raw')
+
+
+def sniff_delimiter(header: str, path: Path) -> str:
+    "The delimiter of a CSV file from its header line: a tab, comma, semicolon or bar, whichever splits it most."
+    counts = {d: header.count(d) for d in ('\t', ',', ';', '|')}
+    best = max(counts, key=counts.get)
+    if counts[best]:
+        return best
+    return '\t' if path.suffix.lower() in ('.tsv', '.tab') else ','
+
+
+def _column(fields: list, asked: str | None, known: tuple, what: str, path: Path) -> str:
+    "The column named `asked`, else the first well-known one present; a one-line error naming what was found."
+    if asked:
+        if asked not in fields:
+            raise VLLabError(f"{path}: no {what} column {asked!r} (found {fields})")
+        return asked
+    if col := next((c for c in known if c in fields), None):
+        return col
+    raise VLLabError(
+        f"{path}: needs an {what} column ({', '.join(map(repr, known))}; or name it with --csv-{what}-key) "
+        f"(found {fields})"
+    )
+
+
+def load_csv(path, image_root=None, img_key=None, caption_key=None, sep=None) -> Iterator[Record]:
+    """Records of a CSV/TSV file of image paths and captions, as open_clip reads them: columns `filepath` and `title`
+    (or the named ones, else the first well-known ones), the delimiter sniffed from the header unless given, paths
+    relative to the file's folder. Rows of one image path are one record."""
     path = Path(path)
     root = Path(image_root) if image_root else path.parent
-    sep = sep or ('\t' if path.suffix.lower() in ('.tsv', '.tab') else ',')
     try:
         text = decode_text(path.read_bytes())
     except OSError as e:
         raise VLLabError(f"{path}: cannot read: {e.strerror or e}") from None
+    sep = sep or sniff_delimiter(text.split('\n', 1)[0], path)
     rows = csv.DictReader(io.StringIO(text, newline=''), delimiter=sep)
-    if not rows.fieldnames or img_key not in rows.fieldnames or caption_key not in rows.fieldnames:
-        raise VLLabError(f"{path}: needs columns {img_key!r} and {caption_key!r} (found {rows.fieldnames})")
+    fields = [f for f in rows.fieldnames or [] if f]
+    img_key = _column(fields, img_key, IMAGE_COLUMNS, 'image', path)
+    caption_key = _column(fields, caption_key, CAPTION_COLUMNS, 'caption', path)
     groups = {}
     for n, row in enumerate(rows, start=2):  # line 1 is the header
         rel = row.get(img_key) or ''
@@ -312,13 +425,41 @@ def _wds_record(shard: Path, key: str, parts: dict) -> Record:
     )
 
 
+def expand_braces(pattern: str) -> list[str]:
+    """The paths of a brace pattern as WebDataset and img2dataset write them: `{00000..00099}` (zero-padded ranges)
+    and `{a,b}` (alternatives), any number of each."""
+    m = re.search(r'\{([^{}]*)\}', pattern)
+    if not m:
+        return [pattern]
+    body, head, tail = m.group(1), pattern[: m.start()], pattern[m.end() :]
+    if r := re.fullmatch(r'(\d+)\.\.(\d+)', body):
+        lo, hi, w = int(r.group(1)), int(r.group(2)), len(r.group(1))
+        if hi < lo:
+            raise VLLabError(f"{pattern}: the range {{{body}}} is empty")
+        items = [f'{i:0{w}d}' for i in range(lo, hi + 1)]
+    else:
+        items = body.split(',')
+    return [x for item in items for x in expand_braces(head + item + tail)]
+
+
+def shard_paths(shards) -> list[Path]:
+    "The tar shards of a folder, a file, a brace pattern or a list; a pattern naming a missing shard is an error."
+    if not isinstance(shards, (str, Path)):
+        return [Path(s) for s in shards]
+    if '{' in str(shards):
+        paths = [Path(s) for s in expand_braces(str(shards))]
+        if missing := [p for p in paths if not p.is_file()]:
+            raise VLLabError(f"{shards}: {len(missing)} of {len(paths)} shards missing (first: {missing[0]})")
+        return paths
+    p = Path(shards)
+    return sorted(p.glob('*.tar')) if p.is_dir() else [p]
+
+
 def load_webdataset(shards) -> Iterator[Record]:
-    """Records streamed from WebDataset tar shards (one path, a folder of .tar files, or a list). A member that is a
-    link or a special file is never read, but it still makes a sample: a sample of nothing else is a refused record."""
-    if isinstance(shards, (str, Path)):
-        p = Path(shards)
-        shards = sorted(p.glob('*.tar')) if p.is_dir() else [p]
-    for shard in map(Path, shards):
+    """Records streamed from WebDataset tar shards (one path, a folder of .tar files, a brace pattern such as
+    `shards/{00000..00099}.tar`, or a list). A member that is a link or a special file is never read, but it still
+    makes a sample: a sample of nothing else is a refused record."""
+    for shard in shard_paths(shards):
         try:
             tf = tarfile.open(shard, mode='r|*')
         except (OSError, tarfile.TarError) as e:
@@ -375,28 +516,47 @@ def load_imagefolder(root) -> Iterator[Record]:
 
 # %% ../nbs/02_data.ipynb #de18cc69
 FORMATS = ('coco', 'karpathy', 'csv', 'webdataset', 'imagefolder')
+CSV_SUFFIXES = ('.csv', '.tsv', '.tab')
+
+
+def _one(p: Path, files: list, what: str) -> Path:
+    "The one file of `files`, else a one-line error naming them (the user names the file instead of the folder)."
+    if len(files) > 1:
+        raise VLLabError(f"{p}: holds {len(files)} {what} ({', '.join(f.name for f in files[:5])}): name one of them")
+    return files[0]
+
+
+def _csv_files(p: Path) -> list:
+    return sorted(f for f in p.iterdir() if f.suffix.lower() in CSV_SUFFIXES and f.is_file())
 
 
 def detect_format(input) -> str:
-    "The corpus format of `input` (a file or folder), or a `VLLabError` asking for `--format`."
+    """The corpus format of `input` (a file, a folder as the dataset is downloaded, or a brace pattern of shards), or a
+    `VLLabError` asking for `--format`."""
+    if '{' in str(input) and str(input).endswith('.tar'):
+        return 'webdataset'
     p = Path(input)
     if not p.exists():
         raise VLLabError(f"{p}: no such file or folder")
     if p.is_dir():
-        if (p / 'annotations.json').exists():
+        if (p / 'annotations.json').exists() or coco_files(p):
             return 'coco'
+        if list(p.glob('dataset_*.json')):
+            return 'karpathy'
         if (p / 'metadata.jsonl').exists() or any(p.glob('*/metadata.jsonl')):
             return 'imagefolder'
         if any(p.glob('*.tar')):
             return 'webdataset'
+        if _csv_files(p):
+            return 'csv'
         raise VLLabError(
-            f"{p}: cannot tell the corpus format (no annotations.json, metadata.jsonl or .tar shards); "
-            "name it with --format"
+            f"{p}: cannot tell the corpus format (no annotations.json, annotations/captions_*.json, dataset_*.json, "
+            "metadata.jsonl, .tar shards or .csv/.tsv file); name it with --format"
         )
     suf = p.suffix.lower()
     if suf == '.tar':
         return 'webdataset'
-    if suf in ('.csv', '.tsv', '.tab'):
+    if suf in CSV_SUFFIXES:
         return 'csv'
     if suf == '.jsonl':
         return 'imagefolder'
@@ -414,17 +574,24 @@ def detect_format(input) -> str:
 
 
 def load_records(input, format: str | None = None, image_root=None, **opts) -> Iterator[Record]:
-    "Records of the corpus at `input`, in the named or detected `format`."
+    """Records of the corpus at `input`, in the named or detected `format`; `opts` go to `load_csv` (`img_key`,
+    `caption_key`, `sep`)."""
     fmt = format or detect_format(input)
     p = Path(input)
     if fmt == 'coco':
-        return load_coco(p / 'annotations.json' if p.is_dir() else p, image_root)
+        if not p.is_dir():
+            return load_coco(p, image_root)
+        if (p / 'annotations.json').exists():
+            return load_coco(p / 'annotations.json', image_root)
+        return load_coco_folder(p, image_root)
     if fmt == 'karpathy':
-        return load_karpathy(p, image_root)
+        return load_karpathy(
+            _one(p, sorted(p.glob('dataset_*.json')), 'Karpathy files') if p.is_dir() else p, image_root
+        )
     if fmt == 'csv':
-        return load_csv(p, image_root, **opts)
+        return load_csv(_one(p, _csv_files(p), 'CSV/TSV files') if p.is_dir() else p, image_root, **opts)
     if fmt == 'webdataset':
-        return load_webdataset(p)
+        return load_webdataset(str(input) if '{' in str(input) else p)
     if fmt == 'imagefolder':
         return load_imagefolder(p.parent if p.suffix == '.jsonl' else p)
     raise VLLabError(f"unknown format {fmt!r} (choose from {', '.join(FORMATS)})")
