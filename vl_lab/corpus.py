@@ -119,7 +119,8 @@ def bring_in(input, format: str | None = None, image_root=None, load_opts: dict 
 
 def derived_dir(raw: Path, kind: str, data_hash: str, root=None) -> Path:
     """Where the `kind` cleaning of `raw` goes: beside it when the lab made it and may write there
-    (`data/shapes-clean`), else under `root/corpora/NAME-HASH/` (a corpus in the lab's form that the user keeps elsewhere stays untouched)."""
+    (`data/shapes-clean`), else under `root/corpora/NAME-HASH/` (a corpus in the lab's form that the user keeps
+    elsewhere stays untouched)."""
     raw = Path(raw)
     if lab_made(raw) and os.access(raw.parent, os.W_OK):
         return raw.with_name(f'{raw.name}-{kind}')
