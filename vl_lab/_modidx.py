@@ -109,7 +109,9 @@ d = {
             'vl_lab.cli._cmd_serve': ('cli.html#_cmd_serve', 'vl_lab/cli.py'),
             'vl_lab.cli._cmd_synth': ('cli.html#_cmd_synth', 'vl_lab/cli.py'),
             'vl_lab.cli._cmd_train': ('cli.html#_cmd_train', 'vl_lab/cli.py'),
+            'vl_lab.cli._corpus_args': ('cli.html#_corpus_args', 'vl_lab/cli.py'),
             'vl_lab.cli._executor_args': ('cli.html#_executor_args', 'vl_lab/cli.py'),
+            'vl_lab.cli._load_opts': ('cli.html#_load_opts', 'vl_lab/cli.py'),
             'vl_lab.cli._positive_int': ('cli.html#_positive_int', 'vl_lab/cli.py'),
             'vl_lab.cli.main': ('cli.html#main', 'vl_lab/cli.py'),
             'vl_lab.cli.make_parser': ('cli.html#make_parser', 'vl_lab/cli.py'),
@@ -397,6 +399,12 @@ d = {
             'vl_lab.page.render': ('page.html#render', 'vl_lab/page.py'),
             'vl_lab.page.table_html': ('page.html#table_html', 'vl_lab/page.py'),
             'vl_lab.page.thumb_html': ('page.html#thumb_html', 'vl_lab/page.py'),
+        },
+        'vl_lab.plancheck': {
+            'vl_lab.plancheck._tasks': ('plancheck.html#_tasks', 'vl_lab/plancheck.py'),
+            'vl_lab.plancheck._without': ('plancheck.html#_without', 'vl_lab/plancheck.py'),
+            'vl_lab.plancheck.corpus_facts': ('plancheck.html#corpus_facts', 'vl_lab/plancheck.py'),
+            'vl_lab.plancheck.fit_config': ('plancheck.html#fit_config', 'vl_lab/plancheck.py'),
         },
         'vl_lab.report': {
             'vl_lab.report.build_report': ('report.html#build_report', 'vl_lab/report.py'),

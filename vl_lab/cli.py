@@ -31,6 +31,27 @@ def _positive_int(s: str) -> int:
     return v
 
 
+def _corpus_args(p):
+    "The options that say how to read a corpus: its format, where its images are, the columns of a CSV."
+    from vl_lab.data import FORMATS
+
+    p.add_argument('--format', choices=FORMATS, help='corpus format (default: detected)')
+    p.add_argument(
+        '--image-root',
+        type=Path,
+        help='folder the image paths are relative to (default: where the format keeps its images)',
+    )
+    p.add_argument('--csv-img-key', help="CSV/TSV: the image path column (default: filepath, or a well-known name)")
+    p.add_argument('--csv-caption-key', help="CSV/TSV: the caption column (default: title, or a well-known name)")
+    p.add_argument('--csv-separator', help='CSV/TSV: the delimiter (default: sniffed from the header)')
+
+
+def _load_opts(args) -> dict:
+    "The CSV options given on the command line, as `data.load_records` takes them."
+    opts = dict(img_key=args.csv_img_key, caption_key=args.csv_caption_key, sep=args.csv_separator)
+    return {k: v for k, v in opts.items() if v}
+
+
 def _executor_args(p, what: str):
     p.add_argument(
         '--executor',
@@ -98,6 +119,7 @@ def _cmd_clean(args):
         progress=not args.quiet,
         executor=args.executor,
         address=args.address,
+        load_opts=_load_opts(args),
     )
     why = ', '.join(f'{k} {v}' for k, v in s['rejected_by_rule'].items()) or 'none'
     print(
@@ -176,7 +198,16 @@ def _cmd_report(args):
     if args.plan.exists():
         from vl_lab.runner import plan_corpora, read_plan, run_plan
 
-        corpora = plan_corpora(read_plan(args.plan), args.data)  # prepared once, for the runs and the page alike
+        corpora = plan_corpora(  # prepared once, for the runs and the page alike
+            read_plan(args.plan),
+            args.data,
+            preset=args.preset,
+            only=args.only,
+            format=args.format,
+            image_root=args.image_root,
+            load_opts=_load_opts(args),
+            root=args.data_root,
+        )
         runs = run_plan(
             args.plan,
             out=args.out,
@@ -227,17 +258,13 @@ def make_parser() -> argparse.ArgumentParser:
     s.add_argument('--quiet', action='store_true', help='no progress bar')
     s.set_defaults(func=_cmd_synth)
     from vl_lab.cleaning import ALL_RULES, DEFAULT_RULES
-    from vl_lab.data import FORMATS
 
     c = sub.add_parser(
         'clean', help='clean a corpus: a cleaned COCO corpus, manifest.jsonl (every input pair) and summary.json'
     )
     c.add_argument('input', type=Path, help='corpus: a folder or annotation/CSV/tar file')
     c.add_argument('out_dir', type=Path, help='folder for the cleaned corpus')
-    c.add_argument('--format', choices=FORMATS, help='corpus format (default: detected)')
-    c.add_argument(
-        '--image-root', type=Path, help='folder the image paths are relative to (default: beside the annotations)'
-    )
+    _corpus_args(c)
     c.add_argument('--min-size', type=_positive_int, help='minimum width and height in pixels (default 224)')
     c.add_argument(
         '--rules', help=f"comma-separated rules (default {','.join(DEFAULT_RULES)}; all: {','.join(ALL_RULES)})"
@@ -350,7 +377,20 @@ def make_parser() -> argparse.ArgumentParser:
         default=Path('lab.yaml'),
         help='experiment plan (default %(default)s; none: the data card only)',
     )
-    r.add_argument('--data', type=Path, default=None, help="corpus folder (default: the plan's corpus, data/shapes)")
+    r.add_argument(
+        '--data',
+        type=Path,
+        default=None,
+        help="corpus: a folder or file as downloaded (COCO, Karpathy, CSV/TSV, WebDataset shards or a brace pattern, "
+        "an image folder with metadata.jsonl; default: the plan's corpus, data/shapes)",
+    )
+    _corpus_args(r)
+    r.add_argument(
+        '--data-root',
+        type=Path,
+        default=None,
+        help='folder for the corpora the lab derives (default: $VL_LAB_DATA, else data/)',
+    )
     r.add_argument('--out', type=Path, default=Path('reports'), help='report folder (default %(default)s)')
     r.add_argument('--preset', help='run every experiment with this preset (e.g. gpu-base)')
     r.add_argument('--only', help='run only these experiments (comma-separated names)')

@@ -96,11 +96,12 @@ class PlannedRun:
     params: dict
     run_id: str = ''
     run_dir: Path | None = None
-    skip: str = ''  # why the run is not executed (a missing package), if it is not
+    skip: str = ''  # why the run is not executed (a missing package, a corpus without what it needs), if it is not
     deps: list = field(default_factory=list)  # run ids of the runs named by its run: / runs: parameters
     inputs: dict = field(
         default_factory=dict
     )  # what the notebook gets: `params`, with a resolved `config` if it takes one
+    notes: list = field(default_factory=list)  # what the run does not measure on its corpus, and why
 
 
 # modules that only present results: editing them re-renders the report but changes no run; and the modules that only
@@ -118,6 +119,7 @@ PRESENTATION = (
     '_modidx',
     'corpus',
     'selfscore',
+    'plancheck',
 )
 
 
@@ -229,11 +231,14 @@ def run_inputs(name: str, params: dict, declared: set) -> dict:
 
 
 def plan_runs(
-    plan: dict, corpora: dict, out: Path, preset: str | None = None, only: str | None = None
+    plan: dict, corpora: dict, out: Path, preset: str | None = None, only: str | None = None, hash_data: bool = True
 ) -> list[PlannedRun]:
     """Every run of the plan with its content-hash id: sha256 of the notebook, the parameters the notebook gets (paths
-    written relative to the checkout and to `out`), the library code and the data."""
-    code, data_hashes, runs, by_name = code_hash(), {}, [], {}
+    written relative to the checkout and to `out`), the library code and the data (`hash_data=False`: a check of the
+    plan, whose ids are not used). Each training config is fitted to its corpora first (`plancheck.fit_config`)."""
+    from vl_lab.plancheck import corpus_facts, fit_config
+
+    code, data_hashes, runs, by_name, facts = code_hash(), {}, [], {}, {}
     roots = {str(Path(out).resolve()): '<out>', str(Path.cwd().resolve()): '<checkout>'}
     for e in plan['experiments']:
         nb = Path(e['notebook'])
@@ -259,14 +264,25 @@ def plan_runs(
             p, deps = _resolve_runs(dict(params, seed=int(seed)), int(seed), by_name, e['name'])
             for key in {str(data), params.get('eval_data') or str(data)}:
                 if key not in data_hashes:
-                    data_hashes[key] = dir_sha256(key) if Path(key).exists() else 'missing'
+                    data_hashes[key] = dir_sha256(key) if Path(key).exists() and hash_data else 'missing'
+                if key not in facts and 'config' in declared and Path(key).exists():
+                    facts[key] = corpus_facts(key)
             hashes = [data_hashes[str(data)], data_hashes[params.get('eval_data') or str(data)]]
-            inputs = run_inputs(e['name'], p, declared)
+            inputs, notes, why = run_inputs(e['name'], p, declared), [], ''
+            if 'config' in inputs and str(data) in facts:
+                test = facts[params.get('eval_data') or str(data)]
+                split = inputs.get('split', 'test')
+                inputs['config'], notes, why = fit_config(e['name'], inputs['config'], split, facts[str(data)], test)
             blob = dict(notebook=hashlib.sha256(nb.read_bytes()).hexdigest(), params=portable(inputs, roots), code=code)
             blob = json.dumps(blob | dict(data=hashes), sort_keys=True)
             rid = hashlib.sha256(blob.encode()).hexdigest()[:12]
-            runs.append(PlannedRun(e['name'], nb, int(seed), p, rid, out / 'runs' / rid, skip, deps, inputs))
+            runs.append(
+                PlannedRun(e['name'], nb, int(seed), p, rid, out / 'runs' / rid, skip or why, deps, inputs, notes)
+            )
         by_name[e['name']] = [r for r in runs if r.name == e['name']]
+    fitted = [r for r in runs if 'config' in r.inputs]
+    if fitted and all(r.skip and not r.skip.startswith('needs the package') for r in fitted):
+        raise VLLabError(f"no experiment of the plan can run on this corpus: {fitted[0].name}: {fitted[0].skip}")
     if not only:
         return runs
     if bad := set(only.split(',')) - set(by_name):
@@ -406,11 +422,18 @@ def run_record(future, run: PlannedRun) -> dict:
 
 
 # %% ../nbs/41_runner.ipynb #6dc70788
-def plan_corpora(plan: dict, data=None) -> dict:
-    "The corpora the plan needs, made where missing or stale: its `corpus` (or `data`), cleaned as its runs ask."
-    from vl_lab.corpus import DEFAULT_DATA, prepare_corpora
+def plan_corpora(plan: dict, data=None, preset=None, only=None, **corpus_opts) -> dict:
+    """The corpora the plan needs, made where missing or stale: its `corpus` (or `data`, in any format `vl_lab.data`
+    reads; `corpus_opts` go to `corpus.prepare_corpora`), cleaned as its runs ask. The plan is checked against the raw
+    corpus before any cleaning (`plan_runs` with every kind read as the raw corpus): a problem no run gets around is
+    one line in seconds."""
+    from vl_lab.corpus import DEFAULT_DATA, KINDS, prepare_corpora
 
-    return prepare_corpora(Path(data or plan.get('corpus', DEFAULT_DATA)), corpus_kinds(plan))
+    def check(raw):
+        plan_runs(plan, {k: raw for k in KINDS}, Path('reports'), preset, only, hash_data=False)
+
+    source = data or plan.get('corpus', DEFAULT_DATA)
+    return prepare_corpora(source, corpus_kinds(plan), check=check, **corpus_opts)
 
 
 def run_plan(
@@ -504,6 +527,8 @@ def run_plan(
                 finish(run_record(f, running.pop(f)))
     order = {r.run_id: i for i, r in enumerate(runs)}
     records.sort(key=lambda r: order[r['run_id']])
+    for rec in records:
+        rec['not_measured'] = named[rec['run_id']].notes
     (out / 'runs').mkdir(parents=True, exist_ok=True)
     write_json(out / 'runs' / 'index.json', dict(plan=str(plan_path), runs=records))
     return records
