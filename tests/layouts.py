@@ -117,6 +117,17 @@ def write_imagefolder(src: Path, dest: Path) -> Path:
     return dest
 
 
+def write_zero_shot_folder(src: Path, dest: Path) -> Path:
+    "An ImageNet-style labelled folder (SHAPE/IMAGE) of the corpus's single-object test and val images."
+    ann = json.loads((src / 'annotations.json').read_text())
+    for im in ann['images']:
+        objs = im.get('objects') or []
+        if len(objs) == 1 and im['split'] != 'train':
+            (dest / objs[0]['shape']).mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(src / 'images' / im['file_name'], dest / objs[0]['shape'] / im['file_name'])
+    return dest
+
+
 WRITERS = dict(
     coco2017=write_coco2017,
     karpathy=write_karpathy,

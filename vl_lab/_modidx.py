@@ -177,6 +177,7 @@ d = {
             'vl_lab.data.load_csv': ('data.html#load_csv', 'vl_lab/data.py'),
             'vl_lab.data.load_imagefolder': ('data.html#load_imagefolder', 'vl_lab/data.py'),
             'vl_lab.data.load_karpathy': ('data.html#load_karpathy', 'vl_lab/data.py'),
+            'vl_lab.data.load_labelled_folder': ('data.html#load_labelled_folder', 'vl_lab/data.py'),
             'vl_lab.data.load_records': ('data.html#load_records', 'vl_lab/data.py'),
             'vl_lab.data.load_webdataset': ('data.html#load_webdataset', 'vl_lab/data.py'),
             'vl_lab.data.refused': ('data.html#refused', 'vl_lab/data.py'),
@@ -275,6 +276,7 @@ d = {
             'vl_lab.evaluate.embed_split': ('evaluate.html#embed_split', 'vl_lab/evaluate.py'),
             'vl_lab.evaluate.encode_texts': ('evaluate.html#encode_texts', 'vl_lab/evaluate.py'),
             'vl_lab.evaluate.evaluate_run': ('evaluate.html#evaluate_run', 'vl_lab/evaluate.py'),
+            'vl_lab.evaluate.folder_zero_shot': ('evaluate.html#folder_zero_shot', 'vl_lab/evaluate.py'),
             'vl_lab.evaluate.generate_captions': ('evaluate.html#generate_captions', 'vl_lab/evaluate.py'),
             'vl_lab.evaluate.itm_eval': ('evaluate.html#itm_eval', 'vl_lab/evaluate.py'),
             'vl_lab.evaluate.linear_probe': ('evaluate.html#linear_probe', 'vl_lab/evaluate.py'),
@@ -440,6 +442,7 @@ d = {
             'vl_lab.runner.run_plan': ('runner.html#run_plan', 'vl_lab/runner.py'),
             'vl_lab.runner.run_record': ('runner.html#run_record', 'vl_lab/runner.py'),
             'vl_lab.runner.submit_run': ('runner.html#submit_run', 'vl_lab/runner.py'),
+            'vl_lab.runner.zero_shot_sets': ('runner.html#zero_shot_sets', 'vl_lab/runner.py'),
         },
         'vl_lab.scenes': {
             'vl_lab.scenes._answers': ('scenes.html#_answers', 'vl_lab/scenes.py'),

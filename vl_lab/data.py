@@ -46,6 +46,7 @@ __all__ = [
     'load_imagefolder',
     'detect_format',
     'load_records',
+    'load_labelled_folder',
 ]
 
 
@@ -595,3 +596,30 @@ def load_records(input, format: str | None = None, image_root=None, **opts) -> I
     if fmt == 'imagefolder':
         return load_imagefolder(p.parent if p.suffix == '.jsonl' else p)
     raise VLLabError(f"unknown format {fmt!r} (choose from {', '.join(FORMATS)})")
+
+
+# %% ../nbs/02_data.ipynb #4fd8c2c4
+def load_labelled_folder(root) -> Iterator[Record]:
+    """Records of a labelled image folder, ImageNet-style (`CLASS_NAME/IMAGE.jpg`, the way CLIP_benchmark reads a
+    zero-shot set): each image's class is its folder's name (underscores read as spaces), and its one caption that
+    name; the split is half and half by a hash of the image's path (`probe` trains the linear probe, `test` is
+    scored)."""
+    from vl_lab.splits import hash_unit
+
+    root = Path(root)
+    if not root.is_dir():
+        raise VLLabError(f"{root}: no such folder (a zero-shot set is a folder of class folders of images)")
+    classes = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith('.'))
+    if len(classes) < 2:
+        raise VLLabError(f"{root}: a zero-shot set needs at least two class folders (found {len(classes)})")
+    for d in classes:
+        name = d.name.replace('_', ' ')
+        for f in sorted(p for p in d.iterdir() if p.suffix.lower() in IMAGE_EXTS):
+            rel = f.relative_to(root).as_posix()
+            yield Record(
+                id=rel,
+                image=file_ref(root, rel),
+                captions=[name],
+                split='probe' if hash_unit(rel) < 0.5 else 'test',
+                extra=dict(class_name=name),
+            )

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from .core import VLLabError, get_device, write_json
-from .data import load_records
+from .data import load_labelled_folder, load_records
 from .dataset import PairDataset
 from .metrics import PROMPT_TEMPLATES, classification_metrics, itm_accuracy, retrieval_metrics, vqa_accuracy
 from .run import load_run, split_records
@@ -28,6 +28,7 @@ __all__ = [
     'generate_captions',
     'vqa_prior',
     'vqa_eval',
+    'folder_zero_shot',
     'evaluate_run',
     'summary_line',
 ]
@@ -305,8 +306,33 @@ def _examples(sim_t2i, owner, caps, ds, n: int = 8) -> dict:
 PROBE_IMAGES = 1000
 
 
-def evaluate_run(run_dir, data=None, split: str = 'test', device: str | None = None, num_beams: int = 1) -> dict:
-    "Every task the run supports on `split` of `data` (default: the data it trained on); writes RUN_DIR/eval/SPLIT/."
+def folder_zero_shot(model, tok, cfg, folder, device) -> dict:
+    """Zero-shot classification of a labelled image folder (`data.load_labelled_folder`): prompts from its class names
+    through the generic templates, scored on its `test` half, the linear probe trained on its `probe` half."""
+    recs = list(load_labelled_folder(folder))
+    L = cfg.model.max_len
+    test = PairDataset([r for r in recs if r.split == 'test'], cfg.transform, train=False)
+    probe = PairDataset([r for r in recs if r.split == 'probe'][:PROBE_IMAGES], cfg.transform, train=False)
+    if len(test) < 2:
+        raise VLLabError(f"{folder}: a zero-shot set needs at least two test images (found {len(test)})")
+    task = dict(zero_shot_tasks(test.records)['class'], what=f'the class of the images of {Path(folder).name}')
+    img = embed_split(model, tok, test, L, device)[0]
+    ptask = zero_shot_tasks(probe.records).get('class') if len(probe) else None
+    pimg = embed_split(model, tok, probe, L, device)[0] if ptask else None
+    z = zero_shot(model, tok, img, task, L, device, (pimg, ptask) if ptask else None)
+    return z | dict(source=str(folder), images=len(test), probe_images=len(probe))
+
+
+def evaluate_run(
+    run_dir,
+    data=None,
+    split: str = 'test',
+    device: str | None = None,
+    num_beams: int = 1,
+    zero_shot_sets: dict | None = None,
+) -> dict:
+    """Every task the run supports on `split` of `data` (default: the data it trained on), and zero-shot classification
+    of each labelled image folder of `zero_shot_sets` ({name: folder}); writes RUN_DIR/eval/SPLIT/."""
     run_dir = Path(run_dir)
     device = get_device(device)
     model, tok, cfg, answers = load_run(run_dir, device)
@@ -332,6 +358,8 @@ def evaluate_run(run_dir, data=None, split: str = 'test', device: str | None = N
                 k: zero_shot(model, tok, img, t, L, device, (train_img, train_tasks[k]) if k in train_tasks else None)
                 for k, t in tasks.items()
             }
+        for name, folder in (zero_shot_sets or {}).items():
+            out.setdefault('zero_shot', {})[name] = folder_zero_shot(model, tok, cfg, folder, device)
     if 'itm' in model.tasks:
         out['itm'] = itm_eval(model, tok, ds, L, device, cfg.seed)
     if 'caption' in model.tasks:

@@ -34,6 +34,7 @@ __all__ = [
     'corpus_kinds',
     'notebook_parameters',
     'check_params',
+    'zero_shot_sets',
     'portable',
     'run_inputs',
     'plan_runs',
@@ -48,7 +49,7 @@ __all__ = [
 
 # %% ../nbs/41_runner.ipynb #052d4a8d
 PLAN_KEYS, EXP_KEYS = (
-    {'corpus', 'preset', 'experiments', 'timeout'},
+    {'corpus', 'preset', 'experiments', 'timeout', 'zero_shot'},
     {'name', 'notebook', 'seeds', 'params', 'requires', 'preset'},
 )
 RUN_FILES = (
@@ -196,6 +197,18 @@ def check_params(name: str, notebook: Path, params) -> None:
             )
 
 
+def zero_shot_sets(spec) -> dict:
+    """The plan's `zero_shot` sets as {name: absolute folder}: a folder, a list of folders (each named by its folder's
+    name) or a mapping of names to folders; each must be a folder of class folders."""
+    items = spec.items() if isinstance(spec, dict) else [(None, f) for f in ([spec] if isinstance(spec, str) else spec)]
+    out = {}
+    for name, folder in items:
+        if not isinstance(folder, str) or not Path(folder).is_dir():
+            raise VLLabError(f"zero_shot: {folder!r} is not a folder (a labelled image folder: CLASS/IMAGE.jpg)")
+        out[str(name or Path(folder).name)] = str(Path(folder).resolve())
+    return out
+
+
 def portable(x, roots: dict):
     """`x` with every path under one of `roots` ({folder: name}) written from that name instead: what a run id hashes,
     so that the same plan in a checkout in another folder (or on another machine) finds its runs complete."""
@@ -258,6 +271,8 @@ def plan_runs(
 
         data = corpus(params.get('data', 'clean'))
         params.update(data=str(data), preset=preset or e.get('preset') or plan.get('preset', 'cpu-tiny'))
+        if 'zero_shot' in declared and plan.get('zero_shot') and 'zero_shot' not in params:
+            params['zero_shot'] = zero_shot_sets(plan['zero_shot'])
         if params.get('eval_data'):
             params['eval_data'] = str(corpus(params['eval_data']))
         for seed in e.get('seeds', [0]):
@@ -268,6 +283,9 @@ def plan_runs(
                 if key not in facts and 'config' in declared and Path(key).exists():
                     facts[key] = corpus_facts(key)
             hashes = [data_hashes[str(data)], data_hashes[params.get('eval_data') or str(data)]]
+            for folder in (params.get('zero_shot') or {}).values():
+                data_hashes.setdefault(folder, dir_sha256(folder) if hash_data else 'missing')
+                hashes.append(data_hashes[folder])
             inputs, notes, why = run_inputs(e['name'], p, declared), [], ''
             if 'config' in inputs and str(data) in facts:
                 test = facts[params.get('eval_data') or str(data)]
