@@ -194,6 +194,7 @@ d = {
             'vl_lab.datacard.load_corpus': ('datacard.html#load_corpus', 'vl_lab/datacard.py'),
             'vl_lab.datacard.noise_rows': ('datacard.html#noise_rows', 'vl_lab/datacard.py'),
             'vl_lab.datacard.open_image': ('datacard.html#open_image', 'vl_lab/datacard.py'),
+            'vl_lab.datacard.source_html': ('datacard.html#source_html', 'vl_lab/datacard.py'),
             'vl_lab.datacard.split_rows': ('datacard.html#split_rows', 'vl_lab/datacard.py'),
             'vl_lab.datacard.wilson': ('datacard.html#wilson', 'vl_lab/datacard.py'),
         },
@@ -407,6 +408,7 @@ d = {
             'vl_lab.plancheck._without': ('plancheck.html#_without', 'vl_lab/plancheck.py'),
             'vl_lab.plancheck.corpus_facts': ('plancheck.html#corpus_facts', 'vl_lab/plancheck.py'),
             'vl_lab.plancheck.fit_config': ('plancheck.html#fit_config', 'vl_lab/plancheck.py'),
+            'vl_lab.plancheck.not_measured_section': ('plancheck.html#not_measured_section', 'vl_lab/plancheck.py'),
         },
         'vl_lab.report': {
             'vl_lab.report.build_report': ('report.html#build_report', 'vl_lab/report.py'),

@@ -154,6 +154,16 @@ def cleaning_section(clean_dir, raw_dir=None, per_rule: int = 3) -> dict:
                     '(<code>vl-lab clean --rules ...,consistency --scorer self</code>, or a CLIP model).</p>'
                 )
             )
+    else:
+        parts.append(
+            render(
+                '<p class="muted">This corpus carries no true noise labels (only the synthetic corpus has them, in '
+                '<code>noise_labels.json</code>), so no rule\'s precision or recall can be measured here: that needs '
+                'labelled noise. What is shown is what was measured: the counts per rule, the consistency scorer\'s '
+                'folds and cut, and rejected examples; the conclusions compare models trained with and without the '
+                'cleaning.</p>'
+            )
+        )
     if c := summary.get('consistency'):
         folds = c.get('scorer', {}).get('folds', [])
         parts.append(

@@ -26,6 +26,7 @@ __all__ = [
     'noise_rows',
     'datacard_figures',
     'example_cards',
+    'source_html',
     'datacard_section',
 ]
 
@@ -243,6 +244,32 @@ def example_cards(data_dir, ann: dict, noise: dict | None, n: int = 12) -> str:
 
 
 # %% ../nbs/05_datacard.ipynb #f342fa37
+def source_html(data_dir) -> str:
+    """Where a corpus brought into the lab's form came from (its import `summary.json`): the input and its format,
+    the pairs read and the ones that could not be imported, where the splits came from, and training images that are
+    near copies of val or test images ('' for a corpus the lab made)."""
+    side = Path(data_dir) / 'summary.json'
+    s = read_json(side) if side.exists() else {}
+    if not s.get('format'):
+        return ''
+    leaks = s.get('split_leaks') or {}
+    out = render(
+        "<p>Brought in from <code>{{ s.input }}</code> (format <b>{{ s.format }}</b>): {{ s.kept_pairs }} of "
+        "{{ s.input_pairs }} pairs and {{ s.kept_images }} of {{ s.input_records }} images imported"
+        "{% if s.rejected_by_rule %}; not imported: {% for k, v in s.rejected_by_rule.items() %}{{ k }} {{ v }}"
+        "{% if not loop.last %}, {% endif %}{% endfor %} (every pair is in <code>{{ d }}/manifest.jsonl</code>)"
+        "{% endif %}. Splits: {{ s.splits }}. Training images that are near copies of a val or test image: "
+        "<b>{{ leaks.count or 0 }}</b>{% if leaks.count %} (the test has seen them: drop them, as DataComp drops "
+        "copies of its evaluation sets){% endif %}. The corpus carries no true noise labels.</p>",
+        s=s,
+        d=str(data_dir),
+        leaks=leaks,
+    )
+    if leaks.get('examples'):
+        out += table_html(leaks['examples'], caption='Near copies across splits (the first ones)')
+    return out
+
+
 def datacard_section(data_dir) -> dict:
     "The data card of the corpus in `data_dir`, as a report section."
     ann, noise = load_corpus(data_dir)
@@ -256,6 +283,7 @@ def datacard_section(data_dir) -> dict:
             c=len(ann['annotations']),
             info=ann.get('info', {}).get('config') and ann['info'],
         ),
+        source_html(data_dir),
         table_html(split_rows(ann), caption='Counts per split'),
     ]
     if noise:

@@ -483,13 +483,14 @@ def conclusions_section(runs, metric=('retrieval', 't2i_R@1')) -> dict:
 
 
 # %% ../nbs/42_labnote.ipynb #8aa35a55
-def next_steps_section(runs) -> dict:
-    "Next steps that follow from the runs: failures to fix, curves still falling, too few seeds, weak tasks."
+def next_steps_section(runs, synthetic: bool = True) -> dict:
+    """Next steps that follow from the runs: failures to fix, curves still falling, too few seeds, weak tasks; and
+    where to go next (real data only when the corpus is the synthetic one)."""
     items, g, weak = [], _groups(runs), {}
     for r in runs:
         if r['status'] == 'failed':
             items.append(f"Fix the failed run {r['name']} (seed {r['seed']}): {r['cause']}.")
-        if r['status'] == 'skipped':
+        if r['status'] == 'skipped' and str(r.get('cause')).startswith('needs the package'):
             items.append(f"Install what {r['name']} needs to run: {r['cause']}.")
     for n, rs in g.items():
         if any(curve_observations(r['history']).get('still_falling') for r in rs):
@@ -556,9 +557,14 @@ def next_steps_section(runs) -> dict:
                     f"Distillation hurt ({n} against {alone}: {c['diff']:+.3f} ± {c['se']:.3f}): try a lower "
                     f"distillation weight, a temperature above 1, or more student epochs."
                 )
-    items.append(
-        'Scale up: the same plan on real data (a COCO or Flickr30k Karpathy split) and a GPU (--preset gpu-base).'
-    )
+    if synthetic:
+        items.append(
+            'Scale up: the same plan on real data (a COCO or Flickr30k Karpathy split) and a GPU (--preset gpu-base).'
+        )
+    else:
+        items.append(
+            'Scale up: the same plan on a GPU (--preset gpu-base), or pretrained towers (--preset gpu-pretrained).'
+        )
     return dict(
         id='next',
         title='Next steps',

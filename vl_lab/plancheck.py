@@ -11,7 +11,7 @@ from .models import TASKS, task_list
 from .run import split_records
 
 # %% auto #0
-__all__ = ['MIN_EVAL_IMAGES', 'corpus_facts', 'fit_config']
+__all__ = ['MIN_EVAL_IMAGES', 'corpus_facts', 'fit_config', 'not_measured_section']
 
 # %% ../nbs/41a_plancheck.ipynb #263c1260
 MIN_EVAL_IMAGES = 2  # a split a run is tested on needs at least this many images (retrieval among one is no test)
@@ -87,3 +87,26 @@ def fit_config(name: str, cfg: dict, split: str, train: dict, test: dict) -> tup
     if set(tasks) <= drop:
         return cfg, notes, f"no task of it can be measured on this corpus ({'; '.join(notes)})"
     return (_without(cfg, drop) if drop else cfg), notes, ''
+
+
+# %% ../nbs/41a_plancheck.ipynb #1a3d4910
+def not_measured_section(runs: list[dict]) -> dict | None:
+    "'Not measured on this corpus': each skipped experiment and each dropped task, with its reason (None: nothing)."
+    from vl_lab.page import render
+
+    items, seen = [], set()
+    for r in runs:
+        lines = [f"{r['name']}: not run: {r['cause']}"] if r['status'] == 'skipped' and r.get('cause') else []
+        lines += [f"{r['name']}: {n}" for n in r.get('not_measured') or []]
+        for line in lines:
+            if line not in seen:
+                seen.add(line)
+                items.append(line)
+    if not items:
+        return None
+    body = render(
+        '<p>What the plan asks for and this corpus cannot support, decided before any run started (nothing was '
+        'executed only to fail):</p><ul>{% for i in items %}<li>{{ i }}</li>{% endfor %}</ul>',
+        items=items,
+    )
+    return dict(id='not-measured', title='Not measured on this corpus', body=body)

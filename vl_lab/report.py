@@ -78,8 +78,14 @@ def build_report(
         )
 
         loaded = load_runs(out_dir, runs)
+        from vl_lab.plancheck import not_measured_section
+
         if any('metrics' in r for r in loaded):
-            sections += [training_section(loaded), evaluation_section(loaded), conclusions_section(loaded)]
+            sections += [training_section(loaded), evaluation_section(loaded)]
+        if nm := not_measured_section(loaded):
+            sections.append(nm)
+        if any('metrics' in r for r in loaded):
+            sections.append(conclusions_section(loaded))
             from vl_lab.evidence import evidence_section
 
             if ev := evidence_section(loaded):
@@ -88,7 +94,8 @@ def build_report(
 
         if dep := deployment_section(loaded):
             sections.append(dep)
-        sections += [next_steps_section(loaded), runs_section(loaded)]
+        synthetic = (Path(data_dir) / 'noise_labels.json').exists()
+        sections += [next_steps_section(loaded, synthetic), runs_section(loaded)]
     sections.append(provenance_section(provenance(start_time=t0, data_hash=data_hash), runs))
     html = page_html('vl_lab lab report', sections, subtitle=f'data: {data_dir}')
     out = out_dir / 'index.html'
