@@ -39,7 +39,7 @@ def test_existing_corpus_is_not_overwritten_silently(tmp_path):
 
 
 def test_report_on_missing_corpus(tmp_path):
-    assert 'no annotations.json' in one_line_error(
+    assert 'nowhere: no such file or folder' in one_line_error(
         run_cli('report', '--data', tmp_path / 'nowhere', '--out', tmp_path / 'r', cwd=tmp_path)
     )
 

@@ -124,9 +124,9 @@ def test_undetectable_and_malformed_inputs(tmp_path):
     (tmp_path / 'x.txt').write_text('hello')
     with pytest.raises(VLLabError, match='cannot tell the corpus format'):
         detect_format(tmp_path / 'x.txt')
-    (tmp_path / 'a.csv').write_text('path,caption\nx.jpg,a red circle\n')
-    with pytest.raises(VLLabError, match="needs columns 'filepath' and 'title'"):
+    (tmp_path / 'a.csv').write_text('pic,words\nx.jpg,a red circle\n')
+    with pytest.raises(VLLabError, match='needs an image column'):
         list(load_records(tmp_path / 'a.csv'))
-    assert [r.captions for r in load_records(tmp_path / 'a.csv', img_key='path', caption_key='caption')] == [
+    assert [r.captions for r in load_records(tmp_path / 'a.csv', img_key='pic', caption_key='words')] == [
         ['a red circle']
     ]
