@@ -133,6 +133,18 @@ def cleaning_section(clean_dir, raw_dir=None, per_rule: int = 3) -> dict:
             d=str(clean_dir),
         )
     ]
+    if (leaks := summary.get('split_leaks')) is not None:
+        side = Path(raw_dir) / 'summary.json' if raw_dir else None
+        raw = (read_json(side).get('split_leaks') or {}).get('count') if side and side.exists() else None
+        parts.append(
+            render(
+                '<p>Training images that are near copies of a val or test image, after cleaning: <b>{{ n }}</b>'
+                '{% if raw is not none %} (the raw corpus: {{ raw }}){% endif %}; the near-duplicate rule keeps one '
+                'image of each group of near copies, whatever its split.</p>',
+                n=leaks.get('count', 0),
+                raw=raw,
+            )
+        )
     counts = [dict(rule=k, rejected_pairs=v) for k, v in summary['rejected_by_rule'].items()]
     counts += [dict(rule=f'{k} (transformed, kept)', rejected_pairs=v) for k, v in summary['transformed'].items()]
     parts.append(table_html(counts, columns=['rule', 'rejected_pairs'], caption='Pairs per rule'))

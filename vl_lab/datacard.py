@@ -170,7 +170,7 @@ _CARDS = (
     '<div class="grid">{% for c in cards %}<div class="card">\n'
     '{% if c.thumb %}{{ c.thumb }}{% else %}<div class="broken">cannot be decoded</div>{% endif %}\n'
     '<div><span class="tag">{{ c.tag }}</span> <span class="muted">{{ c.file }}</span></div>\n'
-    "<ol>{% for cap, kind in c.captions %}<li>{{ cap }}{% if kind and kind != 'clean' %} "
+    "<ol>{% for cap, kind in c.captions %}<li>{{ cap }}{% if kind and kind not in ('clean', 'unlabelled') %} "
     '<span class="tag">{{ kind }}</span>{% endif %}</li>{% endfor %}</ol>\n'
     '{% if c.note %}<div class="muted">{{ c.note }}</div>{% endif %}\n'
     '</div>{% endfor %}</div>'
@@ -295,6 +295,8 @@ def datacard_section(data_dir) -> dict:
             )
         )
     parts += datacard_figures(ann, noise)
-    parts.append(render('<h3>Examples (clean training images)</h3>'))
+    parts.append(
+        render('<h3>Examples (clean training images)</h3>' if noise else '<h3>Examples (training images)</h3>')
+    )
     parts.append(example_cards(data_dir, ann, noise))
     return dict(id='data', title='Data card', body=render('{% for p in parts %}{{ p }}\n{% endfor %}', parts=parts))
