@@ -281,14 +281,17 @@ def plan_runs(
                 if key not in data_hashes:
                     data_hashes[key] = dir_sha256(key) if Path(key).exists() and hash_data else 'missing'
                 if key not in facts and 'config' in declared and Path(key).exists():
-                    facts[key] = corpus_facts(key)
+                    try:  # a folder that holds no corpus is not fitted: its run says what is wrong with it
+                        facts[key] = corpus_facts(key)
+                    except VLLabError:
+                        facts[key] = None
             hashes = [data_hashes[str(data)], data_hashes[params.get('eval_data') or str(data)]]
             for folder in (params.get('zero_shot') or {}).values():
                 data_hashes.setdefault(folder, dir_sha256(folder) if hash_data else 'missing')
                 hashes.append(data_hashes[folder])
             inputs, notes, why = run_inputs(e['name'], p, declared), [], ''
-            if 'config' in inputs and str(data) in facts:
-                test = facts[params.get('eval_data') or str(data)]
+            test = facts.get(params.get('eval_data') or str(data))
+            if 'config' in inputs and facts.get(str(data)) and test:
                 split = inputs.get('split', 'test')
                 inputs['config'], notes, why = fit_config(e['name'], inputs['config'], split, facts[str(data)], test)
             blob = dict(notebook=hashlib.sha256(nb.read_bytes()).hexdigest(), params=portable(inputs, roots), code=code)
