@@ -500,7 +500,9 @@ def train_epoch(s: Session, si: int, epoch: int, opt, sched, sampler, progress: 
 
 # %% ../nbs/20_train.ipynb #4b72d14f
 def end_epoch(s: Session, si: int, epoch: int, opt, sched):
-    "Validate, keep the best weights, count epochs without improvement (early stopping), save everything."
+    """Validate, keep the best weights, count epochs without improvement (early stopping; not while the learning rate
+    still warms up: on a small corpus the warmup spans several epochs, and a model cannot be judged before it has had
+    its rate), save everything."""
     cfg, stage, main = s.cfg, s.stages[si], s.acc.is_main_process
     ev = evaluate_val(s.core, s.val_ds, s.tok, cfg, task_list(stage['tasks']), s.weights, s.pad_id, s.acc.device)
     rows = [r for r in s.history if r['kind'] == 'step' and r['epoch'] == epoch + 1 and r['stage'] == stage['name']]
@@ -518,7 +520,7 @@ def end_epoch(s: Session, si: int, epoch: int, opt, sched):
     if score > s.st['best']:
         s.st.update(best=score, best_epoch=f"{stage['name']}:{epoch + 1}", bad=0)
         save_state(s, s.out_dir / 'best.pt', full=False)
-    else:
+    elif (epoch + 1) * len(rows) > cfg.warmup_steps:  # the stage's steps so far, past its warmup
         s.st['bad'] += 1
     s.st['epoch'] = epoch + 1
     if cfg.patience and s.st['bad'] >= cfg.patience:
