@@ -69,8 +69,10 @@ d = {
             'vl_lab.clean.inspect_record': ('clean.html#inspect_record', 'vl_lab/clean.py'),
             'vl_lab.clean.mark_duplicates': ('clean.html#mark_duplicates', 'vl_lab/clean.py'),
             'vl_lab.clean.read_manifest_rows': ('clean.html#read_manifest_rows', 'vl_lab/clean.py'),
+            'vl_lab.clean.read_results': ('clean.html#read_results', 'vl_lab/clean.py'),
             'vl_lab.clean.score_consistency': ('clean.html#score_consistency', 'vl_lab/clean.py'),
             'vl_lab.clean.split_leaks': ('clean.html#split_leaks', 'vl_lab/clean.py'),
+            'vl_lab.clean.thumb_of': ('clean.html#thumb_of', 'vl_lab/clean.py'),
             'vl_lab.clean.write_outputs': ('clean.html#write_outputs', 'vl_lab/clean.py'),
         },
         'vl_lab.cleancard': {

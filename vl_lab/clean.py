@@ -42,6 +42,8 @@ __all__ = [
     'enabled_rules',
     'inspect_record',
     'inspect_corpus',
+    'thumb_of',
+    'read_results',
     'mark_duplicates',
     'split_leaks',
     'score_consistency',
@@ -217,7 +219,28 @@ def _bands(h: int, radius: int):
     return [(b, (h >> (b * w)) & ((1 << w) - 1)) for b in range(k)]
 
 
-def mark_duplicates(results: list[dict], cfg: CleanConfig, rules: set) -> None:
+def thumb_of(im: dict, thumbs=None) -> np.ndarray:
+    "An image's thumbnail: its hex text in the record, or its row of `thumbs` (`read_results` keeps them on disk)."
+    t = im['thumb']
+    return np.frombuffer(bytes.fromhex(t), np.uint8) if isinstance(t, str) else np.asarray(thumbs[t])
+
+
+def read_results(work: Path, n: int) -> tuple[list[dict], np.ndarray | None]:
+    """The inspected records of `n` shard files, with each thumbnail moved to one file on disk (read back as a
+    memory map, a row per image): the per-image index in memory stays small for a corpus of any size."""
+    results, rows = [], 0
+    with open(work / 'thumbs.u8', 'wb') as f:
+        for i in range(n):
+            for line in (work / f'shard-{i:06d}.jsonl').read_text().splitlines():
+                r = json.loads(line)
+                if isinstance(r['image'].get('thumb'), str):
+                    f.write(bytes.fromhex(r['image']['thumb']))
+                    r['image']['thumb'], rows = rows, rows + 1
+                results.append(r)
+    return results, (np.memmap(work / 'thumbs.u8', np.uint8, 'r', shape=(rows, 32 * 32 * 3)) if rows else None)
+
+
+def mark_duplicates(results: list[dict], cfg: CleanConfig, rules: set, thumbs=None) -> None:
     "Reject later exact and near copies of kept images, in corpus order (in place)."
     seen, buckets, kept = {}, {}, []
     for r in results:
@@ -229,11 +252,13 @@ def mark_duplicates(results: list[dict], cfg: CleanConfig, rules: set) -> None:
             continue
         seen.setdefault(im['sha256'], r['id'])
         if 'near_duplicate' in rules and 'phash' in im:
-            h, thumb = int(im['phash'], 16), np.frombuffer(bytes.fromhex(im['thumb']), np.uint8)
+            h = int(im['phash'], 16)
             for j in sorted({j for key in _bands(h, cfg.phash_radius) for j in buckets.get(key, ())}):
                 o = kept[j]
                 d = bin(h ^ o[0]).count('1')
-                if d <= cfg.phash_radius and (c := thumb_correlation(thumb, o[1])) > cfg.near_dup_min_corr:
+                if d > cfg.phash_radius:
+                    continue
+                if (c := thumb_correlation(thumb_of(im, thumbs), thumb_of(o[1], thumbs))) > cfg.near_dup_min_corr:
                     im['verdict'] = asdict(
                         Verdict(
                             False,
@@ -246,10 +271,10 @@ def mark_duplicates(results: list[dict], cfg: CleanConfig, rules: set) -> None:
                 continue
             for key in _bands(h, cfg.phash_radius):
                 buckets.setdefault(key, []).append(len(kept))
-            kept.append((h, thumb, r['id']))
+            kept.append((h, im, r['id']))
 
 
-def split_leaks(results: list[dict], cfg: CleanConfig, limit: int = 20) -> dict:
+def split_leaks(results: list[dict], cfg: CleanConfig, thumbs=None, limit: int = 20) -> dict:
     """Kept training images that are near copies (perceptual hash within `cfg.phash_radius`, thumbnails correlated
     above `cfg.near_dup_min_corr`) of a kept val or test image: a test that training has seen (DataComp removes such
     copies of its evaluation sets). {count, examples: [{train, other, split, distance}]}."""
@@ -260,17 +285,19 @@ def split_leaks(results: list[dict], cfg: CleanConfig, limit: int = 20) -> dict:
             h = int(r['image']['phash'], 16)
             for key in _bands(h, cfg.phash_radius):
                 buckets.setdefault(key, []).append(len(held))
-            held.append((h, np.frombuffer(bytes.fromhex(r['image']['thumb']), np.uint8), r))
+            held.append((h, r))
     out = []
     for r in kept:
         if r['split'] != 'train':
             continue
-        h, thumb = int(r['image']['phash'], 16), np.frombuffer(bytes.fromhex(r['image']['thumb']), np.uint8)
+        h = int(r['image']['phash'], 16)
         for j in sorted({j for key in _bands(h, cfg.phash_radius) for j in buckets.get(key, ())}):
-            o = held[j]
-            d = bin(h ^ o[0]).count('1')
-            if d <= cfg.phash_radius and thumb_correlation(thumb, o[1]) > cfg.near_dup_min_corr:
-                out.append(dict(train=r['source'], other=o[2]['source'], split=o[2]['split'], distance=d))
+            oh, o = held[j]
+            d = bin(h ^ oh).count('1')
+            if d > cfg.phash_radius:
+                continue
+            if thumb_correlation(thumb_of(r['image'], thumbs), thumb_of(o['image'], thumbs)) > cfg.near_dup_min_corr:
+                out.append(dict(train=r['source'], other=o['source'], split=o['split'], distance=d))
                 break
     return dict(count=len(out), examples=out[:limit])
 
@@ -502,14 +529,15 @@ def clean_corpus(
         raise VLLabError(f"cannot write to {out_dir}: {e.strerror or e}") from None
     workers = os.cpu_count() or 1 if workers is None else workers
     n = inspect_corpus(records, work, cfg, rules, workers, shard_size, progress, executor, address)
-    results = [json.loads(line) for i in range(n) for line in (work / f'shard-{i:06d}.jsonl').read_text().splitlines()]
-    mark_duplicates(results, cfg, rules)
+    results, thumbs = read_results(work, n)
+    mark_duplicates(results, cfg, rules, thumbs)
     splits, how = assign_splits([r['source'] for r in results], [r['split'] for r in results])
     for r, s in zip(results, splits):
         r['split'] = s
     if 'consistency' in rules:
         meta = dict(meta, consistency=score_consistency(results, scorer, cfg, work / 'images'))
-    meta = dict(meta, splits=how, split_leaks=split_leaks(results, cfg))
+    meta = dict(meta, splits=how, split_leaks=split_leaks(results, cfg, thumbs))
+    del thumbs
     summary = write_outputs(results, work, out_dir, meta)
     shutil.rmtree(work)
     if summary['kept_pairs'] == 0:
