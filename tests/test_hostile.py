@@ -187,7 +187,11 @@ def test_hostile_corpus_every_entry_accounted_for_nothing_read_or_written_outsid
     sec = outside(tmp_path)
     src, n_entries, n_good = make(tmp_path / 'corpus', sec)
     before = tree(tmp_path, tmp_path / 'out')
-    s = clean_corpus(src, tmp_path / 'out', workers=1, progress=False)
+    try:
+        s = clean_corpus(src, tmp_path / 'out', workers=1, progress=False)
+    except VLLabError as e:  # a corpus that keeps nothing is an error, once its manifest accounts for every entry
+        assert n_good == 0 and 'no usable pair' in str(e), e
+        s = json.loads((tmp_path / 'out' / 'summary.json').read_text())
     assert tree(tmp_path, tmp_path / 'out') == before  # nothing written (or touched) outside OUT_DIR
     rows = [json.loads(x) for x in (tmp_path / 'out' / 'manifest.jsonl').read_text().splitlines()]
     assert sum(r['caption_index'] == 0 for r in rows) == n_entries == s['input_records']  # one first row per entry
@@ -328,8 +332,10 @@ def test_fuzzed_annotation_files_never_raise_a_traceback(tmp_path, kind):
             s = clean_corpus(tmp_path / name, out, format=kind, workers=1, progress=False)
         except VLLabError as e:
             assert '\n' not in str(e)
-            outcomes['refused'] += 1
-            continue
+            if 'no usable pair' not in str(e):
+                outcomes['refused'] += 1
+                continue
+            s = json.loads((out / 'summary.json').read_text())  # nothing kept: an error, every entry accounted for
         n = sum(1 for _ in load_records(tmp_path / name, kind))
         assert s['input_records'] == n and s['kept_pairs'] + s['rejected_pairs'] == s['input_pairs']
         outcomes['cleaned'] += 1

@@ -131,14 +131,16 @@ def file_ref(root: Path, rel: str, boundary: Path | None = None) -> ImageRef:
 # %% ../nbs/02_data.ipynb #8218c275
 def _default_root(json_path: Path, image_root, rels=(), candidates=()) -> tuple[Path, Path]:
     """(image root, boundary) of the images a JSON file names (`rels`: a few of their relative paths). A root the user
-    names is trusted as it is. Otherwise the first of `candidates` ((root, boundary) pairs, after `images/` beside the
-    JSON and the JSON's folder) that holds most of `rels` is taken (the first one when none holds any); every image's
-    real path must stay inside that root's boundary."""
+    names is trusted as it is. Otherwise `images/` beside the JSON (bounded by the JSON's folder), the JSON's folder,
+    or the first of the `candidates` folders (where the format keeps its images) that holds most of `rels` (the first
+    one when none holds any). A candidate is its own boundary, and a candidate that is a link is passed over (name it
+    with `image_root`): every image's real path stays inside the folder it was found in."""
     if image_root:
         return Path(image_root), Path(image_root)
     folder = json_path.parent
-    options = [(folder / 'images', folder), (folder, folder), *candidates]
-    options = [(r, b) for r, b in options if Path(r).is_dir()] or [(folder, folder)]
+    own = [(Path(r), Path(r)) for r in candidates if Path(r).is_dir() and not Path(r).is_symlink()]
+    options = [(r, b) for r, b in [(folder / 'images', folder), (folder, folder)] if r.is_dir()] + own
+    options = options or [(folder, folder)]
     sample = [r for r in rels if isinstance(r, str) and r][:20]
     found = [sum(_is_file(resolve_inside(r, rel, b)[0]) for rel in sample) for r, b in options]
     return options[found.index(max(found))] if sample else options[0]
@@ -175,14 +177,13 @@ COCO_FILE = re.compile(r'captions_(train|val|test)(\d{4})\.json$')
 
 
 def _coco_candidates(ann_file: Path) -> list:
-    """Where COCO puts the images of `annotations/captions_val2017.json`: `val2017/` beside the `annotations` folder
-    (or in an `images/` folder there), the COCO root being the boundary."""
+    "Where COCO keeps the images of `annotations/captions_val2017.json`: `val2017/` beside `annotations/`, or images/."
     m = COCO_FILE.search(ann_file.name)
     if not m:
         return []
     top = ann_file.parent.parent if ann_file.parent.name == 'annotations' else ann_file.parent
     name = f'{m.group(1)}{m.group(2)}'
-    return [(top / name, top), (top / 'images' / name, top), (top / 'images', top), (top, top)]
+    return [top / name, top / 'images' / name, top / 'images', top]
 
 
 def load_coco(ann_file, image_root=None) -> Iterator[Record]:
@@ -278,8 +279,8 @@ def _karpathy_candidates(json_file: Path) -> list:
     files come in a `caption_datasets/` folder)."""
     out = []
     for top in (json_file.parent, json_file.parent.parent):
-        out += [(top / name, top) for name in KARPATHY_FOLDERS] + [(top, top)]
-        out += [(d, top) for d in sorted(top.iterdir()) if d.is_dir() and not d.name.startswith('.')][:50]
+        out += [top / name for name in KARPATHY_FOLDERS] + [top]
+        out += [d for d in sorted(top.iterdir()) if d.is_dir() and not d.name.startswith('.')][:50]
     return out
 
 
