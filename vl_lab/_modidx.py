@@ -167,6 +167,7 @@ d = {
             'vl_lab.data._member_kind': ('data.html#_member_kind', 'vl_lab/data.py'),
             'vl_lab.data._object_list': ('data.html#_object_list', 'vl_lab/data.py'),
             'vl_lab.data._one': ('data.html#_one', 'vl_lab/data.py'),
+            'vl_lab.data._under': ('data.html#_under', 'vl_lab/data.py'),
             'vl_lab.data._wds_record': ('data.html#_wds_record', 'vl_lab/data.py'),
             'vl_lab.data.coco_files': ('data.html#coco_files', 'vl_lab/data.py'),
             'vl_lab.data.decode_text': ('data.html#decode_text', 'vl_lab/data.py'),

@@ -142,7 +142,11 @@ def _default_root(json_path: Path, image_root, rels=(), candidates=()) -> tuple[
     options = [(r, b) for r, b in [(folder / 'images', folder), (folder, folder)] if r.is_dir()] + own
     options = options or [(folder, folder)]
     sample = [r for r in rels if isinstance(r, str) and r][:20]
-    found = [sum(_is_file(resolve_inside(r, rel, b)[0]) for rel in sample) for r, b in options]
+    found = []
+    for r, b in options:  # the first that holds every sampled image wins at once
+        found.append(sum(_is_file(resolve_inside(r, rel, b)[0]) for rel in sample))
+        if sample and found[-1] == len(sample):
+            break
     return options[found.index(max(found))] if sample else options[0]
 
 
@@ -276,12 +280,14 @@ KARPATHY_FOLDERS = ('flickr30k-images', 'Flicker8k_Dataset', 'Flickr8k_Dataset',
 def _karpathy_candidates(json_file: Path) -> list:
     """Where Karpathy's files are used with their images: the image folder of each dataset (`flickr30k-images/`,
     `Flicker8k_Dataset/`, ...; `train2014/` and `val2014/` are `filepath`s) beside the file or one folder up (the
-    files come in a `caption_datasets/` folder)."""
+    files come in a `caption_datasets/` folder), or one folder down."""
     out = []
     for top in (json_file.parent, json_file.parent.parent):
         out += [top / name for name in KARPATHY_FOLDERS] + [top]
         out += [d for d in sorted(top.iterdir()) if d.is_dir() and not d.name.startswith('.')][:50]
-    return out
+    # one level deeper beside the file, as some copies nest them (`flickr30k_images/flickr30k_images/`)
+    subs = [d for d in sorted(json_file.parent.iterdir()) if d.is_dir() and not d.name.startswith('.')][:20]
+    return out + [e for d in subs for e in sorted(d.iterdir())[:2000] if e.is_dir()][:50]
 
 
 def load_karpathy(json_file, image_root=None) -> Iterator[Record]:
@@ -322,8 +328,8 @@ def load_karpathy(json_file, image_root=None) -> Iterator[Record]:
 
 
 # %% ../nbs/02_data.ipynb #6e330a0c
-IMAGE_COLUMNS = ('filepath', 'file_name', 'filename', 'image', 'image_path', 'img', 'path')  # open_clip's first
-CAPTION_COLUMNS = ('title', 'caption', 'text', 'sentence', 'raw')
+IMAGE_COLUMNS = ('filepath', 'file_name', 'filename', 'image', 'image_name', 'image_path', 'img', 'path')
+CAPTION_COLUMNS = ('title', 'caption', 'text', 'sentence', 'comment', 'raw')  # open_clip's names first
 
 
 def sniff_delimiter(header: str, path: Path) -> str:
@@ -349,10 +355,19 @@ def _column(fields: list, asked: str | None, known: tuple, what: str, path: Path
     )
 
 
+def _under(rel: str, image_root) -> str:
+    "`rel`, or an absolute path inside the user's `image_root` written relative to it."
+    if image_root and os.path.isabs(rel):
+        r = os.path.relpath(rel, Path(image_root).absolute())
+        return rel if r.split(os.sep)[0] == '..' else Path(r).as_posix()
+    return rel
+
+
 def load_csv(path, image_root=None, img_key=None, caption_key=None, sep=None) -> Iterator[Record]:
     """Records of a CSV/TSV file of image paths and captions, as open_clip reads them: columns `filepath` and `title`
     (or the named ones, else the first well-known ones), the delimiter sniffed from the header unless given, paths
-    relative to the file's folder. Rows of one image path are one record."""
+    relative to the file's folder. Rows of one image path are one record. Absolute paths (open_clip's CSVs often hold
+    them) are read when they lie inside an `image_root` the user names; otherwise they are refused."""
     path = Path(path)
     root = Path(image_root) if image_root else path.parent
     try:
@@ -361,21 +376,23 @@ def load_csv(path, image_root=None, img_key=None, caption_key=None, sep=None) ->
         raise VLLabError(f"{path}: cannot read: {e.strerror or e}") from None
     sep = sep or sniff_delimiter(text.split('\n', 1)[0], path)
     rows = csv.DictReader(io.StringIO(text, newline=''), delimiter=sep)
+    if rows.fieldnames:  # a header written with spaces after its delimiters ('image_name| comment') names the same
+        rows.fieldnames = [f.strip() for f in rows.fieldnames]
     fields = [f for f in rows.fieldnames or [] if f]
     img_key = _column(fields, img_key, IMAGE_COLUMNS, 'image', path)
     caption_key = _column(fields, caption_key, CAPTION_COLUMNS, 'caption', path)
     groups = {}
     for n, row in enumerate(rows, start=2):  # line 1 is the header
-        rel = row.get(img_key) or ''
+        rel = (row.get(img_key) or '').strip()
         if rel not in groups:
             groups[rel] = Record(
                 id=str(n),
-                image=file_ref(root, rel),
+                image=file_ref(root, _under(rel, image_root)),
                 captions=[],
                 split=row.get('split') or None,
                 extra={k: v for k, v in row.items() if k not in (img_key, caption_key, 'split') and k},
             )
-        groups[rel].captions.append(row.get(caption_key) or '')
+        groups[rel].captions.append((row.get(caption_key) or '').strip())
     yield from groups.values()
 
 
