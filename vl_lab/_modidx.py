@@ -183,6 +183,7 @@ d = {
             'vl_lab.data.load_labelled_folder': ('data.html#load_labelled_folder', 'vl_lab/data.py'),
             'vl_lab.data.load_records': ('data.html#load_records', 'vl_lab/data.py'),
             'vl_lab.data.load_webdataset': ('data.html#load_webdataset', 'vl_lab/data.py'),
+            'vl_lab.data.nearby_dirs': ('data.html#nearby_dirs', 'vl_lab/data.py'),
             'vl_lab.data.refused': ('data.html#refused', 'vl_lab/data.py'),
             'vl_lab.data.resolve_inside': ('data.html#resolve_inside', 'vl_lab/data.py'),
             'vl_lab.data.shard_paths': ('data.html#shard_paths', 'vl_lab/data.py'),

@@ -34,6 +34,7 @@ __all__ = [
     'refused',
     'resolve_inside',
     'file_ref',
+    'nearby_dirs',
     'load_coco',
     'coco_files',
     'load_coco_folder',
@@ -148,6 +149,16 @@ def _default_root(json_path: Path, image_root, rels=(), candidates=()) -> tuple[
         if sample and found[-1] == len(sample):
             break
     return options[found.index(max(found))] if sample else options[0]
+
+
+def nearby_dirs(folder, limit: int = 50) -> list[Path]:
+    "Folders in `folder` and in those, one level further (at most `limit` of each): where images may have been put."
+
+    def subdirs(d):
+        return [e for e in sorted(Path(d).iterdir()) if e.is_dir() and not e.name.startswith('.')][:limit]
+
+    first = subdirs(folder)
+    return first + [e for d in first[:20] for e in subdirs(d)][:limit]
 
 
 def _is_file(p) -> bool:
@@ -281,13 +292,9 @@ def _karpathy_candidates(json_file: Path) -> list:
     """Where Karpathy's files are used with their images: the image folder of each dataset (`flickr30k-images/`,
     `Flicker8k_Dataset/`, ...; `train2014/` and `val2014/` are `filepath`s) beside the file or one folder up (the
     files come in a `caption_datasets/` folder), or one folder down."""
-    out = []
-    for top in (json_file.parent, json_file.parent.parent):
-        out += [top / name for name in KARPATHY_FOLDERS] + [top]
-        out += [d for d in sorted(top.iterdir()) if d.is_dir() and not d.name.startswith('.')][:50]
-    # one level deeper beside the file, as some copies nest them (`flickr30k_images/flickr30k_images/`)
-    subs = [d for d in sorted(json_file.parent.iterdir()) if d.is_dir() and not d.name.startswith('.')][:20]
-    return out + [e for d in subs for e in sorted(d.iterdir())[:2000] if e.is_dir()][:50]
+    top, up = json_file.parent, json_file.parent.parent
+    out = [top / name for name in KARPATHY_FOLDERS] + [up / name for name in KARPATHY_FOLDERS] + [up]
+    return out + nearby_dirs(top) + nearby_dirs(up)[:50]
 
 
 def load_karpathy(json_file, image_root=None) -> Iterator[Record]:
@@ -366,10 +373,10 @@ def _under(rel: str, image_root) -> str:
 def load_csv(path, image_root=None, img_key=None, caption_key=None, sep=None) -> Iterator[Record]:
     """Records of a CSV/TSV file of image paths and captions, as open_clip reads them: columns `filepath` and `title`
     (or the named ones, else the first well-known ones), the delimiter sniffed from the header unless given, paths
-    relative to the file's folder. Rows of one image path are one record. Absolute paths (open_clip's CSVs often hold
+    relative to the file's folder (or to a folder in it, one or two levels down, that holds them). Rows of one image
+    path are one record. Absolute paths (open_clip's CSVs often hold
     them) are read when they lie inside an `image_root` the user names; otherwise they are refused."""
     path = Path(path)
-    root = Path(image_root) if image_root else path.parent
     try:
         text = decode_text(path.read_bytes())
     except OSError as e:
@@ -387,13 +394,17 @@ def load_csv(path, image_root=None, img_key=None, caption_key=None, sep=None) ->
         if rel not in groups:
             groups[rel] = Record(
                 id=str(n),
-                image=file_ref(root, _under(rel, image_root)),
+                image=None,
                 captions=[],
                 split=row.get('split') or None,
                 extra={k: v for k, v in row.items() if k not in (img_key, caption_key, 'split') and k},
             )
         groups[rel].captions.append((row.get(caption_key) or '').strip())
-    yield from groups.values()
+    rels = [_under(rel, image_root) for rel in groups]
+    root, bound = _default_root(path, image_root, rels[:20], nearby_dirs(path.parent))
+    for rel, rec in zip(rels, groups.values()):
+        rec.image = file_ref(root, rel, bound)
+        yield rec
 
 
 # %% ../nbs/02_data.ipynb #77eaf042
