@@ -259,14 +259,20 @@ def source_html(data_dir) -> str:
         "{% if s.rejected_by_rule %}; not imported: {% for k, v in s.rejected_by_rule.items() %}{{ k }} {{ v }}"
         "{% if not loop.last %}, {% endif %}{% endfor %} (every pair is in <code>{{ d }}/manifest.jsonl</code>)"
         "{% endif %}. Splits: {{ s.splits }}. Training images that are near copies of a val or test image: "
-        "<b>{{ leaks.count or 0 }}</b>{% if leaks.count %} (the test has seen them: drop them, as DataComp drops "
-        "copies of its evaluation sets){% endif %}. The corpus carries no true noise labels.</p>",
+        "<b>{{ leaks.count or 0 }}</b>{% if leaks.count %} (tests that training has seen; the cleaned corpora drop "
+        "them, as DataComp drops copies of its evaluation sets: see Data cleaning){% endif %}. The corpus carries no "
+        "true noise labels.</p>",
         s=s,
         d=str(data_dir),
         leaks=leaks,
     )
     if leaks.get('examples'):
-        out += table_html(leaks['examples'], caption='Near copies across splits (the first ones)')
+        out += table_html(
+            leaks['examples'],
+            columns=['train', 'other', 'split', 'distance'],
+            caption='Near copies across splits (the first ones): a training image, the val or test image it copies, '
+            'and their hash distance',
+        )
     return out
 
 

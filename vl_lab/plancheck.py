@@ -91,17 +91,17 @@ def fit_config(name: str, cfg: dict, split: str, train: dict, test: dict) -> tup
 
 # %% ../nbs/41a_plancheck.ipynb #1a3d4910
 def not_measured_section(runs: list[dict]) -> dict | None:
-    "'Not measured on this corpus': each skipped experiment and each dropped task, with its reason (None: nothing)."
+    "'Not measured on this corpus': each reason a task was dropped or an experiment skipped, with its experiments."
     from vl_lab.page import render
 
-    items, seen = [], set()
+    why = {}  # each reason once, with the experiments it holds for, in plan order
     for r in runs:
-        lines = [f"{r['name']}: not run: {r['cause']}"] if r['status'] == 'skipped' and r.get('cause') else []
-        lines += [f"{r['name']}: {n}" for n in r.get('not_measured') or []]
-        for line in lines:
-            if line not in seen:
-                seen.add(line)
-                items.append(line)
+        lines = [f"not run: {r['cause']}"] if r['status'] == 'skipped' and r.get('cause') else []
+        for line in lines + list(r.get('not_measured') or []):
+            names = why.setdefault(line, [])
+            if r['name'] not in names:
+                names.append(r['name'])
+    items = [f"{', '.join(names)}: {line}" for line, names in why.items()]
     if not items:
         return None
     body = render(
