@@ -130,19 +130,12 @@ def derived_dir(raw: Path, kind: str, data_hash: str, root=None) -> Path:
 def ensure_corpus(data_dir=DEFAULT_DATA, default=None, format=None, image_root=None, load_opts=None, root=None) -> Path:
     """The raw corpus at `data_dir` in the lab's form (`bring_in`), generating the default shapes corpus there when it
     is the default folder and holds no corpus."""
-    data_dir = Path(data_dir) if '{' not in str(data_dir) else data_dir
-    is_default = default if default is not None else Path(data_dir).resolve() == DEFAULT_DATA.resolve()
-    if is_default and not (Path(data_dir) / 'annotations.json').exists():
+    data_dir = Path(data_dir)  # a brace pattern of shards keeps its braces
+    is_default = default if default is not None else data_dir.resolve() == DEFAULT_DATA.resolve()
+    if is_default and not (data_dir / 'annotations.json').exists():
         print(f"generating the default shapes corpus into {data_dir} ...", flush=True)
         synth(data_dir, synth_config(), overwrite=True)
-        return Path(data_dir)
-    if (
-        format is None
-        and Path(data_dir).is_dir()
-        and (Path(data_dir) / 'annotations.json').exists()
-        and lab_made(data_dir)
-    ):
-        return Path(data_dir)
+        return data_dir
     return bring_in(data_dir, format, image_root, load_opts, root)
 
 
