@@ -3,13 +3,14 @@ SHELL := /bin/bash
 .SHELLFLAGS := -euo pipefail -c
 VENV := .venv
 BIN := $(VENV)/bin
-# no hub downloads at run time; figures without a display
+# no hub downloads at run time
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
-export MPLBACKEND := Agg
 export PYTHONHASHSEED := 0
+# figures without a display for the batch targets only: JupyterLab's kernels draw inline (`make lab` below)
+report test check export bench sweep: export MPLBACKEND := Agg
 
-.PHONY: venv report test check nbtest pytest lab bench lock export clean sweep
+.PHONY: venv report test check nbtest pytest lab tensorboard bench lock export clean sweep
 
 venv:
 	@bash tools/bootstrap.sh
@@ -36,8 +37,16 @@ export: venv  ## regenerate vl_lab/ from the notebooks and clean the notebooks
 	$(BIN)/ruff format -q vl_lab
 	$(BIN)/nbdev_clean
 
-lab: venv  ## JupyterLab on 127.0.0.1 (token auth) with the project's .venv as the kernel; as root too, as in ML containers
-	$(BIN)/jupyter lab --ip=127.0.0.1 --no-browser --notebook-dir=. $$( [ "$$(id -u)" = 0 ] && echo --allow-root )
+# JupyterLab on 127.0.0.1 (token auth; JUPYTER_PORT and JUPYTER_TOKEN are read) with the project's .venv as the
+# kernel, as root too (ML containers). Its kernels draw inline: an MPLBACKEND from the shell (Docker images often set
+# Agg) is dropped, or no figure would show. A notebook saved from the lab is cleaned as `make export` cleans it
+# (nbdev's pre-save hook; settings.ini: jupyter_hooks, clear_all), so the clean-notebook gate stays green.
+lab: venv  ## JupyterLab on 127.0.0.1 with the .venv kernel; figures inline; notebooks cleaned on save
+	env -u MPLBACKEND $(BIN)/jupyter lab --ip=127.0.0.1 --no-browser --notebook-dir=. \
+	  --ContentsManager.pre_save_hook=nbdev.clean.clean_jupyter $$( [ "$$(id -u)" = 0 ] && echo --allow-root )
+
+tensorboard: venv  ## TensorBoard on 127.0.0.1 over the report's runs (their training curves, live while they train)
+	$(BIN)/vl-lab tensorboard --out reports
 
 bench: venv  ## benchmarks (they print ratios and rates; they are not tests)
 	@for b in bench/*.py; do echo "== $$b"; $(BIN)/python $$b; done
