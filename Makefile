@@ -40,10 +40,10 @@ export: venv  ## regenerate vl_lab/ from the notebooks and clean the notebooks
 # JupyterLab on 127.0.0.1 (token auth; JUPYTER_PORT and JUPYTER_TOKEN are read) with the project's .venv as the
 # kernel, as root too (ML containers). Its kernels draw inline: an MPLBACKEND from the shell (Docker images often set
 # Agg) is dropped, or no figure would show. A notebook saved from the lab is cleaned as `make export` cleans it
-# (nbdev's pre-save hook; settings.ini: jupyter_hooks, clear_all), so the clean-notebook gate stays green.
+# (tools/jupyter/jupyter_server_config.py: nbdev's pre-save hook, then no outputs), so the notebook gate stays green.
 lab: venv  ## JupyterLab on 127.0.0.1 with the .venv kernel; figures inline; notebooks cleaned on save
-	env -u MPLBACKEND $(BIN)/jupyter lab --ip=127.0.0.1 --no-browser --notebook-dir=. \
-	  --ContentsManager.pre_save_hook=nbdev.clean.clean_jupyter $$( [ "$$(id -u)" = 0 ] && echo --allow-root )
+	env -u MPLBACKEND JUPYTER_CONFIG_PATH=$(CURDIR)/tools/jupyter$${JUPYTER_CONFIG_PATH:+:$$JUPYTER_CONFIG_PATH} \
+	  $(BIN)/jupyter lab --ip=127.0.0.1 --no-browser --notebook-dir=. $$( [ "$$(id -u)" = 0 ] && echo --allow-root )
 
 tensorboard: venv  ## TensorBoard on 127.0.0.1 over the report's runs (their training curves, live while they train)
 	$(BIN)/vl-lab tensorboard --out reports
