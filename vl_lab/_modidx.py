@@ -401,6 +401,7 @@ d = {
         },
         'vl_lab.page': {
             'vl_lab.page.fig_html': ('page.html#fig_html', 'vl_lab/page.py'),
+            'vl_lab.page.figure': ('page.html#figure', 'vl_lab/page.py'),
             'vl_lab.page.fmt': ('page.html#fmt', 'vl_lab/page.py'),
             'vl_lab.page.page_html': ('page.html#page_html', 'vl_lab/page.py'),
             'vl_lab.page.render': ('page.html#render', 'vl_lab/page.py'),

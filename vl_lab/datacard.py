@@ -14,7 +14,7 @@ from PIL import Image
 from .core import VLLabError
 from .core import read_json
 from .data import resolve_inside
-from .page import fig_html, render, table_html, thumb_html
+from .page import fig_html, figure, render, table_html, thumb_html
 from .synthetic import CAPTION_NOISE, IMAGE_NOISE
 
 # %% auto #0
@@ -118,10 +118,6 @@ def _caption_kinds(ann, noise):
 
 def datacard_figures(ann: dict, noise: dict | None) -> list:
     "Caption lengths by caption kind, classes per split, objects per image and image sizes, as embedded figures."
-    import matplotlib
-
-    matplotlib.use('Agg')
-    import matplotlib.pyplot as plt
     import pandas as pd
     import seaborn as sns
 
@@ -133,7 +129,7 @@ def datacard_figures(ann: dict, noise: dict | None) -> list:
         )
     )
     figs = []
-    fig, axes = plt.subplots(1, 2, figsize=(11, 3.4))
+    fig, axes = figure(1, 2, figsize=(11, 3.4))
     for ax, col in zip(axes, ('characters', 'words')):
         sns.histplot(
             caps,
@@ -148,7 +144,7 @@ def datacard_figures(ann: dict, noise: dict | None) -> list:
     axes[0].axvline(10.5, color='k', ls=':', lw=1)
     figs.append(fig_html(fig, 'caption length histograms'))
     imgs = pd.DataFrame(ann['images'])
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.4))
+    fig, axes = figure(1, 3, figsize=(13, 3.4))
     if 'class_name' in imgs:
         sns.countplot(imgs, x='class_name', hue='split' if 'split' in imgs else None, ax=axes[0])
         axes[0].set_title('class (largest shape) per split')

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from .data import resolve_inside
 from .labnote import zero_shot_source
-from .page import fig_html, render, thumb_html
+from .page import fig_html, figure, render, thumb_html
 
 # %% auto #0
 __all__ = ['thumb', 'evidence_section']
@@ -46,14 +46,10 @@ def _read(run: dict, name: str) -> dict:
 
 
 def _confusion_figure(z: dict):
-    import matplotlib
-
-    matplotlib.use('Agg')
-    import matplotlib.pyplot as plt
     import numpy as np
 
     cm = np.array(z['confusion'], dtype=float)
-    fig, ax = plt.subplots(figsize=(0.5 * len(cm) + 2, 0.45 * len(cm) + 1.6))
+    fig, ax = figure(figsize=(0.5 * len(cm) + 2, 0.45 * len(cm) + 1.6))
     ax.imshow(cm / np.maximum(cm.sum(1, keepdims=True), 1), cmap='Blues', vmin=0, vmax=1)
     labels = [str(c).replace('$', '') for c in z['classes']]  # data text is never parsed as mathtext
     ax.set_xticks(range(len(cm)), labels, rotation=45, ha='right', fontsize=8)

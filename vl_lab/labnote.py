@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from .page import fig_html, render, table_html
+from .page import fig_html, figure, render, table_html
 
 # %% auto #0
 __all__ = [
@@ -149,10 +149,6 @@ def _epochs(p: dict) -> int:
 # %% ../nbs/42_labnote.ipynb #c03bf136
 def training_section(runs) -> dict:
     "Configuration table, curves (mean over seeds) and observations per experiment."
-    import matplotlib
-
-    matplotlib.use('Agg')
-    import matplotlib.pyplot as plt
 
     groups, rows, obs = _groups(runs), [], []
     for name, rs in groups.items():
@@ -209,7 +205,7 @@ def training_section(runs) -> dict:
                 s='' if math.isnan(share) else f"{100 * share:.0f}",
             )
         )
-    fig, axes = plt.subplots(1, 2, figsize=(11, 3.6))
+    fig, axes = figure(1, 2, figsize=(11, 3.6))
     for name, rs in groups.items():
         eps = [r['history'][r['history'].kind == 'epoch'] for r in rs]
         n_ep = min(len(x) for x in eps)

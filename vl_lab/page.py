@@ -12,7 +12,7 @@ import jinja2
 from markupsafe import Markup
 
 # %% auto #0
-__all__ = ['render', 'fig_html', 'thumb_html', 'fmt', 'table_html', 'page_html']
+__all__ = ['render', 'figure', 'fig_html', 'thumb_html', 'fmt', 'table_html', 'page_html']
 
 # %% ../nbs/04_page.ipynb #fc952720
 _ENV = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
@@ -21,6 +21,15 @@ _ENV = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined, tri
 def render(template: str, **ctx) -> Markup:
     "Render a Jinja2 `template` string with autoescaping; the result is safe to embed."
     return Markup(_ENV.from_string(template).render(**ctx))
+
+
+def figure(*args, figsize=None, **kwargs):
+    """A figure and its axes (the arguments of `Figure.subplots`) made without pyplot: no backend is chosen or
+    switched, so building a page in a JupyterLab kernel leaves that kernel's inline figures drawing."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=figsize)
+    return fig, fig.subplots(*args, **kwargs)
 
 
 def fig_html(fig, alt: str = '', dpi: int = 100) -> Markup:
