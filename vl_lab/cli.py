@@ -134,7 +134,7 @@ def _cmd_train(args):
     from vl_lab.train import train
 
     cfg = resolve_config(args.config, args.set or [], data=args.data)
-    train(cfg, args.out, resume=args.resume, progress=not args.quiet)
+    train(cfg, args.out, resume=args.resume, progress=not args.quiet, track=args.track)
 
 
 def _cmd_evaluate(args):
@@ -194,6 +194,11 @@ def _cmd_serve(args):
 def _cmd_report(args):
     from vl_lab.report import build_report
 
+    if args.track is not None:  # for the kernels of the runs: `runner.execute_run` gives them this environment
+        from vl_lab.train import tracker_names
+
+        tracker_names(args.track)
+        os.environ['VL_LAB_TRACK'] = args.track
     runs, corpora = None, None
     if args.plan.exists():
         from vl_lab.runner import plan_corpora, read_plan, run_plan
@@ -233,6 +238,21 @@ def _cmd_report(args):
         raise VLLabError(
             f"{len(bad)} run(s) failed: " + ', '.join(f"{r['name']} seed {r['seed']}" for r in bad) + f" (see {out})"
         )
+
+
+def _cmd_tensorboard(args):
+    import importlib.util
+
+    runs = args.out / 'runs'
+    if not runs.is_dir():
+        raise VLLabError(f"{runs}: no runs to show (vl-lab report writes them there; or pass --out)")
+    if importlib.util.find_spec('tensorboard') is None:
+        raise VLLabError('TensorBoard is not installed (pip install tensorboard)')
+    exe = Path(sys.executable).parent / 'tensorboard'
+    cmd = [sys.executable, *([str(exe)] if exe.is_file() else ['-m', 'tensorboard.main'])]
+    cmd += ['--logdir', str(runs), '--host', '127.0.0.1', '--port', str(args.port)]
+    print(f"TensorBoard of {runs}: http://127.0.0.1:{args.port}/ (this machine only; Ctrl-C stops it)", flush=True)
+    os.execv(sys.executable, cmd)  # this process becomes TensorBoard: stopping it stops TensorBoard
 
 
 # %% ../nbs/90_cli.ipynb #558b36d2
@@ -299,6 +319,12 @@ def make_parser() -> argparse.ArgumentParser:
     )
     t.add_argument('--resume', action='store_true', help='continue the run in --out from its last checkpoint')
     t.add_argument('--quiet', action='store_true', help='no progress bar')
+    t.add_argument(
+        '--track',
+        metavar='NAME',
+        help='where its scalars go while it trains: tensorboard (into OUT/tensorboard/), wandb, mlflow, '
+        'several comma-separated, or none (default: $VL_LAB_TRACK, else tensorboard)',
+    )
     t.set_defaults(func=_cmd_train)
     e = sub.add_parser('evaluate', help='evaluate a trained run on a split: every task its model supports')
     e.add_argument('run_dir', type=Path, help='a run folder made by vl-lab train')
@@ -403,7 +429,18 @@ def make_parser() -> argparse.ArgumentParser:
         help='runs executed in parallel, one thread each (default: the CPU count, %(default)s)',
     )
     _executor_args(r, 'runs')
+    r.add_argument(
+        '--track',
+        metavar='NAME',
+        help='the trackers of the runs it executes, as vl-lab train --track (sets VL_LAB_TRACK for their kernels)',
+    )
     r.set_defaults(func=_cmd_report)
+    b = sub.add_parser('tensorboard', help='show the runs of a report folder in TensorBoard, on this machine only')
+    b.add_argument(
+        '--out', type=Path, default=Path('reports'), help='report folder whose runs/ to show (default %(default)s)'
+    )
+    b.add_argument('--port', type=_positive_int, default=6006, help='port on 127.0.0.1 (default %(default)s)')
+    b.set_defaults(func=_cmd_tensorboard)
     return p
 
 

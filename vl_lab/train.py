@@ -5,8 +5,10 @@
 # %% ../nbs/20_train.ipynb #914ccd44
 from __future__ import annotations
 import csv
+import importlib.util
 import io
 import math
+import os
 import random
 import time
 from dataclasses import dataclass
@@ -46,6 +48,7 @@ from .tokenizer import load_tokenizer, save_tokenizer, train_word_tokenizer
 __all__ = [
     'STAGE_KEYS',
     'HISTORY_COLUMNS',
+    'TRACKERS',
     'stage_list',
     'param_groups',
     'warmup_cosine',
@@ -55,6 +58,11 @@ __all__ = [
     'load_teacher',
     'write_history',
     'evaluate_val',
+    'tracker_names',
+    'tracker_list',
+    'start_trackers',
+    'log_step',
+    'log_epoch',
     'Session',
     'setup',
     'save_state',
@@ -248,6 +256,69 @@ def evaluate_val(model, ds, tok, cfg, tasks, weights, pad_id, device) -> dict:
     return out
 
 
+# %% ../nbs/20_train.ipynb #5c9c22d9
+TRACKERS = {'tensorboard': 'tensorboard', 'wandb': 'wandb', 'mlflow': 'mlflow'}  # tracker: the package it needs
+
+
+def tracker_names(track: str | None = None) -> list[str]:
+    """The trackers a run logs to: `track` (None: the environment variable `VL_LAB_TRACK`, else tensorboard), a name
+    or a comma-separated list of tensorboard, wandb, mlflow, or none; each checked to be installed."""
+    where = 'track' if track is not None else 'VL_LAB_TRACK'
+    spec = track if track is not None else os.environ.get('VL_LAB_TRACK') or 'tensorboard'
+    names = list(dict.fromkeys(n.strip().lower() for n in spec.split(',') if n.strip()))
+    if names == ['none']:
+        return []
+    known = ', '.join(TRACKERS)
+    if not names or 'none' in names:
+        raise VLLabError(f"{where} {spec!r}: name trackers ({known}, comma-separated), or none alone")
+    for n in names:
+        if n not in TRACKERS:
+            raise VLLabError(f"{where} {spec!r}: unknown tracker {n!r}; use {known} or none")
+        if importlib.util.find_spec(TRACKERS[n]) is None:
+            raise VLLabError(
+                f"{where} {spec!r}: {n} is not installed (pip install {TRACKERS[n]}); or use tensorboard, or none"
+            )
+    return names
+
+
+def tracker_list(names: list, out_dir: Path, purge_step: int | None = None) -> list | None:
+    """`Accelerator(log_with=...)` of `names`: TensorBoard writes into `out_dir/tensorboard/`, hiding what an earlier
+    event file there logged from `purge_step` on (the steps a resumed run does again)."""
+    from accelerate.tracking import TensorBoardTracker
+
+    trackers = [
+        TensorBoardTracker('tensorboard', out_dir, purge_step=purge_step) if n == 'tensorboard' else n for n in names
+    ]
+    return trackers or None
+
+
+def start_trackers(s: Session):
+    "Start the trackers (on the main process): an event file, or a W&B / MLflow run named after the run folder."
+    name = s.out_dir.resolve().name
+    kwargs = dict(wandb=dict(name=name, dir=str(s.out_dir)), mlflow=dict(run_name=name))
+    s.acc.init_trackers('vl_lab', init_kwargs=kwargs)
+
+
+def log_step(s: Session, vals: dict, lr: float, seconds: float):
+    "One optimizer step's scalars: each loss term, the learning rate, the temperature, samples per second."
+    if not (s.acc.trackers and s.acc.is_main_process):
+        return
+    out = {f'train/{k}': v for k, v in vals.items()}
+    out.update({'train/lr': lr, 'train/samples_per_s': s.cfg.batch_size / seconds})
+    if callable(getattr(s.core, 'scale', None)):  # the contrastive logit scale: 1 / temperature
+        scale = s.core.scale().item()
+        out.update({'train/logit_scale': scale, 'train/temperature': 1 / scale})
+    s.acc.log(out, step=s.st['step'])
+
+
+def log_epoch(s: Session, loss: float, ev: dict):
+    "One epoch's scalars, at its last optimizer step: its mean training loss and every validation value."
+    if not (s.acc.trackers and s.acc.is_main_process):
+        return
+    vals = {f"val/{k.removeprefix('val_')}": v for k, v in ev.items() if isinstance(v, (int, float))}
+    s.acc.log({'train/epoch_loss': loss} | vals, step=s.st['step'])
+
+
 # %% ../nbs/20_train.ipynb #867fb5ba
 @dataclass
 class Session:
@@ -275,7 +346,7 @@ class Session:
     steps_timed: int = 0
 
 
-def _accelerator(cfg: TrainConfig, device: str, unused_params: bool):
+def _accelerator(cfg: TrainConfig, device: str, unused_params: bool, log_with=None, project_dir=None):
     from accelerate import Accelerator, DistributedDataParallelKwargs
     from accelerate.state import AcceleratorState
 
@@ -284,6 +355,8 @@ def _accelerator(cfg: TrainConfig, device: str, unused_params: bool):
         cpu=device == 'cpu',
         mixed_precision={'fp32': 'no'}.get(cfg.precision, cfg.precision),
         kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=unused_params)],
+        log_with=log_with,
+        project_dir=project_dir,
     )
 
 
@@ -299,8 +372,9 @@ def _tokenizer(cfg: TrainConfig, out_dir: Path, ck, teacher_tok, train_recs):
     return train_word_tokenizer(texts, cfg.vocab_size)
 
 
-def setup(cfg: TrainConfig, out_dir: Path, resume: bool) -> Session:
-    "Check `cfg`, then make the run's data, tokenizer and model (or load them from `last.pt` with `resume`)."
+def setup(cfg: TrainConfig, out_dir: Path, resume: bool, trackers: list = ()) -> Session:
+    """Check `cfg`, then make the run's data, tokenizer and model (or load them from `last.pt` with `resume`); the
+    accelerator is given `trackers` (`tracker_names`'s; none by default), which `train` starts."""
     from vl_lab.core import get_device
 
     t0 = time.time()
@@ -321,7 +395,9 @@ def setup(cfg: TrainConfig, out_dir: Path, resume: bool) -> Session:
         raise VLLabError(
             f"{out_dir}/last.pt was trained with another config; resume with the same preset and --set values"
         )
-    acc = _accelerator(cfg, device, len(tasks_all) > 1 or bool(cfg.freeze) or len(stages) > 1)
+    purge = ck['state']['step'] + 1 if ck is not None else None  # the steps logged past last.pt are done again
+    log_with = tracker_list(trackers, out_dir, purge)
+    acc = _accelerator(cfg, device, len(tasks_all) > 1 or bool(cfg.freeze) or len(stages) > 1, log_with, out_dir)
     world = acc.num_processes
     if cfg.batch_size % (world * cfg.grad_accum):
         raise VLLabError(
@@ -476,7 +552,7 @@ def train_step(s: Session, batch: dict, tasks: list, opt, sched, where: str) -> 
 
 
 def train_epoch(s: Session, si: int, epoch: int, opt, sched, sampler, progress: bool):
-    "The optimizer steps of one epoch of stage `si`, a history row each."
+    "The optimizer steps of one epoch of stage `si`, a history row and a `log_step` each."
     cfg, stage = s.cfg, s.stages[si]
     tasks = task_list(stage['tasks'])
     sampler.set_epoch(si * 100_000 + epoch)
@@ -487,14 +563,16 @@ def train_epoch(s: Session, si: int, epoch: int, opt, sched, sampler, progress: 
     s.model.train()
     desc = f"{stage['name']} epoch {epoch + 1}/{stage['epochs']}"
     bar = tqdm(loader, desc=desc, disable=not (progress and s.acc.is_main_process), leave=False)
-    t_loop = time.perf_counter()
+    t_loop = t_step = time.perf_counter()
     for batch in bar:
         vals = train_step(s, _to(batch, s.acc.device), tasks, opt, sched, f"stage {stage['name']}, epoch {epoch + 1}")
         s.st['step'] += 1
         s.steps_timed += 1
         row = dict(kind='step', stage=stage['name'], epoch=epoch + 1, step=s.st['step'], lr=sched.get_last_lr()[0])
         s.history.append(row | vals)
+        log_step(s, vals, row['lr'], time.perf_counter() - t_step)  # the step's time, its batch's loading included
         bar.set_postfix(loss=f"{vals['loss']:.3f}")
+        t_step = time.perf_counter()
     s.loop_s += time.perf_counter() - t_loop
 
 
@@ -516,6 +594,7 @@ def end_epoch(s: Session, si: int, epoch: int, opt, sched):
             **{k: v for k, v in ev.items() if k in HISTORY_COLUMNS},
         )
     )
+    log_epoch(s, s.history[-1]['loss'], ev)
     score = ev.get(cfg.monitor, -ev['val_loss'])
     if score > s.st['best']:
         s.st.update(best=score, best_epoch=f"{stage['name']}:{epoch + 1}", bad=0)
@@ -570,16 +649,22 @@ def finish(s: Session) -> dict:
 
 
 # %% ../nbs/20_train.ipynb #ca90a307
-def train(cfg: TrainConfig, out_dir, resume: bool = False, progress: bool = True) -> dict:
-    "Train `cfg` into `out_dir` (or continue it from `last.pt` with `resume`); returns the final metrics."
-    s = setup(cfg, Path(out_dir), resume)
-    for si in range(s.st['stage'], len(s.stages)):
-        opt, sched, sampler = stage_optimizer(s, si)
-        for epoch in range(s.st['epoch'] if si == s.st['stage'] else 0, s.stages[si]['epochs']):
-            if s.st['stopped']:
-                break
-            train_epoch(s, si, epoch, opt, sched, sampler, progress)
-            end_epoch(s, si, epoch, opt, sched)
-        last = si + 1 == len(s.stages)
-        s.st.update(stage=si + 1, epoch=0, bad=0, best=s.st['best'] if last else -math.inf, stopped=False)
-    return finish(s)
+def train(cfg: TrainConfig, out_dir, resume: bool = False, progress: bool = True, track: str | None = None) -> dict:
+    """Train `cfg` into `out_dir` (or continue it from `last.pt` with `resume`); returns the final metrics. `track`:
+    the trackers its scalars go to while it trains (`tracker_names`: by default $VL_LAB_TRACK, else tensorboard)."""
+    trackers = tracker_names(track)  # checked before anything is made
+    s = setup(cfg, Path(out_dir), resume, trackers)
+    try:
+        start_trackers(s)
+        for si in range(s.st['stage'], len(s.stages)):
+            opt, sched, sampler = stage_optimizer(s, si)
+            for epoch in range(s.st['epoch'] if si == s.st['stage'] else 0, s.stages[si]['epochs']):
+                if s.st['stopped']:
+                    break
+                train_epoch(s, si, epoch, opt, sched, sampler, progress)
+                end_epoch(s, si, epoch, opt, sched)
+            last = si + 1 == len(s.stages)
+            s.st.update(stage=si + 1, epoch=0, bad=0, best=s.st['best'] if last else -math.inf, stopped=False)
+        return finish(s)
+    finally:
+        s.acc.end_training()  # the event files flushed and closed, also when training raises
