@@ -1,6 +1,7 @@
 """`vl-lab report` with a plan: runs executed by papermill, cached by content hash, failures recorded, the lab note."""
 
 import json
+import re
 
 import nbformat
 import pandas as pd
@@ -188,6 +189,24 @@ def test_distilled_students_and_the_deployment_table(lab):
         and 'INT8 static (image encoder static' in html
         and 'Distillation: the student has' in html
     )
+
+
+def test_progress_as_runs_finish_and_the_plans_wall_time_on_the_page(lab):
+    d, r = lab
+    todo = int(re.search(r'plan: \d+ runs, (\d+) to execute', r.stdout).group(1))
+    lines = re.findall(r'^  plan: (\d+) done(?: \(\d+ failed\))?, (\d+) running, (\d+) left(.*)$', r.stdout, re.M)
+    assert [int(done) for done, *_ in lines] == list(range(1, todo + 1))  # a line as each run finishes
+    assert all(int(done) + int(running) + int(left) == todo for done, running, left, _ in lines)
+    estimates = [rest for *_, rest in lines if rest]
+    assert any(re.fullmatch(r'; about \d+ (s|min) left \(\d+ runs? measured, 2 at a time\)', e) for e in estimates), (
+        lines
+    )
+    index = json.loads((d / 'reports' / 'runs' / 'index.json').read_text())
+    executed = [x for x in index['runs'] if x['status'] in ('done', 'failed') and x['seconds']]
+    assert index['executed_s'] == pytest.approx(sum(x['seconds'] for x in executed), abs=0.2)
+    assert 0 < index['wall_s'] and "runs executed in" in r.stdout
+    html = (d / 'reports' / 'index.html').read_text()
+    assert re.search(r"wall time \(s\): planning and executing this report&#39;s \d+ runs</td><td>[\d.]+<", html)
 
 
 def test_second_report_executes_nothing(lab):

@@ -4,6 +4,7 @@
 
 # %% ../nbs/40_report.ipynb #c0aaca06
 from __future__ import annotations
+import json
 import time
 from pathlib import Path
 
@@ -18,8 +19,9 @@ __all__ = ['provenance_section', 'build_report']
 
 
 # %% ../nbs/40_report.ipynb #f17897b3
-def provenance_section(prov: dict, runs: list | None = None) -> dict:
-    "The provenance of the report as a section: where and from what it was made, and how long it took."
+def provenance_section(prov: dict, runs: list | None = None, plan: dict | None = None) -> dict:
+    """The provenance of the report as a section: where and from what it was made, and how long it took: the page,
+    and the plan (`plan`: the runner's runs/index.json), its wall time beside its compute time."""
     rows = [
         dict(item='git commit', value=prov['git']['commit']),
         dict(item='uncommitted changes', value=prov['git']['dirty']),
@@ -30,6 +32,14 @@ def provenance_section(prov: dict, runs: list | None = None) -> dict:
         dict(item='data hash (sha256)', value=prov['data_hash']),
         dict(item='time to render this page (s)', value=prov['wall_time_s']),
     ]
+    if plan and plan.get('wall_s') is not None:
+        rows += [
+            dict(
+                item=f"the plan's wall time (s): planning and executing this report's {plan['executed']} runs",
+                value=plan['wall_s'],
+            ),
+            dict(item="their compute (s): their execution times, summed", value=plan['executed_s']),
+        ]
     if runs:
         rows.append(
             dict(
@@ -96,7 +106,9 @@ def build_report(
             sections.append(dep)
         synthetic = (Path(data_dir) / 'noise_labels.json').exists()
         sections += [next_steps_section(loaded, synthetic), runs_section(loaded)]
-    sections.append(provenance_section(provenance(start_time=t0, data_hash=data_hash), runs))
+    index = out_dir / 'runs' / 'index.json'
+    plan = json.loads(index.read_text()) if runs and index.exists() else None  # the runner's record of this plan
+    sections.append(provenance_section(provenance(start_time=t0, data_hash=data_hash), runs, plan))
     html = page_html('vl_lab lab report', sections, subtitle=f'data: {data_dir}')
     out = out_dir / 'index.html'
     try:

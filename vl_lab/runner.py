@@ -43,6 +43,7 @@ __all__ = [
     'execute_run',
     'submit_run',
     'run_record',
+    'plan_progress',
     'plan_corpora',
     'run_plan',
 ]
@@ -442,6 +443,37 @@ def run_record(future, run: PlannedRun) -> dict:
         return rec
 
 
+# %% ../nbs/41_runner.ipynb #3359d430
+def _clock(s: float) -> str:
+    "A duration as a person reads it: 45 s, 12 min, 2.3 h."
+    return f"{s:.0f} s" if s < 90 else f"{s / 60:.0f} min" if s < 5400 else f"{s / 3600:.1f} h"
+
+
+def plan_progress(finished: list, running: list, waiting: list, parallel: int, now: float) -> str:
+    """How far the plan is: runs done (this invocation's finished records), running ((PlannedRun, start time) pairs) and
+    left, and the time left, estimated from the runs measured so far: a run takes what the runs of its experiment
+    took (else what any run took), a running one what is left of that, and `parallel` run at once."""
+    took = [r for r in finished if r['status'] == 'done' and r['seconds']]
+    per = {}
+    for r in took:
+        per.setdefault(r['name'], []).append(r['seconds'])
+    failed = sum(r['status'] == 'failed' for r in finished)
+    line = f"{len(finished)} done" + (f" ({failed} failed)" if failed else '') + f", {len(running)} running, "
+    line += f"{len(waiting)} left"
+    if not took:
+        return line + ('' if not (running or waiting) else '; time left: known once a run has finished')
+    every = sum(r['seconds'] for r in took) / len(took)
+
+    def est(r):
+        return sum(per[r.name]) / len(per[r.name]) if r.name in per else every
+
+    left = sum(est(r) for r in waiting) + sum(max(est(r) - (now - t), 0.0) for r, t in running)
+    if not (running or waiting):
+        return line
+    measured = f"{len(took)} run{'s' * (len(took) > 1)} measured"
+    return line + f"; about {_clock(left / max(1, parallel))} left ({measured}, {parallel} at a time)"
+
+
 # %% ../nbs/41_runner.ipynb #6dc70788
 def plan_corpora(plan: dict, data=None, preset=None, only=None, **corpus_opts) -> dict:
     """The corpora the plan needs, made where missing or stale: its `corpus` (or `data`, in any format `vl_lab.data`
@@ -474,6 +506,7 @@ def run_plan(
     """Execute every run of the plan that is not complete (all with `force`); returns a record per run. `corpora`
     ({kind: folder}, from `plan_corpora`) are made here when not given. `executor`: `local` (`jobs` runs at once on
     this machine) or `ray` (a Ray task per run, on the cluster at `address` or on a local Ray instance)."""
+    t_plan = time.time()
     plan, out = read_plan(plan_path), Path(out)
     corpora = corpora or plan_corpora(plan, data)
     runs = plan_runs(plan, corpora, out, preset, only)
@@ -500,17 +533,20 @@ def run_plan(
     say = (lambda s: print(s, flush=True)) if progress else (lambda s: None)
     cached = sum(r['status'] == 'cached' for r in records)
     say(f"plan: {len(runs)} runs, {len(todo)} to execute, {cached} complete already")
-    status, named, k = {r['run_id']: r['status'] for r in records}, {r.run_id: r for r in runs}, 0
+    status, named = {r['run_id']: r['status'] for r in records}, {r.run_id: r for r in runs}
+    finished, started, parallel = [], {}, 1  # this invocation's records; {run id: start}; most runs at once
 
     def finish(rec):
-        nonlocal k
-        k += 1
+        finished.append(rec)
         records.append(rec)
         status[rec['run_id']] = rec['status']
+        started.pop(rec['run_id'], None)
         say(
-            f"[{k}/{len(todo)}] {rec['name']} seed {rec['seed']} ({rec['run_id']}): "
+            f"[{len(finished)}/{len(todo)}] {rec['name']} seed {rec['seed']} ({rec['run_id']}): "
             f"{rec['status']} in {rec['seconds']:.0f} s" + (f" - {rec['cause']}" if rec['cause'] else '')
         )
+        now_running = [(named[i], t) for i, t in started.items()]
+        say(f"  plan: {plan_progress(finished, now_running, waiting, parallel, time.time())}")
 
     with make_executor(executor, jobs, address) as pool:
         waiting, running = list(todo), {}
@@ -534,9 +570,11 @@ def run_plan(
                             + ('failed' if bad[1] == 'failed' else 'was skipped'),
                         )
                     )
-                elif all(s in ('done', 'cached') for _, s in dep):
-                    waiting.remove(r)
+                elif all(s in ('done', 'cached') for _, s in dep) and len(running) < pool.capacity:
+                    waiting.remove(r)  # submitted when the executor can start it: `running` runs are executing
                     running[submit_run(pool, r, timeout, threads)] = r
+                    started[r.run_id] = time.time()
+                    parallel = max(parallel, len(running))
             if not running:
                 if len(waiting) == before:
                     raise VLLabError(
@@ -551,5 +589,11 @@ def run_plan(
     for rec in records:
         rec['not_measured'] = named[rec['run_id']].notes
     (out / 'runs').mkdir(parents=True, exist_ok=True)
-    write_json(out / 'runs' / 'index.json', dict(plan=str(plan_path), runs=records))
+    wall = round(time.time() - t_plan, 1)  # corpora made before the call are not in it
+    compute = round(sum(r['seconds'] for r in finished), 1)
+    say(f"plan: {len(finished)} runs executed in {_clock(wall)} ({_clock(compute)} of run time, {parallel} at a time)")
+    write_json(
+        out / 'runs' / 'index.json',
+        dict(plan=str(plan_path), wall_s=wall, executed_s=compute, executed=len(finished), runs=records),
+    )
     return records
