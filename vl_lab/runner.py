@@ -9,9 +9,10 @@ import hashlib
 import importlib.util
 import json
 import os
-import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
 from concurrent.futures import FIRST_COMPLETED, wait
 from dataclasses import dataclass, field
@@ -21,15 +22,18 @@ import yaml
 
 from .core import VLLabError, dir_sha256, write_json
 from .executor import LocalExecutor, make_executor
+from .lease import acquire, read_lease, stop_tree
 
 # %% auto #0
 __all__ = [
     'PLAN_KEYS',
     'EXP_KEYS',
     'RUN_FILES',
+    'HELD_POLL_S',
     'PRESENTATION',
     'read_plan',
     'PlannedRun',
+    'notebook_hash',
     'code_hash',
     'corpus_kinds',
     'notebook_parameters',
@@ -38,8 +42,11 @@ __all__ = [
     'portable',
     'run_inputs',
     'plan_runs',
+    'torn_files',
+    'set_aside',
     'is_complete',
     'notebook_html',
+    'stop_children',
     'execute_run',
     'submit_run',
     'run_record',
@@ -60,6 +67,7 @@ RUN_FILES = (
     'metrics.json',
     'provenance.json',
 )  # and history.csv, from a training run
+HELD_POLL_S = 2.0  # how often a runner looks again at a run that another live process executes
 
 
 def read_plan(path) -> dict:
@@ -117,12 +125,25 @@ PRESENTATION = (
     'deploynote',
     'evidence',
     'runner',
+    'lease',
     'cli',
     '_modidx',
     'corpus',
     'selfscore',
     'plancheck',
 )
+
+
+def notebook_hash(nb: Path) -> str:
+    """sha256 of what a notebook executes: its code cells' sources, in order, and which of them is the `parameters`
+    cell. Outputs, execution counts, markdown and kernel metadata (JupyterLab saves them all) change no run id."""
+    cells = json.loads(Path(nb).read_text())['cells']
+    code = [
+        (''.join(c['source']), 'parameters' in c.get('metadata', {}).get('tags', []))
+        for c in cells
+        if c['cell_type'] == 'code'
+    ]
+    return hashlib.sha256(json.dumps(code).encode()).hexdigest()
 
 
 def code_hash() -> str:
@@ -247,9 +268,10 @@ def run_inputs(name: str, params: dict, declared: set) -> dict:
 def plan_runs(
     plan: dict, corpora: dict, out: Path, preset: str | None = None, only: str | None = None, hash_data: bool = True
 ) -> list[PlannedRun]:
-    """Every run of the plan with its content-hash id: sha256 of the notebook, the parameters the notebook gets (paths
-    written relative to the checkout and to `out`), the library code and the data (`hash_data=False`: a check of the
-    plan, whose ids are not used). Each training config is fitted to its corpora first (`plancheck.fit_config`)."""
+    """Every run of the plan with its content-hash id: sha256 of what the notebook executes (`notebook_hash`), the
+    parameters the notebook gets (paths written relative to the checkout and to `out`), the library code and the data
+    (`hash_data=False`: a check of the plan, whose ids are not used). Each training config is fitted to its corpora
+    first (`plancheck.fit_config`)."""
     from vl_lab.plancheck import corpus_facts, fit_config
 
     code, data_hashes, runs, by_name, facts = code_hash(), {}, [], {}, {}
@@ -295,7 +317,7 @@ def plan_runs(
             if 'config' in inputs and facts.get(str(data)) and test:
                 split = inputs.get('split', 'test')
                 inputs['config'], notes, why = fit_config(e['name'], inputs['config'], split, facts[str(data)], test)
-            blob = dict(notebook=hashlib.sha256(nb.read_bytes()).hexdigest(), params=portable(inputs, roots), code=code)
+            blob = dict(notebook=notebook_hash(nb), params=portable(inputs, roots), code=code)
             blob = json.dumps(blob | dict(data=hashes), sort_keys=True)
             rid = hashlib.sha256(blob.encode()).hexdigest()[:12]
             runs.append(
@@ -319,9 +341,38 @@ def plan_runs(
     return [r for r in runs if r.run_id in keep]
 
 
+def torn_files(run_dir: Path) -> list[str]:
+    """The run's output files that are there but do not parse (truncated by a full disk or a crash, or edited): the
+    JSON and YAML files and the executed notebook; a run with any is not complete."""
+    torn = []
+    for f in (*RUN_FILES, 'record.json'):
+        p = run_dir / f
+        if not p.exists() or f.endswith('.html'):
+            continue
+        try:
+            text = p.read_text()
+            value = yaml.safe_load(text) if f.endswith('.yaml') else json.loads(text)
+        except (ValueError, UnicodeDecodeError, yaml.YAMLError):
+            value = None
+        if not isinstance(value, dict):
+            torn.append(f)
+    return torn
+
+
+def set_aside(run_dir: Path, files: list[str]) -> Path:
+    "Move `files` of `run_dir` into a `torn-TIME` folder beside them (kept, never deleted); returns that folder."
+    dest = run_dir / time.strftime('torn-%Y%m%dT%H%M%S', time.gmtime())
+    dest.mkdir(exist_ok=True)
+    for f in files:
+        os.replace(run_dir / f, dest / f)
+    return dest
+
+
 def is_complete(run_dir: Path) -> bool:
-    "A run is complete when every output file is there and no failure is recorded."
-    return all((run_dir / f).exists() for f in RUN_FILES) and not (run_dir / 'failed.json').exists()
+    "A run is complete when every output file is there and parses, and no failure is recorded."
+    if not all((run_dir / f).exists() for f in RUN_FILES) or (run_dir / 'failed.json').exists():
+        return False
+    return not torn_files(run_dir)
 
 
 # %% ../nbs/41_runner.ipynb #854b2597
@@ -354,10 +405,54 @@ def _cause(stderr: str) -> str:
     return err.strip()[:300]
 
 
-def execute_run(run: PlannedRun, timeout: float, threads: int = 0) -> dict:
-    "Execute one run with papermill; returns its record (status done or failed, cause, seconds)."
+# papermill starts through this, so that it dies with the thread that started it (Linux: PR_SET_PDEATHSIG) whatever
+# ends the runner (Ctrl-C, SIGTERM, SIGKILL); its kernel follows it (ipykernel exits when its parent, JPY_PARENT_PID, is
+# gone). papermill leads a session of its own: a Ctrl-C typed at the terminal reaches the runner only.
+_WITH_PARENT = """
+import ctypes, os, signal, sys
+if sys.platform == 'linux':
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)
+if os.getppid() != int(sys.argv[1]):
+    sys.exit('the runner that started this run is gone')
+os.execv(sys.executable, [sys.executable, '-m', 'papermill', *sys.argv[2:]])
+"""
+_CHILDREN = set()  # the papermill processes of the runs this process executes
+_STOPPING = threading.Event()
+
+
+def stop_children():
+    "Stop every run this process executes (papermill's session and its kernel): Ctrl-C of the runner."
+    _STOPPING.set()
+    for p in list(_CHILDREN):
+        stop_tree(p.pid)
+
+
+def _log_execution(d: Path, **event):
+    "One line in the run's executions.jsonl per start and end of an execution: who executed it, and when."
+    with open(d / 'executions.jsonl', 'a') as f:
+        f.write(json.dumps(dict(event, host=socket.gethostname(), pid=os.getpid(), time=time.time())) + '\n')
+
+
+def execute_run(run: PlannedRun, timeout: float, threads: int = 0, force: bool = False) -> dict:
+    """Execute one run with papermill, holding its lease (`vl_lab.lease`); returns its record: done or failed; held
+    when another live process executes it; cached when it became complete since the plan was read (not with
+    `force`)."""
+    d, base = run.run_dir, dict(name=run.name, seed=run.seed, run_id=run.run_id)
+    lease = acquire(d)
+    if lease is None:
+        held = read_lease(d) or {}
+        since = time.strftime('%H:%M:%S', time.localtime(held.get('since', time.time())))
+        who = f"pid {held.get('pid', '?')} on {held.get('host', '?')} since {since}"
+        return base | dict(status='held', cause=f'executed by {who}', seconds=0)
+    with lease:
+        if not force and is_complete(d):
+            done = json.loads((d / 'record.json').read_text()) if (d / 'record.json').exists() else {}
+            return base | dict(status='cached', cause=None, seconds=done.get('seconds', 0))
+        return _execute(run, timeout, threads, lease)
+
+
+def _execute(run: PlannedRun, timeout: float, threads: int, lease) -> dict:
     d = run.run_dir
-    d.mkdir(parents=True, exist_ok=True)
     (d / 'failed.json').unlink(missing_ok=True)
     write_json(
         d / 'run.json',
@@ -371,10 +466,7 @@ def execute_run(run: PlannedRun, timeout: float, threads: int = 0) -> dict:
         HF_HUB_OFFLINE='1',
         **({'OMP_NUM_THREADS': str(threads)} if threads else {}),
     )
-    cmd = [
-        sys.executable,
-        '-m',
-        'papermill',
+    args = [
         str(run.notebook.resolve()),
         str(d / 'executed.ipynb'),
         '-f',
@@ -388,16 +480,29 @@ def execute_run(run: PlannedRun, timeout: float, threads: int = 0) -> dict:
         '--no-progress-bar',
     ]
     t0 = time.time()
+    took_over = (lease.took_over or {}).get('pid')
+    _log_execution(d, event='start', **({'took_over_from': took_over} if took_over else {}))
     p = subprocess.Popen(
-        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, start_new_session=True
+        [sys.executable, '-c', _WITH_PARENT, str(os.getpid()), *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        start_new_session=True,
     )
+    _CHILDREN.add(p)
+    lease.note(child=p.pid)
     try:
         _, err = p.communicate(timeout=timeout)
         status, cause = ('done', None) if p.returncode == 0 else ('failed', _cause(err))
     except subprocess.TimeoutExpired:
-        os.killpg(p.pid, signal.SIGKILL)
+        stop_tree(p.pid)
         _, err = p.communicate()
         status, cause = 'failed', f'timed out after {timeout:.0f} s'
+    finally:
+        _CHILDREN.discard(p)
+    if _STOPPING.is_set() and status == 'failed':
+        cause = 'interrupted: the runner was stopped (the next vl-lab report executes it again)'
     if (d / 'executed.ipynb').exists():
         try:
             notebook_html(d / 'executed.ipynb', d / 'run.html')
@@ -405,10 +510,8 @@ def execute_run(run: PlannedRun, timeout: float, threads: int = 0) -> dict:
             cause = cause or f'cannot render run.html: {e}'
             status = 'failed'
     if status == 'done' and not is_complete(d):
-        status, cause = (
-            'failed',
-            'the notebook did not write ' + ', '.join(f for f in RUN_FILES if not (d / f).exists()),
-        )
+        missing = [f for f in RUN_FILES if not (d / f).exists()] + torn_files(d)
+        status, cause = 'failed', 'the notebook did not write ' + ', '.join(missing)
     rec = dict(
         name=run.name, seed=run.seed, run_id=run.run_id, status=status, cause=cause, seconds=round(time.time() - t0, 1)
     )
@@ -416,18 +519,19 @@ def execute_run(run: PlannedRun, timeout: float, threads: int = 0) -> dict:
         write_json(d / 'failed.json', rec | dict(stderr_tail=err.splitlines()[-15:]))
     else:
         write_json(d / 'record.json', rec)  # its execution time, for the report once the run is cached
+    _log_execution(d, event='end', status=status)
     return rec
 
 
 # %% ../nbs/41_runner.ipynb #7bb0c1f6
-def submit_run(pool, run: PlannedRun, timeout: float, threads: int):
+def submit_run(pool, run: PlannedRun, timeout: float, threads: int, force: bool = False):
     """Submit `execute_run` to `pool`. Off this machine (Ray) the run goes with absolute paths, and asks for a GPU when
     its preset is a GPU one (`gpu-...`), so that a mixed cluster places it on a GPU node."""
     if isinstance(pool, LocalExecutor):
-        return pool.submit(execute_run, run, timeout, threads)
+        return pool.submit(execute_run, run, timeout, threads, force)
     here = dataclasses.replace(run, notebook=run.notebook.resolve(), run_dir=run.run_dir.resolve())
     gpus = 1 if str(run.params.get('preset', '')).startswith('gpu') else 0
-    return pool.submit(execute_run, here, timeout, threads, num_cpus=max(1, threads), num_gpus=gpus)
+    return pool.submit(execute_run, here, timeout, threads, force, num_cpus=max(1, threads), num_gpus=gpus)
 
 
 def run_record(future, run: PlannedRun) -> dict:
@@ -516,6 +620,14 @@ def run_plan(
     for r in runs:
         if r.skip:
             records.append(dict(name=r.name, seed=r.seed, run_id=r.run_id, status='skipped', cause=r.skip, seconds=0))
+        elif not force and (torn := torn_files(r.run_dir)) and not (read_lease(r.run_dir) or {}).get('alive'):
+            where = set_aside(r.run_dir, torn)
+            print(
+                f"{r.name} seed {r.seed} ({r.run_id}): {', '.join(torn)} does not parse (truncated?); "
+                f"set aside in {where}, executing the run again",
+                flush=True,
+            )
+            todo.append(r)
         elif is_complete(r.run_dir) and not force:
             done = json.loads((r.run_dir / 'record.json').read_text()) if (r.run_dir / 'record.json').exists() else {}
             records.append(
@@ -548,42 +660,59 @@ def run_plan(
         now_running = [(named[i], t) for i, t in started.items()]
         say(f"  plan: {plan_progress(finished, now_running, waiting, parallel, time.time())}")
 
+    held = {}  # run id -> when to look again at a run that another live process executes
     with make_executor(executor, jobs, address) as pool:
         waiting, running = list(todo), {}
-        while waiting or running:
-            before = len(waiting)
-            for r in list(
-                waiting
-            ):  # a run starts once every run it names is complete; it fails when one of them did not
-                dep = [(d, status.get(d)) for d in r.deps]
-                if bad := next(((d, s) for d, s in dep if s in ('failed', 'skipped')), None):
-                    waiting.remove(r)
-                    d = named[bad[0]]
-                    finish(
-                        dict(
-                            name=r.name,
-                            seed=r.seed,
-                            run_id=r.run_id,
-                            status=bad[1],
-                            seconds=0,
-                            cause=f"needs the run {d.name} seed {d.seed} ({d.run_id}), which "
-                            + ('failed' if bad[1] == 'failed' else 'was skipped'),
+        try:
+            while waiting or running:
+                before, now = len(waiting), time.time()
+                for r in list(waiting):  # a run starts once every run it names is complete; fails when one did not
+                    dep = [(d, status.get(d)) for d in r.deps]
+                    if bad := next(((d, s) for d, s in dep if s in ('failed', 'skipped')), None):
+                        waiting.remove(r)
+                        d = named[bad[0]]
+                        finish(
+                            dict(
+                                name=r.name,
+                                seed=r.seed,
+                                run_id=r.run_id,
+                                status=bad[1],
+                                seconds=0,
+                                cause=f"needs the run {d.name} seed {d.seed} ({d.run_id}), which "
+                                + ('failed' if bad[1] == 'failed' else 'was skipped'),
+                            )
                         )
-                    )
-                elif all(s in ('done', 'cached') for _, s in dep) and len(running) < pool.capacity:
-                    waiting.remove(r)  # submitted when the executor can start it: `running` runs are executing
-                    running[submit_run(pool, r, timeout, threads)] = r
-                    started[r.run_id] = time.time()
-                    parallel = max(parallel, len(running))
-            if not running:
-                if len(waiting) == before:
-                    raise VLLabError(
-                        'runs wait on runs that are not in the plan: ' + ', '.join(r.name for r in waiting)
-                    )
-                continue
-            done, _ = wait(running, return_when=FIRST_COMPLETED)
-            for f in done:
-                finish(run_record(f, running.pop(f)))
+                    elif held.get(r.run_id, 0) > now:
+                        continue
+                    elif all(s in ('done', 'cached') for _, s in dep) and len(running) < pool.capacity:
+                        waiting.remove(r)  # submitted when the executor can start it: `running` runs are executing
+                        running[submit_run(pool, r, timeout, threads, force)] = r
+                        started[r.run_id] = time.time()
+                        parallel = max(parallel, len(running))
+                if not running:
+                    if held:
+                        time.sleep(max(0.0, min(held.values()) - time.time()))
+                    elif len(waiting) == before:
+                        raise VLLabError(
+                            'runs wait on runs that are not in the plan: ' + ', '.join(r.name for r in waiting)
+                        )
+                    continue
+                done, _ = wait(running, timeout=HELD_POLL_S if held else None, return_when=FIRST_COMPLETED)
+                for f in done:
+                    r = running.pop(f)
+                    rec = run_record(f, r)
+                    if rec['status'] == 'held':  # another live process executes it: look again in a while
+                        started.pop(r.run_id, None)
+                        if r.run_id not in held:
+                            say(f"{r.name} seed {r.seed} ({r.run_id}): {rec['cause']}; waiting for it")
+                        held[r.run_id] = time.time() + HELD_POLL_S
+                        waiting.append(r)
+                    else:
+                        held.pop(r.run_id, None)
+                        finish(rec)
+        except BaseException:  # Ctrl-C (KeyboardInterrupt) or an error: no run goes on without its runner
+            stop_children()
+            raise
     order = {r.run_id: i for i, r in enumerate(runs)}
     records.sort(key=lambda r: order[r['run_id']])
     for rec in records:
