@@ -10,7 +10,7 @@ export PYTHONHASHSEED := 0
 # figures without a display for the batch targets only: JupyterLab's kernels draw inline (`make lab` below)
 report test check export bench sweep: export MPLBACKEND := Agg
 
-.PHONY: venv report test check nbtest pytest lab tensorboard bench lock export clean sweep
+.PHONY: venv report test check lab tensorboard bench lock export clean sweep
 
 venv:
 	@bash tools/bootstrap.sh

@@ -255,8 +255,8 @@ def test_consistency_rule_with_its_own_cross_fitted_scorer(tmp_path):
             read_manifest(tmp_path / 'clean'), read_json(tmp_path / 'raw' / 'noise_labels.json'), summary
         )
     }
-    # an 800-image corpus trains weaker scorers than the default corpus (precision and recall above 0.8, see the
-    # README); here 0.70 and 0.85, against 0.25 and 0.0 for a rule that flags nothing in particular
+    # an 800-image corpus trains weaker scorers than the default corpus (precision and recall above 0.8, see
+    # docs/cleaning.md); here 0.70 and 0.85, against 0.25 and 0.0 for a rule that flags nothing in particular
     assert q['consistency']['precision'] >= 0.6 and q['consistency']['recall'] >= 0.75, q['consistency']
     # cross-fitting: the model of fold k never trained on an image of fold k
     sc = SelfScorer(overrides=['epochs=1', 'batch_size=8'], work_dir=tmp_path / 'work')
