@@ -23,13 +23,16 @@ NB = ROOT / 'nbs' / 'experiments' / 'train_eval.ipynb'
 HANG_GUARD_S = 600
 
 
-def write_plan(d: Path, seeds=(0, 1, 2), notebook=NB) -> Path:
+def write_plan(d: Path, seeds=(0, 1, 2), notebook=NB, epochs=3, corpus=None) -> Path:
     plan = dict(
-        corpus=str(d / 'shapes'),
+        corpus=str(corpus or d / 'shapes'),
         preset='cpu-micro',
         experiments=[
             dict(
-                name='tiny', notebook=str(notebook), seeds=list(seeds), params=dict(data='raw', overrides=['epochs=3'])
+                name='tiny',
+                notebook=str(notebook),
+                seeds=list(seeds),
+                params=dict(data='raw', overrides=[f'epochs={epochs}']),
             )
         ],
     )
@@ -73,10 +76,11 @@ def wait_for(ok, what):
 
 
 def no_leftovers(out: Path):
-    "The runner's children are gone a moment after it (the kernel polls its parent once a second)."
+    """The runner's children are gone a moment after it: papermill at once (it dies with its runner), its kernel
+    within about a second (it polls its parent). A few seconds of grace: an orphan would run on for the whole run."""
     t0 = time.monotonic()
-    while (left := leftovers(out)) and time.monotonic() - t0 < 15:
-        time.sleep(0.2)
+    while (left := leftovers(out)) and time.monotonic() - t0 < 5:
+        time.sleep(0.1)
     assert left == [], left
 
 
@@ -106,27 +110,26 @@ def lab(tmp_path_factory):
     return d, ref
 
 
-def test_a_killed_runner_leaves_no_kernel_and_its_run_is_finished_by_the_next(lab, tmp_path):
-    d, ref = lab
-    out = tmp_path / 'reports'
+def test_a_killed_runner_leaves_no_process_behind(lab, tmp_path):
+    "SIGKILL, Ctrl-C (SIGINT) or SIGTERM of the runner while a long run trains: its papermill and kernel end with it."
+    d, _ = lab
+    write_plan(tmp_path, seeds=(0,), epochs=40, corpus=d / 'shapes')  # a run of a minute or more
     for sig in (signal.SIGKILL, signal.SIGINT, signal.SIGTERM):
-        p = start(d, out)
+        out = tmp_path / f'reports-{sig.name}'
+        p = start(tmp_path, out)
         wait_for(lambda: any(out.glob('runs/*/run.json')), 'a run to start')
-        time.sleep(2)  # the kernel is up and training
+        time.sleep(3)  # the kernel is up and training
         os.kill(p.pid, sig)
         _, err = p.communicate()
         if sig == signal.SIGINT:
             assert p.returncode == 130 and 'Traceback' not in err and err.strip().count('\n') == 0, err
         no_leftovers(out)
-        shutil.rmtree(out / 'runs')  # each signal on a fresh folder
-    p = start(d, out)
-    _, err = p.communicate()
-    assert p.returncode == 0, err[-2000:]
-    assert metrics(out) == ref
+        assert not any(out.glob('runs/*/metrics.json'))  # nothing went on writing into the run folder
 
 
 def test_a_run_whose_kernel_survived_is_never_executed_into_twice(lab, tmp_path):
-    "Killed with SIGKILL, the runner's lease stays; the next runner takes it over once nothing of the dead one runs."
+    """Killed with SIGKILL, the runner's lease stays; the next runner takes it over once nothing of the dead one runs,
+    and finishes the run as an uninterrupted build does."""
     d, ref = lab
     out = tmp_path / 'reports'
     p = start(d, out)
