@@ -6,7 +6,10 @@
 from __future__ import annotations
 import argparse
 import os
+import signal
 import sys
+import threading
+import time
 from pathlib import Path
 
 from .core import VLLabError
@@ -219,7 +222,7 @@ def _cmd_report(args):
             preset=args.preset,
             only=args.only,
             force=args.force,
-            jobs=args.jobs,
+            jobs=_report_jobs(args),
             corpora=corpora,
             executor=args.executor,
             address=args.address,
@@ -255,9 +258,23 @@ def _cmd_tensorboard(args):
     os.execv(sys.executable, cmd)  # this process becomes TensorBoard: stopping it stops TensorBoard
 
 
+# %% ../nbs/90_cli.ipynb #061a76f8
+def _report_jobs(args) -> int:
+    "How many runs `vl-lab report` executes at once: `--jobs`, else what the CPUs and the memory allow (said if less)."
+    if args.jobs or (args.executor == 'ray' and args.address):  # a cluster's CPUs decide there (`RayExecutor.capacity`)
+        return args.jobs or 1
+    from vl_lab.executor import default_jobs
+
+    jobs, why = default_jobs()
+    if why:
+        print(why, flush=True)
+    return jobs
+
+
 # %% ../nbs/90_cli.ipynb #558b36d2
 def make_parser() -> argparse.ArgumentParser:
     "The `vl-lab` argument parser."
+    from vl_lab.executor import RUN_BYTES
     from vl_lab.synthetic import NOISE_PRESETS, SynthConfig
 
     p = _Parser(prog='vl-lab', description='A reproducible lab for vision-language alignment experiments.')
@@ -425,8 +442,9 @@ def make_parser() -> argparse.ArgumentParser:
     r.add_argument(
         '--jobs',
         type=_positive_int,
-        default=os.cpu_count() or 1,
-        help='runs executed in parallel, one thread each (default: the CPU count, %(default)s)',
+        default=None,
+        help='runs executed in parallel, one thread each (default: one per CPU, fewer where the memory available '
+        f'holds fewer runs of about {RUN_BYTES / 1e9:.1f} GB, and a line says so)',
     )
     _executor_args(r, 'runs')
     r.add_argument(
@@ -444,15 +462,51 @@ def make_parser() -> argparse.ArgumentParser:
     return p
 
 
+class _Terminated(KeyboardInterrupt):
+    "SIGTERM, raised where the program is: it stops as a Ctrl-C does (each `except KeyboardInterrupt` cleans up)."
+
+
+def _on_sigterm(signum, frame):
+    raise _Terminated()
+
+
+def _leave(code: int, whole_process: bool):
+    """Exit with `code` once the other threads have ended, 2 s at most: a thread still busy then (a task that does not
+    end when its executor stops) does not hold the exit of the console script (`whole_process`), whose processes die
+    with it (`executor._pool_worker`, the runner's papermill). A second Ctrl-C or SIGTERM meanwhile exits at once."""
+    others = [t for t in threading.enumerate() if t is not threading.current_thread() and not t.daemon]
+    if whole_process and threading.current_thread() is threading.main_thread():
+        for s in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(s, lambda n, frame: os._exit(code))
+    deadline = time.monotonic() + 2
+    for t in others:
+        t.join(max(0.0, deadline - time.monotonic()))
+    if whole_process and any(t.is_alive() for t in others):
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
+
+
 def main(argv=None) -> int:
-    "Entry point of the `vl-lab` console script."
-    args = make_parser().parse_args(argv)
+    """Entry point of the `vl-lab` console script. Ctrl-C or SIGTERM stops the command, its executors with it: one line
+    on stderr, exit 130 (Ctrl-C) or 143 (SIGTERM)."""
+    in_main = threading.current_thread() is threading.main_thread()
+    before = signal.signal(signal.SIGTERM, _on_sigterm) if in_main else None
+    words = [a for a in (sys.argv[1:] if argv is None else argv) if not str(a).startswith('-')]
+    name = f'vl-lab {words[0]}' if words else 'vl-lab'  # for a Ctrl-C before the arguments are parsed
     try:
+        args = make_parser().parse_args(argv)
+        name = f'vl-lab {args.command}'
         args.func(args)
     except VLLabError as e:
-        print(f"vl-lab {args.command}: error: {e}", file=sys.stderr)
+        print(f"{name}: error: {e}", file=sys.stderr)
         sys.exit(1)
-    except KeyboardInterrupt:
-        print(f"vl-lab {args.command}: interrupted", file=sys.stderr)
-        sys.exit(130)
+    except KeyboardInterrupt as e:
+        term = isinstance(e, _Terminated)
+        print(f"{name}: {'terminated (SIGTERM)' if term else 'interrupted'}", file=sys.stderr, flush=True)
+        _leave(143 if term else 130, argv is None)
+    finally:
+        if in_main:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL if before is None else before)
     return 0

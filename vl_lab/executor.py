@@ -4,14 +4,66 @@
 
 # %% ../nbs/00b_executor.ipynb #a7190b6d
 from __future__ import annotations
+import ctypes
 import multiprocessing as mp
+import os
+import signal
 import sys
-from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
+import threading
+from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor, wait
+from contextlib import contextmanager
+from pathlib import Path
 
 from .core import VLLabError
 
 # %% auto #0
-__all__ = ['EXECUTORS', 'LocalExecutor', 'RayExecutor', 'make_executor']
+__all__ = [
+    'STOP_GRACE_S',
+    'EXECUTORS',
+    'RUN_BYTES',
+    'RESERVE_BYTES',
+    'held_signals',
+    'LocalExecutor',
+    'RayExecutor',
+    'make_executor',
+    'fit_jobs',
+    'cpu_count',
+    'memory_available',
+    'default_jobs',
+]
+
+# %% ../nbs/00b_executor.ipynb #9b1ffd44
+STOP_GRACE_S = 5.0  # how long an interrupted thread pool waits for the tasks it cannot end (a run's thread)
+
+
+@contextmanager
+def held_signals():
+    """SIGINT and SIGTERM are held inside the block and raised again after it, unless it ends with an exception
+    already; the handlers are the ones from before the block (whatever the block installed). In the main thread only:
+    elsewhere nothing is held."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    got = []
+    old = {s: signal.signal(s, lambda n, frame: got.append(n)) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, handler in old.items():
+            signal.signal(s, signal.SIG_DFL if handler is None else handler)
+    if got:
+        signal.raise_signal(got[0])
+
+
+def _pool_worker(parent: int):
+    "A pool process dies with the process that started it, and leaves Ctrl-C (sent to both by a terminal) to that one."
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    if sys.platform == 'linux':
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    if os.getppid() != parent:  # it died before the line above
+        os._exit(1)
+
 
 # %% ../nbs/00b_executor.ipynb #2e50d56d
 EXECUTORS = ('local', 'ray')
@@ -19,71 +71,110 @@ EXECUTORS = ('local', 'ray')
 
 class LocalExecutor:
     """A pool on this machine: `workers` threads (`kind='thread'`), forked processes (`kind='process'`) or freshly
-    started ones (`kind='spawn'`: for work that runs torch, whose thread pools a fork does not carry over safely)."""
+    started ones (`kind='spawn'`: for work that runs torch, whose thread pools a fork does not carry over safely).
+    Leaving its block with an exception stops it (`stop`)."""
 
-    def __init__(self, workers: int = 1, kind: str = 'thread'):
-        self.workers = max(1, int(workers))
+    def __init__(self, workers: int = 1, kind: str = 'thread', grace: float = STOP_GRACE_S):
+        self.workers, self.grace, self.futures = max(1, int(workers)), grace, set()
         if kind == 'thread':
             self.pool = ThreadPoolExecutor(self.workers)
         elif kind in ('process', 'spawn'):  # fork on Linux (shard workers use PIL and numpy only)
             ctx = mp.get_context('fork' if kind == 'process' and sys.platform == 'linux' else 'spawn')
-            self.pool = ProcessPoolExecutor(self.workers, mp_context=ctx)
+            from vl_lab.executor import _pool_worker as init  # by its module's name: a spawned process imports it
+
+            self.pool = ProcessPoolExecutor(self.workers, mp_context=ctx, initializer=init, initargs=(os.getpid(),))
         else:
             raise VLLabError(f"unknown pool kind {kind!r} (thread, process, spawn)")
 
     def submit(self, fn, *args, num_cpus: int = 1, num_gpus: int = 0) -> Future:
-        return self.pool.submit(fn, *args)
+        f = self.pool.submit(fn, *args)
+        self.futures.add(f)
+        f.add_done_callback(self.futures.discard)
+        return f
 
     @property
     def capacity(self) -> int:
         "How many tasks run at once."
         return self.workers
 
+    def stop(self):
+        """Stop now: tasks not started are cancelled, pool processes killed. A thread cannot be killed: its task is
+        waited for `grace` seconds at most (a run's thread ends once the runner has stopped its papermill)."""
+        procs = list((getattr(self.pool, '_processes', None) or {}).values())
+        self.pool.shutdown(wait=False, cancel_futures=True)
+        for p in procs:
+            p.kill()
+        for p in procs:
+            p.join(self.grace)
+        if not procs and self.futures:
+            wait(list(self.futures), timeout=self.grace)
+
     def __enter__(self):
         return self
 
     def __exit__(self, *exc):
-        self.pool.shutdown(wait=True, cancel_futures=exc[0] is not None)
+        if exc[0] is None:
+            self.pool.shutdown(wait=True)
+        else:
+            self.stop()
 
 
 # %% ../nbs/00b_executor.ipynb #8a7d5ad3
 class RayExecutor:
     """One Ray task per `submit`, with the resources it asks for; a local Ray instance (started and stopped here)
-    unless `address` names a running cluster."""
+    unless `address` names a running cluster. Leaving its block with an exception cancels its tasks (`stop`)."""
 
     def __init__(self, address: str | None = None, num_cpus: int | None = None):
         try:
             import ray
         except ImportError:
             raise VLLabError('the ray executor needs Ray: pip install "vl_lab[ray]" (or ray)') from None
-        self.ray, self.own = ray, not ray.is_initialized()
+        self.ray, self.own, self.refs, self.remotes = ray, not ray.is_initialized(), {}, {}
         if self.own:
             # a local instance listens on 127.0.0.1 only: nothing of it is reachable from off this machine
             local = dict(num_cpus=num_cpus, include_dashboard=False, _node_ip_address='127.0.0.1')
             opts = dict(address=address) if address else local
             try:
-                ray.init(**opts, log_to_driver=False, configure_logging=False)
+                with held_signals():  # Ray is started whole, then a Ctrl-C that came meanwhile stops it whole
+                    ray.init(**opts, log_to_driver=False, configure_logging=False)
             except ConnectionError as e:
                 raise VLLabError(f"cannot reach the Ray cluster at {address}: {str(e).splitlines()[0][:200]}") from None
-        self.remotes = {}
+            except BaseException:
+                self.stop()
+                raise
 
     def submit(self, fn, *args, num_cpus: int = 1, num_gpus: int = 0) -> Future:
         key = (fn, num_cpus, num_gpus)
         if key not in self.remotes:
             self.remotes[key] = self.ray.remote(fn).options(num_cpus=num_cpus, num_gpus=num_gpus, max_retries=0)
-        return self.remotes[key].remote(*args).future()
+        ref = self.remotes[key].remote(*args)
+        f = ref.future()
+        self.refs[f] = ref
+        f.add_done_callback(lambda done: self.refs.pop(done, None))
+        return f
 
     @property
     def capacity(self) -> int:
         "How many one-CPU tasks the cluster runs at once."
         return max(1, int(self.ray.cluster_resources().get('CPU', 1)))
 
+    def stop(self):
+        """Cancel every task not finished (`force`: the worker running one is killed, and a run's papermill with it),
+        then stop the local Ray instance, or leave the cluster."""
+        with held_signals():
+            for ref in list(self.refs.values()):
+                try:
+                    self.ray.cancel(ref, force=True)
+                except Exception:  # finished meanwhile, or its worker is gone already
+                    pass
+            if self.own:
+                self.ray.shutdown()
+
     def __enter__(self):
         return self
 
     def __exit__(self, *exc):
-        if self.own:
-            self.ray.shutdown()
+        self.stop()
 
 
 def make_executor(name: str = 'local', workers: int = 1, address: str | None = None, kind: str = 'thread'):
@@ -95,3 +186,87 @@ def make_executor(name: str = 'local', workers: int = 1, address: str | None = N
             raise VLLabError('--address names a Ray cluster: use it with --executor ray')
         return LocalExecutor(workers, kind)
     return RayExecutor(address, num_cpus=None if address else max(1, int(workers)))
+
+
+# %% ../nbs/00b_executor.ipynb #cafdc071
+# a run of the default plan: its kernel held 1.13-1.18 GB resident, its papermill process about 0.12 GB (measured for
+# issue 26, cpu presets); a gpu-* preset's host memory is taken to be alike (not measured)
+RUN_BYTES = 1.3e9
+RESERVE_BYTES = 0.5e9  # kept for the driver: vl-lab report held 0.12 GB after its imports; a local Ray instance more
+
+
+def fit_jobs(
+    cpus: int, available: float | None, per_run: float = RUN_BYTES, reserve: float = RESERVE_BYTES
+) -> tuple[int, str | None]:
+    """How many runs to execute at once: one per CPU, no more than fit in `available` bytes (less `reserve`) at
+    `per_run` bytes each, at least one. The reason is a line to print when memory is what limits them, else None."""
+    cpus = max(1, int(cpus))
+    if available is None:
+        return cpus, None
+    fit = max(1, int((available - reserve) // per_run))
+    if fit >= cpus:
+        return cpus, None
+    runs = f"{fit} run" + ('s' if fit > 1 else '')
+    return fit, (
+        f"--jobs {fit}: memory for {runs} ({available / 1e9:.1f} GB available, about {per_run / 1e9:.1f} GB a run "
+        f"and {reserve / 1e9:.1f} GB kept for vl-lab), not the {cpus} CPUs"
+    )
+
+
+def cpu_count() -> int:
+    "The CPUs this process may run on (its affinity: taskset, a container's cpuset), else `os.cpu_count()`."
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def _read(path: Path) -> str | None:
+    try:
+        return path.read_text()
+    except OSError:
+        return None
+
+
+def _field(text: str | None, key: str) -> int:
+    "A number of a `key value` file (memory.stat), 0 when it is not there."
+    for line in (text or '').splitlines():
+        k, _, v = line.partition(' ')
+        if k == key and v.strip().isdigit():
+            return int(v)
+    return 0
+
+
+def _cgroup_free(cgroup: Path, proc: Path) -> int | None:
+    """Bytes the cgroup memory limits leave this process (the smallest of its group's and its ancestors': a limit less
+    the group's use, its inactive file cache counted as free); None where no limit is set or none can be read."""
+    own = {}
+    for line in (_read(proc / 'self' / 'cgroup') or '').splitlines():
+        parts = line.split(':', 2)
+        if len(parts) == 3:
+            own.update({c: parts[2].strip('/') for c in parts[1].split(',')})
+    layouts = (  # v2 (the unified hierarchy), then v1's memory controller
+        (cgroup, own.get(''), 'memory.max', 'memory.current', 'inactive_file'),
+        (cgroup / 'memory', own.get('memory'), 'memory.limit_in_bytes', 'memory.usage_in_bytes', 'total_inactive_file'),
+    )
+    free = []
+    for root, rel, limit_file, usage_file, inactive in layouts:
+        rel = Path(rel or '')
+        for d in {root / p for p in [rel, *rel.parents]}:
+            limit, usage = (_read(d / limit_file) or '').strip(), (_read(d / usage_file) or '').strip()
+            if limit.isdigit() and int(limit) < 2**60 and usage.isdigit():  # v1 writes "no limit" as about 2**63
+                free.append(int(limit) - int(usage) + _field(_read(d / 'memory.stat'), inactive))
+    return max(0, min(free)) if free else None
+
+
+def memory_available(proc: Path = Path('/proc'), cgroup: Path = Path('/sys/fs/cgroup')) -> int | None:
+    """Bytes of memory this process can still take: MemAvailable, or what a cgroup limit leaves when that is less;
+    None where neither can be read (not Linux)."""
+    kb = [line.split()[1] for line in (_read(proc / 'meminfo') or '').splitlines() if line.startswith('MemAvailable:')]
+    known = [v for v in (int(kb[0]) * 1024 if kb else None, _cgroup_free(cgroup, proc)) if v is not None]
+    return min(known) if known else None
+
+
+def default_jobs(per_run: float = RUN_BYTES) -> tuple[int, str | None]:
+    "`fit_jobs` for this machine now: `cpu_count()` and `memory_available()`."
+    return fit_jobs(cpu_count(), memory_available(), per_run)
