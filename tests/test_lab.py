@@ -33,6 +33,9 @@ CELLS_JS = """Array.from(document.querySelectorAll('.jp-NotebookPanel:not(.lm-mo
 STATUS_JS = """(document.querySelector('.jp-NotebookPanel:not(.lm-mod-hidden) .jp-Notebook-ExecutionIndicator')
   || {getAttribute: () => null}).getAttribute('data-status')"""
 DIRTY_JS = "document.querySelectorAll('.lm-TabBar-tab.jp-mod-current.jp-mod-dirty').length"
+ACTIVE_JS = """(p => [p ? Array.from(p.querySelectorAll('.jp-Cell')).findIndex(c => c.classList.contains('jp-mod-active'))
+  : -1, !!(p && p.querySelector('.jp-Notebook.jp-mod-commandMode')),
+  !!(p && p.contains(document.activeElement))])(document.querySelector('.jp-NotebookPanel:not(.lm-mod-hidden)'))"""
 
 
 def free_port() -> int:
@@ -133,9 +136,12 @@ class Lab:
         self.wait(lambda: len(self.js(CELLS_JS) or []) == n and self.js(STATUS_JS) == 'idle', f'{rel} to open')
         self.click('.jp-NotebookPanel:not(.lm-mod-hidden) .jp-Cell')  # the first cell, at its left edge
         self.key('Escape', 'Escape', 27)  # command mode
+        self.wait(lambda: self.js(ACTIVE_JS) == [0, True, True], f'{rel}: its first cell selected')
         for i in range(n):
+            # as a person does: a key once the page shows the cell selected, the next once the selection moved on (a
+            # key sent before the page caught up would run a cell twice and leave another one unrun)
             self.key('Enter', 'Enter', 13, modifiers=8 if i < n - 1 else 2)  # Shift+Enter; Ctrl+Enter on the last
-            time.sleep(0.2)  # at a person's pace: the page moves its selection on before the next key
+            self.wait(lambda: self.js(ACTIVE_JS)[0] == min(i + 1, n - 1), f'{rel}: the selection past cell {i}')
         code = [c for c in json.loads((self.proj / rel).read_text())['cells'] if c['cell_type'] == 'code']
         self.wait(
             lambda: self.js(STATUS_JS) == 'idle' and not any('*' in c['prompt'] for c in self.js(CELLS_JS)),
@@ -176,9 +182,9 @@ def test_every_figure_cell_shows_an_image_and_no_cell_an_error(lab, rel):
     cells = shown[rel]
     figures = [c for c in cells if FIGURE.search(c['source'])]
     assert figures, f'{rel} has no figure cell: choose a notebook that draws'
-    assert [c['images'] for c in figures if c['images'] == 0] == [], f'a figure cell of {rel} shows no image'
-    assert [c['stderr'] for c in cells if c['stderr']] == []  # no traceback, no warning
     assert all(re.fullmatch(r'\[\d+\]:', c['prompt'].strip()) for c in cells), [c['prompt'] for c in cells]
+    assert [c['stderr'] for c in cells if c['stderr']] == []  # no traceback, no warning
+    assert [c['images'] for c in figures if c['images'] == 0] == [], f'a figure cell of {rel} shows no image'
 
 
 @pytest.mark.parametrize('rel', NOTEBOOKS)
