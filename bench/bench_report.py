@@ -7,6 +7,8 @@ machine: two runs share 2 cores, and anything else heavy slows them.
     python bench/bench_report.py [--jobs 2] [--smoke-only] [--twice] [--keep DIR]
 
 Aims: the default plan under 10 minutes on 2 cores (ratio to that budget printed); the smoke plan under 3 minutes.
+Beside each cold time: the time to the first completed run (what the corpus, the cleaning and the consistency scorer
+cost before it), and the packing of the runs on the slots (run-seconds / (their span x --jobs); aim: >= 0.95).
 `--twice` builds the default plan twice from cold at the same path and checks that every run's metrics.json is
 byte-identical, naming any that differs and whether it differs only in measured times (latencies, keys *_ms).
 `--keep DIR` copies the last default-plan build's reports/ folder to DIR (the page and every run), to read its figures.
@@ -63,6 +65,29 @@ def untimed(x):
     return x
 
 
+def packing(runs: Path, started: float) -> str:
+    """The time from the command's start to its first completed run, and how full the run slots were: the runs'
+    execution seconds over (the span from the first run's start to the last one's end) x --jobs."""
+    spans = []
+    for f in runs.glob('*/executions.jsonl'):
+        events = [json.loads(line) for line in f.read_text().splitlines()]
+        starts, ends = (
+            [e['time'] for e in events if e['event'] == 'start'],
+            [e['time'] for e in events if e['event'] == 'end'],
+        )
+        spans += list(zip(starts, ends))
+    if not spans:
+        return 'no run executed'
+    first, last = min(s for s, _ in spans), max(e for _, e in spans)
+    busy = sum(e - s for s, e in spans)
+    return (
+        f'first run started after {first - started:.0f} s, '
+        f'completed after {min(e for _, e in spans) - started:.0f} s; '
+        f'{len(spans)} runs, {busy:.0f} run-seconds in {last - first:.0f} s on {args.jobs} slots: packing '
+        f'{busy / ((last - first) * args.jobs):.3f}'
+    )
+
+
 def cold(plan_name, plan=None, budget_min=None) -> dict:
     "Build the plan in a fresh clone (always at the same path); returns {run id: sha256 of its metrics.json}."
     clone = WORK / 'lab'
@@ -71,7 +96,7 @@ def cold(plan_name, plan=None, budget_min=None) -> dict:
     if plan:
         (clone / 'smoke.yaml').write_text(yaml.safe_dump(plan))
     cache = WORK / 'cache'  # cold: no decoded images kept from before either (vl_lab.dataset.decoded_cache_dir)
-    t = time.perf_counter()
+    t, started = time.perf_counter(), time.time()
     r = subprocess.run(
         [str(clone / '.venv' / 'bin' / 'vl-lab'), 'report', '--plan', plan_name, '--jobs', str(args.jobs)],
         cwd=clone,
@@ -87,6 +112,7 @@ def cold(plan_name, plan=None, budget_min=None) -> dict:
         f'{tail}',
         flush=True,
     )
+    print(f'  {packing(clone / "reports" / "runs", started)}', flush=True)
     runs = sorted((clone / 'reports' / 'runs').glob('*/metrics.json'))
     out = {
         p.parent.name: (

@@ -33,8 +33,9 @@ CELLS_JS = """Array.from(document.querySelectorAll('.jp-NotebookPanel:not(.lm-mo
 STATUS_JS = """(document.querySelector('.jp-NotebookPanel:not(.lm-mod-hidden) .jp-Notebook-ExecutionIndicator')
   || {getAttribute: () => null}).getAttribute('data-status')"""
 DIRTY_JS = "document.querySelectorAll('.lm-TabBar-tab.jp-mod-current.jp-mod-dirty').length"
-ACTIVE_JS = """(p => [p ? Array.from(p.querySelectorAll('.jp-Cell')).findIndex(c => c.classList.contains('jp-mod-active'))
-  : -1, !!(p && p.querySelector('.jp-Notebook.jp-mod-commandMode')),
+ACTIVE_JS = """(p => [
+  p ? Array.from(p.querySelectorAll('.jp-Cell')).findIndex(c => c.classList.contains('jp-mod-active')) : -1,
+  !!(p && p.querySelector('.jp-Notebook.jp-mod-commandMode')),
   !!(p && p.contains(document.activeElement))])(document.querySelector('.jp-NotebookPanel:not(.lm-mod-hidden)'))"""
 
 

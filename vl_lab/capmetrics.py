@@ -10,6 +10,7 @@ import shutil
 import subprocess
 import tempfile
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -274,7 +275,10 @@ class MeteorScorer:
     """The METEOR 1.5 jar, run as pycocoevalcap's `Meteor` runs it but from a temporary folder; `close()` it, or use
     `with`."""
 
-    def __init__(self):
+    def __init__(self, jars: int = 1):
+        """Start `jars` jars: they score their parts of a call in parallel, and one of them evaluates the whole, so the
+        numbers are those of one jar. One by default: on 2 cores two jars took longer than one (both load the
+        paraphrase table at once, and one jar's JIT and GC threads already use the second core)."""
         cmd = [
             java_path(),
             '-jar',
@@ -288,29 +292,40 @@ class MeteorScorer:
             '-norm',
         ]
         self._dir = tempfile.TemporaryDirectory(prefix='vl_lab_meteor_')
-        self._err = open(Path(self._dir.name, 'stderr.txt'), 'w+b')
-        self.proc = subprocess.Popen(
-            cmd, cwd=self._dir.name, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._err
-        )
+        self._err, self.procs = [], []
+        for k in range(jars):
+            self._err.append(open(Path(self._dir.name, f'stderr{k}.txt'), 'w+b'))
+            self.procs.append(
+                subprocess.Popen(
+                    cmd, cwd=self._dir.name, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._err[k]
+                )
+            )
         self._lock = threading.Lock()
 
-    def _ask(self, line: str, answers: int = 1) -> list[str]:
-        "Send one protocol line; the jar's `answers` answer lines."
-        try:
-            self.proc.stdin.write(f'{line}\n'.encode('utf-8'))
-            self.proc.stdin.flush()
-            out = [self.proc.stdout.readline().decode('utf-8').strip() for _ in range(answers)]
-        except OSError:
-            out = ['']
-        if not out[-1]:  # end of output: the jar stopped
+    def _ask(self, lines: list[str], answers: int, k: int = 0) -> list[str]:
+        """Send protocol `lines` to jar `k` (from a thread of their own: the jar answers while it reads, and neither
+        pipe may fill); its first `answers` answer lines."""
+
+        def send():
             try:
-                self.proc.wait(timeout=10)
+                self.procs[k].stdin.write(''.join(f'{line}\n' for line in lines).encode('utf-8'))
+                self.procs[k].stdin.flush()
+            except OSError:
+                pass  # the jar stopped: the reading below says so
+
+        writer = threading.Thread(target=send, daemon=True)
+        writer.start()
+        out = [self.procs[k].stdout.readline().decode('utf-8').strip() for _ in range(answers)]
+        writer.join()
+        if answers and not out[-1]:  # end of output: the jar stopped
+            proc, err = self.procs[k], self._err[k]
+            try:
+                proc.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 pass
-            self._err.seek(0)
+            err.seek(0)
             raise RuntimeError(
-                f'METEOR jar stopped (exit {self.proc.returncode}): '
-                f'{self._err.read()[-400:].decode(errors="replace").strip()}'
+                f'METEOR jar stopped (exit {proc.returncode}): {err.read()[-400:].decode(errors="replace").strip()}'
             )
         return out
 
@@ -322,25 +337,29 @@ class MeteorScorer:
             return re.sub('[\r\n]', ' ', c)  # a line break would end a protocol line
 
         refs_of = np.split(np.array([clean(r) for r in refs], dtype=object), _starts(img, len(ids))[1:])
-        with self._lock:
-            stats = [
-                self._ask(' ||| '.join(('SCORE', ' ||| '.join(rs), clean(h).replace('|||', '').replace('  ', ' '))))[0]
-                for h, rs in zip(hyps, refs_of)
-            ]
-            *per_image, corpus = self._ask(' ||| '.join(['EVAL', *stats]), len(ids) + 1)
+        lines = [
+            ' ||| '.join(('SCORE', ' ||| '.join(rs), clean(h).replace('|||', '').replace('  ', ' ')))
+            for h, rs in zip(hyps, refs_of)
+        ]
+        parts = np.array_split(np.arange(len(lines)), len(self.procs))  # one contiguous part a jar
+        with self._lock, ThreadPoolExecutor(len(self.procs)) as pool:
+            stats = pool.map(lambda k: self._ask([lines[i] for i in parts[k]], len(parts[k]), k), range(len(parts)))
+            stats = [s for part in stats for s in part]
+            *per_image, corpus = self._ask([' ||| '.join(['EVAL', *stats])], len(ids) + 1)
         return float(corpus), np.array([float(x) for x in per_image])
 
     def close(self):
-        "Stop the jar and remove its folder."
-        if self.proc.poll() is None:
-            try:
-                self.proc.stdin.close()
-            except OSError:
-                pass
-            self.proc.kill()
-        self.proc.wait()
-        self.proc.stdout.close()
-        self._err.close()
+        "Stop the jars and remove their folder."
+        for proc, err in zip(self.procs, self._err):
+            if proc.poll() is None:
+                try:
+                    proc.stdin.close()
+                except OSError:
+                    pass
+                proc.kill()
+            proc.wait()
+            proc.stdout.close()
+            err.close()
         self._dir.cleanup()
 
     def __enter__(self):
