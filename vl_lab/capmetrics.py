@@ -4,23 +4,27 @@
 
 # %% ../nbs/30a_capmetrics.ipynb #fd01c2d0
 from __future__ import annotations
+import gzip
 import importlib.util
+import os
 import re
 import shutil
 import subprocess
 import tempfile
 import threading
+from array import array
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 
-from .core import VLLabError
+from .core import VLLabError, cache_dir
 from .core import read_json
 
 # %% auto #0
 __all__ = [
     'PTB_PUNCTUATION',
+    'PARAPHRASE_INDEX_VERSION',
     'check_ids',
     'java_path',
     'ptb_tokenize',
@@ -29,6 +33,9 @@ __all__ = [
     'lcs_length',
     'rouge_l',
     'cider_d',
+    'meteor_words',
+    'paraphrase_index',
+    'cut_paraphrases',
     'MeteorScorer',
     'meteor',
     'caption_metrics',
@@ -270,15 +277,103 @@ def cider_d(gts: dict, res: dict, n: int = 4, sigma: float = 6.0):
     return float(scores.mean()), scores
 
 
+# %% ../nbs/30a_capmetrics.ipynb #a3c0ffee02
+PARAPHRASE_INDEX_VERSION = 1  # of the index `paraphrase_index` keeps: raise it when its layout changes
+_SIMPLE_WORD = re.compile(r"[a-z0-9'-]+")
+
+
+def meteor_words(texts) -> set[str] | None:
+    """The words METEOR's jar can see in `texts` (`-norm`: lower case, punctuation split off): each word, and each run
+    of its letters and digits, apostrophes and hyphens joined as the jar may split them. None when a text holds
+    anything else (other punctuation, non-ASCII letters): then the whole paraphrase table is needed."""
+    out = set()
+    for text in texts:
+        for word in text.lower().split():
+            if not _SIMPLE_WORD.fullmatch(word):
+                return None
+            runs = re.findall(r"[a-z0-9]+|['-]", word)
+            if len(runs) > 12:
+                return None
+            out.update(''.join(runs[i:j]) for i in range(len(runs)) for j in range(i + 1, len(runs) + 1))
+    return out
+
+
+def paraphrase_index(table: Path | None = None) -> Path | None:
+    """The folder of the index of METEOR's English paraphrase table (pycocoevalcap's `paraphrase-en.gz`: 5.3 million
+    entries of a probability, a phrase and its paraphrase), built once into the lab's cache (`core.cache_dir`; about
+    a minute, 400 MB): the table's text, where each entry starts in it, and the ids of each entry's words. None with
+    the cache off."""
+    table = table or _jar('meteor', 'data', 'paraphrase-en.gz')
+    root = cache_dir('meteor')
+    if root is None:
+        return None
+    st = table.stat()
+    d = root / f'paraphrase-v{PARAPHRASE_INDEX_VERSION}-{st.st_size}-{st.st_mtime_ns}'
+    if (d / 'done').exists():
+        return d
+    tmp = root / f'.{d.name}.{os.getpid()}'
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    vocab, ids, ptr, starts, pos = {}, array('i'), array('q', [0]), array('q'), 0
+    with gzip.open(table, 'rb') as f, open(tmp / 'text', 'wb') as text:
+        for i, line in enumerate(f):
+            text.write(line)
+            if i % 3 == 0:
+                starts.append(pos)
+            else:
+                ids.extend(vocab.setdefault(w, len(vocab)) for w in line.split())
+                if i % 3 == 2:
+                    ptr.append(len(ids))
+            pos += len(line)
+    starts.append(pos)
+    if len(starts) != len(ptr):
+        raise RuntimeError(f'{table}: not a METEOR paraphrase table (lines do not come in threes)')
+    words = np.array(list(vocab), dtype=object)
+    order = np.argsort(words)
+    np.save(tmp / 'words.npy', words[order].astype(bytes))  # sorted, for searchsorted
+    np.save(tmp / 'word_ids.npy', np.array(list(vocab.values()), dtype=np.int32)[order])
+    for name, a, dtype in (('ids', ids, np.int32), ('ptr', ptr, np.int64), ('starts', starts, np.int64)):
+        np.save(tmp / f'{name}.npy', np.frombuffer(a, dtype=dtype))
+    (tmp / 'done').write_text('')
+    try:
+        os.rename(tmp, d)
+    except OSError:  # another process made it meanwhile
+        shutil.rmtree(tmp, ignore_errors=True)
+    return d
+
+
+def cut_paraphrases(index: Path, words: set[str], out: Path) -> int:
+    """Write to `out` (gzip) the entries of the paraphrase table whose phrase and paraphrase hold only `words`, in the
+    table's order; returns how many. METEOR matches a phrase of one sentence to its paraphrase in the other, so an
+    entry with a word neither sentence holds never matches: the jar gives the numbers of the whole table."""
+    vocab, word_ids = np.load(index / 'words.npy'), np.load(index / 'word_ids.npy')
+    query = np.array(sorted(w.encode() for w in words) or [b''], dtype=vocab.dtype if vocab.size else object)
+    at = np.minimum(np.searchsorted(vocab, query), max(len(vocab) - 1, 0))
+    known = np.zeros(len(vocab), bool)
+    known[word_ids[at[vocab[at] == query]]] = True
+    ids, ptr = np.load(index / 'ids.npy', mmap_mode='r'), np.load(index / 'ptr.npy')
+    starts = np.load(index / 'starts.npy')
+    unknown = np.logical_or.reduceat(~known[ids], ptr[:-1]) if len(ids) else np.zeros(0, bool)
+    keep = np.flatnonzero(~unknown & (ptr[1:] > ptr[:-1]))  # every word known (an empty entry: none in the table)
+    text = np.memmap(index / 'text', dtype=np.uint8, mode='r')
+    cuts = np.flatnonzero(np.diff(keep) != 1) + 1  # runs of consecutive entries: one write each
+    with gzip.open(out, 'wb', compresslevel=1) as f:
+        for run in np.split(keep, cuts) if len(keep) else []:
+            f.write(text[starts[run[0]] : starts[run[-1] + 1]].tobytes())
+    return len(keep)
+
+
 # %% ../nbs/30a_capmetrics.ipynb #d99f5398
 class MeteorScorer:
     """The METEOR 1.5 jar, run as pycocoevalcap's `Meteor` runs it but from a temporary folder; `close()` it, or use
     `with`."""
 
-    def __init__(self, jars: int = 1):
+    def __init__(self, jars: int = 1, words: set[str] | None = None):
         """Start `jars` jars: they score their parts of a call in parallel, and one of them evaluates the whole, so the
         numbers are those of one jar. One by default: on 2 cores two jars took longer than one (both load the
-        paraphrase table at once, and one jar's JIT and GC threads already use the second core)."""
+        paraphrase table at once, and one jar's JIT and GC threads already use the second core). With `words`
+        (`meteor_words` of every caption it will score) the jars load only the paraphrases of those words
+        (`cut_paraphrases`: the same numbers), and start in about half a second instead of five."""
         cmd = [
             java_path(),
             '-jar',
@@ -292,6 +387,11 @@ class MeteorScorer:
             '-norm',
         ]
         self._dir = tempfile.TemporaryDirectory(prefix='vl_lab_meteor_')
+        index = paraphrase_index() if words is not None else None
+        self.words = words if index is not None else None
+        if index is not None:
+            cut_paraphrases(index, words, Path(self._dir.name, 'paraphrase.gz'))
+            cmd += ['-a', str(Path(self._dir.name, 'paraphrase.gz'))]
         self._err, self.procs = [], []
         for k in range(jars):
             self._err.append(open(Path(self._dir.name, f'stderr{k}.txt'), 'w+b'))
@@ -332,6 +432,10 @@ class MeteorScorer:
     def __call__(self, gts: dict, res: dict):
         "Corpus METEOR and per-image scores of `res` against `gts`, equal to pycocoevalcap's `Meteor().compute_score`."
         ids, hyps, refs, img = _flatten(gts, res)
+        if self.words is not None and not (meteor_words(hyps + refs) or {None}) <= self.words:
+            raise VLLabError(
+                'these captions hold words the METEOR scorer was not started for (MeteorScorer(words=...))'
+            )
 
         def clean(c):
             return re.sub('[\r\n]', ' ', c)  # a line break would end a protocol line
@@ -370,9 +474,9 @@ class MeteorScorer:
 
 
 def meteor(gts: dict, res: dict):
-    "Corpus METEOR 1.5 and per-image scores, equal to pycocoevalcap's `Meteor()` (starts the jar: ~10 s)."
-    _flatten(gts, res)  # bad input fails before the jar starts
-    with MeteorScorer() as scorer:
+    "Corpus METEOR 1.5 and per-image scores, equal to pycocoevalcap's `Meteor()` (starts the jar)."
+    _, hyps, refs, _ = _flatten(gts, res)  # bad input fails before the jar starts
+    with MeteorScorer(words=meteor_words(hyps + refs)) as scorer:
         return scorer(gts, res)
 
 
@@ -385,14 +489,15 @@ def caption_metrics(refs: dict, hyps: dict) -> dict:
     for k, hyp in hyps.items():
         if not isinstance(hyp, str):
             raise VLLabError(f'image {k!r}: the hypothesis is {type(hyp).__name__}, not a string')
-    with MeteorScorer() as scorer:  # the jar loads its paraphrase table while the rest runs
-        tok = ptb_tokenize(
-            {**{('ref', k): caps for k, caps in refs.items()}, **{('hyp', k): [h] for k, h in hyps.items()}}
-        )
-        gts, res = {k: tok['ref', k] for k in refs}, {k: tok['hyp', k] for k in refs}
+    tok = ptb_tokenize({**{('ref', k): caps for k, caps in refs.items()}, **{('hyp', k): [h] for k, h in hyps.items()}})
+    gts, res = {k: tok['ref', k] for k in refs}, {k: tok['hyp', k] for k in refs}
+    words = meteor_words(c for caps in tok.values() for c in caps)
+    # the jar loads its paraphrases and scores (its own processes) while BLEU, ROUGE-L and CIDEr run here
+    with MeteorScorer(words=words) as scorer, ThreadPoolExecutor(1) as pool:
+        met = pool.submit(scorer, gts, res)
         out = {f'Bleu_{i}': s for i, s in enumerate(bleu(gts, res)[0], 1)}
         rouge, cider = rouge_l(gts, res)[0], cider_d(gts, res)[0]
-        out['METEOR'] = scorer(gts, res)[0]
+        out['METEOR'] = met.result()[0]
     return {**out, 'ROUGE_L': rouge, 'CIDEr': cider}
 
 

@@ -31,6 +31,7 @@ __all__ = [
     'get_device',
     'file_sha256',
     'dir_sha256',
+    'cache_dir',
     'atomic_write',
     'write_json',
     'parse_json',
@@ -180,6 +181,15 @@ def dir_sha256(path) -> str:
         h.update(p.relative_to(root).as_posix().encode() + b'\0')
         h.update(file_sha256(p).encode())
     return h.hexdigest()
+
+
+def cache_dir(name: str) -> Path | None:
+    """Where the lab keeps `name` between runs (decoded images, METEOR's paraphrase index): `$VL_LAB_CACHE/name`, by
+    default `~/.cache/vl_lab/name`; None with `VL_LAB_CACHE=off`. What is kept there saves time, changes no result."""
+    where = os.environ.get('VL_LAB_CACHE', '')
+    if where.lower() == 'off':
+        return None
+    return Path(where or '~/.cache/vl_lab').expanduser() / name
 
 
 def atomic_write(path, data: bytes | str):

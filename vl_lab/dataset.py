@@ -6,7 +6,6 @@
 from __future__ import annotations
 import hashlib
 import io
-import os
 from collections import Counter
 from pathlib import Path
 
@@ -15,7 +14,7 @@ import PIL
 import torch
 from PIL import Image
 
-from .core import atomic_write
+from .core import atomic_write, cache_dir
 from .images import decode_image
 from .data import Record
 from .transforms import PairTransform, TransformConfig
@@ -49,10 +48,7 @@ def decoded_cache_dir() -> Path | None:
     `~/.cache/vl_lab/images`; `VL_LAB_CACHE=off` keeps none. An entry is named by the hash of the file's bytes, the
     size, Pillow's version and `DECODED_VERSION`, so a changed file or size is a new entry: the pixels a run sees are
     the same with or without it, and only its time depends on it."""
-    where = os.environ.get('VL_LAB_CACHE', '')
-    if where.lower() == 'off':
-        return None
-    return Path(where or '~/.cache/vl_lab').expanduser() / 'images'
+    return cache_dir('images')
 
 
 def _read_decoded(path: Path) -> Image.Image | None:

@@ -8,6 +8,7 @@ import io
 import os
 import re
 import shutil
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from PIL import Image, ImageEnhance
 from tqdm.auto import tqdm
 
 from .core import VLLabError, config_to_dict, update_config, write_json
+from .executor import LocalExecutor
 from .scenes import COLORS, SHAPES, class_label, make_scene, render_scene, scene_captions, scene_questions
 
 # %% auto #0
@@ -431,14 +433,16 @@ def _write_corpus(root: Path, cfg: SynthConfig, progress: bool, workers: int = 1
         bar.update(len(items))
 
     if workers > 1 and len(chunks) > 1:  # images are independent: drawn in parallel, written in order
-        import multiprocessing as mp
-        import sys
-
-        with mp.get_context('fork' if sys.platform == 'linux' else 'spawn').Pool(
-            workers
-        ) as pool:  # as vl_lab.clean does
-            for items in pool.imap(_make_chunk, chunks):
-                keep(items)
+        # the lab's pool: its processes die with this one, and at once on SIGTERM (a plain forked Pool inherits the
+        # CLI's Python SIGTERM handler: one worker once missed the Pool's terminate and hung `vl-lab report`)
+        with LocalExecutor(workers, kind='process') as pool:
+            pending = deque()
+            for c in chunks:
+                pending.append(pool.submit(_make_chunk, c))
+                if len(pending) > 2 * workers:  # a few chunks ahead of the writer, not the whole corpus in memory
+                    keep(pending.popleft().result())
+            while pending:
+                keep(pending.popleft().result())
     else:
         for c in chunks:
             keep(_make_chunk(c))
