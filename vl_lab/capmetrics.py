@@ -301,7 +301,7 @@ def meteor_words(texts) -> set[str] | None:
 def paraphrase_index(table: Path | None = None) -> Path | None:
     """The folder of the index of METEOR's English paraphrase table (pycocoevalcap's `paraphrase-en.gz`: 5.3 million
     entries of a probability, a phrase and its paraphrase), built once into the lab's cache (`core.cache_dir`; about
-    a minute, 400 MB): the table's text, where each entry starts in it, and the ids of each entry's words. None with
+    20 s, 470 MB): the table's text, where each entry starts in it, and the ids of each entry's words. None with
     the cache off."""
     table = table or _jar('meteor', 'data', 'paraphrase-en.gz')
     root = cache_dir('meteor')
