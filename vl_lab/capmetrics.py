@@ -432,7 +432,8 @@ class MeteorScorer:
     def __call__(self, gts: dict, res: dict):
         "Corpus METEOR and per-image scores of `res` against `gts`, equal to pycocoevalcap's `Meteor().compute_score`."
         ids, hyps, refs, img = _flatten(gts, res)
-        if self.words is not None and not (meteor_words(hyps + refs) or {None}) <= self.words:
+        seen = meteor_words(hyps + refs) if self.words is not None else None
+        if self.words is not None and (seen is None or not seen <= self.words):
             raise VLLabError(
                 'these captions hold words the METEOR scorer was not started for (MeteorScorer(words=...))'
             )
