@@ -23,7 +23,6 @@ import time
 from pathlib import Path
 
 import torch
-from torch.utils.flop_counter import FlopCounterMode
 
 from vl_lab.core import seed_everything
 from vl_lab.data import load_records
@@ -33,7 +32,7 @@ from vl_lab.models import VLModel
 from vl_lab.run import resolve_config, split_records
 from vl_lab.synthetic import synth, synth_config
 from vl_lab.tokenizer import train_word_tokenizer
-from vl_lab.train import param_groups, train, warmup_cosine
+from vl_lab.train import param_groups, step_flops, train, warmup_cosine
 
 ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 ap.add_argument('epochs', nargs='?', type=int, default=3, help='epochs of each loop in each repeat')
@@ -186,11 +185,7 @@ with tempfile.TemporaryDirectory() as tmp:
     steps = lab_steps
     # FLOPs of one training step (forward + backward) on one batch
     model, _ = plain.model()
-    batch = next(iter(plain.batches(0)))
-    with FlopCounterMode(display=False) as fc:
-        loss, _ = compute_losses(model(batch), {})
-        loss.backward()
-    step_flops = fc.get_total_flops()
+    flops = step_flops(model, next(iter(plain.batches(0))))  # as each run's metrics.json counts them
     where = [] if args.no_options else profile(plain)
     options = {} if args.no_options else option_rates(plain)
     peak = matmul_rate()
@@ -209,9 +204,9 @@ print(
     f'  ratio vl_lab / plain: {statistics.median(ratios):.3f} median of {len(ratios)} '
     f"(spread {min(ratios):.3f}-{max(ratios):.3f}; each: {', '.join(f'{r:.3f}' for r in ratios)}) (aim: >= 0.95)"
 )
-achieved = step_flops * statistics.median(lab_rates) / cfg.batch_size
+achieved = flops * statistics.median(lab_rates) / cfg.batch_size
 print(
-    f'  FLOPs per step {step_flops / 1e9:.2f} G; achieved {achieved / 1e9:.1f} GFLOP/s; '
+    f'  FLOPs per step {flops / 1e9:.2f} G; achieved {achieved / 1e9:.1f} GFLOP/s; '
     f'fp32 matmul here {peak / 1e9:.1f} GFLOP/s; ratio {achieved / peak:.3f} (aim: >= 0.5)'
 )
 print(f'  the vl_lab run logs to: {args.track}')

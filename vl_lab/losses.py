@@ -12,6 +12,7 @@ import torch.nn.functional as F
 __all__ = [
     'gather_features',
     'contrastive_loss',
+    'siglip_loss',
     'distill_loss',
     'itm_loss',
     'caption_loss',
@@ -47,6 +48,27 @@ def contrastive_loss(image_emb, text_emb, logit_scale, gather: bool = True, extr
             t = gather_features(t)[0]
         logits = logit_scale * image_emb @ t.t()
         total = total + (F.cross_entropy(logits, labels) + F.cross_entropy(logits.t(), labels)) / 2
+    return {'contrastive': total / len(slots)}
+
+
+# %% ../nbs/11_losses.ipynb #a1c3e5f8
+def siglip_loss(image_emb, text_emb, logit_scale, logit_bias, gather: bool = True, extra_text_emb=None) -> dict:
+    """SigLIP's pairwise sigmoid loss over the global batch (`gather`) or this process's: each image-text pair a
+    binary match / no-match term on `logit_scale * cos + logit_bias`, summed and divided by the batch size (the
+    paper's normalisation). `extra_text_emb` (B, K-1, D) as in `contrastive_loss`: the mean of K terms."""
+    slots = [text_emb] + ([] if extra_text_emb is None else list(extra_text_emb.unbind(1)))
+    image_emb = F.normalize(image_emb, dim=-1)
+    if gather:
+        image_emb = gather_features(image_emb)[0]
+    n = len(image_emb)
+    signs = 2 * torch.eye(n, device=image_emb.device, dtype=image_emb.dtype) - 1
+    total = 0.0
+    for t in slots:
+        t = F.normalize(t, dim=-1)
+        if gather:
+            t = gather_features(t)[0]
+        logits = logit_scale * image_emb @ t.t() + logit_bias
+        total = total - F.logsigmoid(signs * logits).sum() / n
     return {'contrastive': total / len(slots)}
 
 
@@ -113,9 +135,21 @@ def compute_losses(
     distill_temperature: float = 1.0,
 ) -> tuple[torch.Tensor, dict]:
     """The weighted total and every named term for the model outputs `out` (only the tasks present; `distill` when a
-    teacher's embeddings are)."""
+    teacher's embeddings are; the contrastive term is
+    SigLIP's when `out` holds a `logit_bias`)."""
     terms = {}
-    if 'image_emb' in out:
+    if 'image_emb' in out and 'logit_bias' in out:  # a model trained with loss=siglip
+        terms.update(
+            siglip_loss(
+                out['image_emb'],
+                out['text_emb'],
+                out['logit_scale'],
+                out['logit_bias'],
+                gather,
+                out.get('extra_text_emb'),
+            )
+        )
+    elif 'image_emb' in out:
         terms.update(
             contrastive_loss(out['image_emb'], out['text_emb'], out['logit_scale'], gather, out.get('extra_text_emb'))
         )

@@ -22,6 +22,7 @@ __all__ = [
     'IMAGE_POOLS',
     'CONV_DOWNSAMPLE',
     'CONV_NORMS',
+    'LOSSES',
     'ModelConfig',
     'check_model_config',
     'task_list',
@@ -62,7 +63,8 @@ class ModelConfig:
     text_pool: str = 'mean'  # mean over tokens | cls (the first token)
     max_len: int = 32  # caption length in tokens (BOS/EOS included)
     embed_dim: int = 128  # shared image-text embedding size
-    logit_scale_init: float = 1 / 0.07  # CLIP's initial temperature
+    logit_scale_init: float = 0.0  # the initial logit scale; 0: the loss's own (InfoNCE: CLIP's 1/0.07; SigLIP: 10)
+    logit_bias_init: float = -10.0  # SigLIP (loss=siglip): the initial bias of the pair logits (the paper's)
     logit_scale_max: float = 100.0  # CLIP clamps the scale at 100
     fusion_width: int = 192  # fusion encoder (ITM, VQA): width / layers / heads / dropout
     fusion_layers: int = 2
@@ -80,6 +82,7 @@ class ModelConfig:
 
 ITM_FEATURES, ITM_NEGATIVES, IMAGE_POOLS = ('fusion', 'product'), ('hard', 'sampled', 'random'), ('mean', 'attn')
 CONV_DOWNSAMPLE, CONV_NORMS = ('stride', 'maxpool'), ('group', 'batch')
+LOSSES = ('infonce', 'siglip')  # the contrastive objectives (vl_lab.losses)
 
 
 def check_model_config(cfg: ModelConfig):
@@ -286,7 +289,8 @@ class FusionEncoder(nn.Module):
 
 # %% ../nbs/10_models.ipynb #d003b6a2
 class VLModel(nn.Module):
-    "Towers + the heads of the configured tasks. Methods return features and logits, never losses."
+    """Towers + the heads of the configured tasks. Methods return features and logits, never losses; `loss`: the
+    contrastive objective the scale (and, for siglip, the bias) are initialised for."""
 
     def __init__(
         self,
@@ -295,15 +299,21 @@ class VLModel(nn.Module):
         n_answers: int = 0,
         hf_configs: dict | None = None,
         special_ids: tuple = (0, 2, 3),
+        loss: str = 'infonce',
     ):
         super().__init__()
         check_model_config(cfg)
+        if loss not in LOSSES:
+            raise VLLabError(f"loss {loss!r} unknown: {', '.join(LOSSES)}")
         self.cfg, self.tasks = cfg, task_list(cfg.tasks)
         self.image_tower, self.text_tower, self.hf_configs = build_towers(cfg, vocab_size, hf_configs)
         iw, tw = self.image_tower.width, self.text_tower.width
         self.image_proj = nn.Linear(iw, cfg.embed_dim, bias=False)
         self.text_proj = nn.Linear(tw, cfg.embed_dim, bias=False)
-        self.logit_scale = nn.Parameter(torch.tensor(math.log(cfg.logit_scale_init)))
+        scale_init = cfg.logit_scale_init or {'infonce': 1 / 0.07, 'siglip': 10.0}[loss]
+        self.logit_scale = nn.Parameter(torch.tensor(math.log(scale_init)))
+        if loss == 'siglip':  # the pair logits' learnable bias: the model then trains with SigLIP's loss
+            self.logit_bias = nn.Parameter(torch.tensor(float(cfg.logit_bias_init)))
         if 'itm' in self.tasks or 'vqa' in self.tasks:
             self.fusion = FusionEncoder(
                 tw, iw, cfg.fusion_width, cfg.fusion_layers, cfg.fusion_heads, cfg.fusion_dropout
@@ -388,6 +398,8 @@ class VLModel(nn.Module):
         txt_emb, txt_tok = self.encode_text(batch['ids'], batch['mask'])
         if 'contrastive' in tasks:
             out.update(image_emb=img_emb, text_emb=txt_emb, logit_scale=self.scale())
+            if hasattr(self, 'logit_bias'):
+                out['logit_bias'] = self.logit_bias
             if 'extra_ids' in batch:  # more captions of each image: (B, K-1, T) -> embeddings (B, K-1, D)
                 B, K1, T = batch['extra_ids'].shape
                 e, _ = self.encode_text(batch['extra_ids'].reshape(B * K1, T), batch['extra_mask'].reshape(B * K1, T))

@@ -46,6 +46,8 @@ class TrainConfig:
     batch_groups: int = 0  # hard batches: each batch made of groups of this many text neighbours (TF-IDF of the
     # captions, vl_lab.dataset.neighbour_order); 0: batches of a random permutation
     captions_per_image: int = 1  # captions of each image per step: one InfoNCE term per caption, one image forward
+    loss: str = 'infonce'  # the contrastive objective: infonce (CLIP's symmetric softmax) | siglip (pairwise sigmoid)
+    train_fraction: float = 1.0  # train on this share of the train images, nested (splits.nested_fraction)
     lr: float = 1e-4  # lab notes: 1e-4 (AdamW)
     image_lr_mult: float = 1.0  # per-modality learning rates: image tower lr = lr * this
     text_lr_mult: float = 1.0  # text tower lr = lr * this
@@ -245,7 +247,9 @@ def build_model(cfg: TrainConfig, tok, n_answers: int, hf_configs: dict | None =
     """The model of `cfg` for tokenizer `tok`: the one constructor train, evaluate, deploy and serve use (a pretrained
     tower's config comes from `hf_configs`, saved in every checkpoint, when the run is loaded again)."""
     mcfg = update_config(cfg.model, {'tasks': ','.join(run_tasks(cfg))})
-    return VLModel(mcfg, vocab_size=len(tok), n_answers=n_answers, hf_configs=hf_configs, special_ids=special_ids(tok))
+    return VLModel(
+        mcfg, len(tok), n_answers=n_answers, hf_configs=hf_configs, special_ids=special_ids(tok), loss=cfg.loss
+    )
 
 
 # %% ../nbs/15_run.ipynb #8ee8a9d3

@@ -32,6 +32,7 @@ from .evaluate import embed_split
 from .dataset import EpochBatches, PairDataset, answer_vocabulary, caption_vectors, make_collate
 from . import losses
 from .models import task_list
+from .splits import nested_fraction
 from vl_lab.run import (
     TrainConfig,
     build_model,
@@ -70,6 +71,8 @@ __all__ = [
     'train_step',
     'train_epoch',
     'end_epoch',
+    'step_flops',
+    'run_compute',
     'finish',
     'train',
 ]
@@ -317,6 +320,8 @@ def log_step(s: Session, vals: dict, lr: float, seconds: float):
     if callable(getattr(s.core, 'scale', None)):  # the contrastive logit scale: 1 / temperature
         scale = s.core.scale().item()
         out.update({'train/logit_scale': scale, 'train/temperature': 1 / scale})
+    if isinstance(getattr(s.core, 'logit_bias', None), torch.Tensor):  # loss=siglip: the pair logits' bias
+        out['train/logit_bias'] = s.core.logit_bias.item()
     s.acc.log(out, step=s.st['step'])
 
 
@@ -420,6 +425,7 @@ def setup(cfg: TrainConfig, out_dir: Path, resume: bool, trackers: list = ()) ->
         raise VLLabError(f"{cfg.data}: needs train and val records (found {len(train_recs)} and {len(val_recs)})")
     if cfg.max_val:
         val_recs = val_recs[: cfg.max_val]
+    train_recs = nested_fraction(train_recs, cfg.train_fraction)  # a scaling study's share (all of them at 1)
     teacher, teacher_tok = load_teacher(cfg, tasks_all)
     tok = _tokenizer(cfg, out_dir, ck, teacher_tok, train_recs)
     answers = answer_vocabulary(train_recs) if 'vqa' in tasks_all else []
@@ -624,8 +630,35 @@ def end_epoch(s: Session, si: int, epoch: int, opt, sched):
         write_history(s.out_dir / 'history.csv', s.history)
 
 
+def step_flops(model, batch: dict, tasks=None, weights=None, pad_id: int = 0) -> int:
+    """FLOPs of one training step's forward and backward on `batch`, as torch's `FlopCounterMode` counts them (matrix
+    products, convolutions, attention); counted in eval mode (no dropout, the norms' statistics untouched), the
+    gradients it made cleared. `bench/bench_train.py` and each run's `metrics.json` count with this."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    was = model.training
+    model.eval()
+    with FlopCounterMode(display=False) as fc:
+        total, _ = losses.compute_losses(model(batch, tasks), weights or {}, pad_id, gather=False)
+        total.backward()
+    model.zero_grad(set_to_none=True)
+    model.train(was)
+    return int(fc.get_total_flops())
+
+
+def run_compute(s: Session, tasks: list) -> dict:
+    """The run's size and compute, for `metrics.json`: parameters, FLOPs of one optimizer step (a micro-batch of the
+    training set counted by `step_flops`, times micro-batches and processes) and of all of its steps (evaluation not
+    included; a distillation teacher's forward neither)."""
+    micro = min(len(s.train_ds), s.cfg.batch_size // s.acc.num_processes // s.cfg.grad_accum)
+    batch = _to(s.collate([s.train_ds[(0, i)] for i in range(micro)]), s.acc.device)
+    flops = step_flops(s.core, batch, tasks, s.weights, s.pad_id) * s.cfg.grad_accum * s.acc.num_processes
+    params = sum(p.numel() for p in s.core.parameters())
+    return dict(params=params, step_flops=flops, train_flops=flops * s.st['step'])
+
+
 def finish(s: Session) -> dict:
-    "The best epoch's weights validated once more; metrics.json and provenance.json written."
+    "The best epoch's weights validated once more; metrics.json (with the run's compute) and provenance.json written."
     cfg, acc, st = s.cfg, s.acc, s.st
     best = load_checkpoint(s.out_dir / 'best.pt')
     s.core.load_state_dict(best['model'])
@@ -645,6 +678,7 @@ def finish(s: Session) -> dict:
         ),
     )
     if acc.is_main_process:
+        metrics['compute'] = run_compute(s, tasks)
         write_json(s.out_dir / 'metrics.json', metrics)
         timing = {'train_loop_s': round(s.loop_s, 3), 'steps_timed': s.steps_timed}
         extra = {'device': str(acc.device), 'processes': acc.num_processes} | timing
