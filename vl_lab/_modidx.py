@@ -294,6 +294,7 @@ d = {
             'vl_lab.evaluate.generate_captions': ('evaluate.html#generate_captions', 'vl_lab/evaluate.py'),
             'vl_lab.evaluate.itm_eval': ('evaluate.html#itm_eval', 'vl_lab/evaluate.py'),
             'vl_lab.evaluate.linear_probe': ('evaluate.html#linear_probe', 'vl_lab/evaluate.py'),
+            'vl_lab.evaluate.split_loss': ('evaluate.html#split_loss', 'vl_lab/evaluate.py'),
             'vl_lab.evaluate.summary_line': ('evaluate.html#summary_line', 'vl_lab/evaluate.py'),
             'vl_lab.evaluate.vqa_eval': ('evaluate.html#vqa_eval', 'vl_lab/evaluate.py'),
             'vl_lab.evaluate.vqa_prior': ('evaluate.html#vqa_prior', 'vl_lab/evaluate.py'),

@@ -21,6 +21,7 @@ __all__ = [
     'PROBE_IMAGES',
     'embed_split',
     'encode_texts',
+    'split_loss',
     'zero_shot_tasks',
     'linear_probe',
     'zero_shot',
@@ -63,6 +64,27 @@ def embed_split(model, tok, ds: PairDataset, max_len: int, device, batch: int = 
 def encode_texts(model, tok, texts, max_len, device):
     t = tok(list(texts), padding='longest', truncation=True, max_length=max_len, return_tensors='pt')
     return model.encode_text(t['input_ids'].to(device), t['attention_mask'].to(device))[0].cpu()
+
+
+# %% ../nbs/31_evaluate.ipynb #d4f6a8c1
+def split_loss(model, img, txt, owner, batch: int) -> dict:
+    """The model's own contrastive loss on a split (InfoNCE; SigLIP's for a model trained with loss=siglip): each image
+    with its first caption, in consecutive batches of `batch` images (the run's training batch; the images past the
+    last full batch left out, all of them in one batch when there are fewer), averaged over the batches. The loss
+    depends on the batch size: comparable between runs of one batch size, as a scaling study's are."""
+    from vl_lab.losses import compute_losses
+
+    first = torch.full((len(img),), len(owner)).scatter_reduce(0, owner, torch.arange(len(owner)), 'amin')
+    keep = (first < len(owner)).nonzero()[:, 0]  # the images with a caption
+    n = max(1, len(keep) // batch)
+    parts = keep[: n * batch].chunk(n) if len(keep) >= batch else [keep]
+    vals = []
+    for b in parts:
+        out = dict(image_emb=img[b], text_emb=txt[first[b]], logit_scale=model.scale().cpu())
+        if isinstance(getattr(model, 'logit_bias', None), torch.Tensor):
+            out['logit_bias'] = model.logit_bias.cpu()
+        vals.append(compute_losses(out, {}, gather=False)[1]['contrastive'].item())
+    return dict(contrastive_loss=float(np.mean(vals)), loss_batch=len(parts[0]), loss_batches=len(parts))
 
 
 # %% ../nbs/31_evaluate.ipynb #454de3cd
@@ -348,7 +370,7 @@ def evaluate_run(
     needs_train = {'contrastive', 'vqa'} & set(model.tasks)
     train_recs = split_records(list(load_records(cfg.data)), 'train') if needs_train else []
     if 'contrastive' in model.tasks:
-        out['retrieval'] = retrieval_metrics(img, txt, owner)
+        out['retrieval'] = retrieval_metrics(img, txt, owner) | split_loss(model, img, txt, owner, cfg.batch_size)
         examples.update(_examples(txt @ img.t(), owner, caps, ds))
         if tasks := zero_shot_tasks(ds.records):
             train_ds = PairDataset(train_recs[:PROBE_IMAGES], cfg.transform, train=False)  # the probes' images
