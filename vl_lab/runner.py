@@ -131,6 +131,7 @@ PRESENTATION = (
     'corpus',
     'selfscore',
     'plancheck',
+    'scaling',
 )
 
 
