@@ -8,9 +8,9 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export PYTHONHASHSEED := 0
 # figures without a display for the batch targets only: JupyterLab's kernels draw inline (`make lab` below)
-report test check export bench sweep: export MPLBACKEND := Agg
+report test check export bench sweep scaling: export MPLBACKEND := Agg
 
-.PHONY: venv report test check lab tensorboard bench lock export clean sweep
+.PHONY: venv report test check lab tensorboard bench lock export clean sweep scaling
 
 venv:
 	@bash tools/bootstrap.sh
@@ -62,3 +62,8 @@ clean:
 
 sweep: venv  ## the recipe sweep behind the cpu-tiny preset (sweep.yaml): reports/sweep/ and SWEEP.md
 	$(BIN)/vl-lab report --plan sweep.yaml --out reports/sweep --table SWEEP.md
+
+SCALING_DATA := data/shapes-16k
+scaling: venv  ## the scaling study (scaling.yaml): reports/scaling/ and SCALING.md; its 16,000-image corpus made first
+	test -f $(SCALING_DATA)/annotations.json || $(BIN)/vl-lab synth $(SCALING_DATA) --n-images 16000 --noise none --quiet
+	$(BIN)/vl-lab report --plan scaling.yaml --out reports/scaling --table SCALING.md

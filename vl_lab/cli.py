@@ -233,8 +233,11 @@ def _cmd_report(args):
     if args.table and runs:
         from vl_lab.core import atomic_write
         from vl_lab.labnote import load_runs, results_markdown
+        from vl_lab.scaling import study_markdown
 
-        atomic_write(args.table, results_markdown(load_runs(args.out, runs), f'Results of {args.plan}'))
+        loaded = load_runs(args.out, runs)
+        table = results_markdown(loaded, f'Results of {args.plan}')
+        atomic_write(args.table, table + (f'\n{study}' if (study := study_markdown(loaded)) else ''))
         print(f"table: {args.table}")
     print(f"report: {out}")
     if runs and (bad := [r for r in runs if r['status'] == 'failed']):

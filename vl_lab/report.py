@@ -100,6 +100,12 @@ def build_report(
 
             if ev := evidence_section(loaded):
                 sections.append(ev)
+        from vl_lab.scaling import loss_section, scaling_section, sweep_runs
+
+        if study := scaling_section(loaded, sweep_runs(out_dir)):
+            sections.append(study)
+        if losses := loss_section(loaded):
+            sections.append(losses)
         from vl_lab.deploynote import deployment_section
 
         if dep := deployment_section(loaded):
