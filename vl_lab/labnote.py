@@ -553,6 +553,13 @@ def next_steps_section(runs, synthetic: bool = True) -> dict:
                     f"Distillation hurt ({n} against {alone}: {c['diff']:+.3f} ± {c['se']:.3f}): try a lower "
                     f"distillation weight, a temperature above 1, or more student epochs."
                 )
+    from vl_lab.scaling import study_frame
+
+    if study_frame(runs).empty:  # what more data or a larger model would buy: measured by the scaling study
+        items.append(
+            'Measure what more data and larger towers would buy before scaling up: make scaling fits test error as '
+            'power laws of the pairs seen and the parameters (docs/scaling.md).'
+        )
     if synthetic:
         items.append(
             'Scale up: the same plan on real data (a COCO or Flickr30k Karpathy split) and a GPU (--preset gpu-base).'

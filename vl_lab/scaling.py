@@ -18,6 +18,7 @@ from .page import fig_html, figure, render, table_html
 
 # %% auto #0
 __all__ = [
+    'LOSS_NAMES',
     'study_frame',
     'fit_power_law',
     'bootstrap_exponent',
@@ -206,6 +207,9 @@ def crossover(rows: list[dict]) -> dict:
 
 
 # %% ../nbs/45_scaling.ipynb #5ca1e018
+LOSS_NAMES = ('infonce', 'siglip')
+
+
 def loss_rows(runs, metric: str = 't2i_R@1') -> list[dict]:
     """SigLIP's sigmoid loss against InfoNCE: for runs whose configs differ only in the loss and the batch size (and
     seed), per batch size with both losses, each loss's `metric` (mean ± std over seeds) and the difference sigmoid -
@@ -232,9 +236,7 @@ def loss_rows(runs, metric: str = 't2i_R@1') -> list[dict]:
                     batch=batch,
                     infonce=mean_std(inf),
                     siglip=mean_std(sig),
-                    experiments=tuple(
-                        ', '.join(dict.fromkeys(n for n, _ in by_loss[k])) for k in ('infonce', 'siglip')
-                    ),
+                    experiments=tuple(', '.join(dict.fromkeys(n for n, _ in by_loss[k])) for k in LOSS_NAMES),
                     diff=c['diff'],
                     se=c['se'],
                     significant=c['significant'],
