@@ -479,9 +479,10 @@ def conclusions_section(runs, metric=('retrieval', 't2i_R@1')) -> dict:
 
 
 # %% ../nbs/42_labnote.ipynb #8aa35a55
-def next_steps_section(runs, synthetic: bool = True) -> dict:
+def next_steps_section(runs, synthetic: bool = True, scaled: bool = False) -> dict:
     """Next steps that follow from the runs: failures to fix, curves still falling, too few seeds, weak tasks; and
-    where to go next (real data only when the corpus is the synthetic one)."""
+    where to go next (real data only when the corpus is the synthetic one; the scaling study unless the page has one:
+    `scaled`)."""
     items, g, weak = [], _groups(runs), {}
     for r in runs:
         if r['status'] == 'failed':
@@ -553,9 +554,7 @@ def next_steps_section(runs, synthetic: bool = True) -> dict:
                     f"Distillation hurt ({n} against {alone}: {c['diff']:+.3f} ± {c['se']:.3f}): try a lower "
                     f"distillation weight, a temperature above 1, or more student epochs."
                 )
-    from vl_lab.scaling import study_frame
-
-    if study_frame(runs).empty:  # what more data or a larger model would buy: measured by the scaling study
+    if not scaled:  # what more data or a larger model would buy: measured by the scaling study
         items.append(
             'Measure what more data and larger towers would buy before scaling up: make scaling fits test error as '
             'power laws of the pairs seen and the parameters (docs/scaling.md).'

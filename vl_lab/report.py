@@ -102,7 +102,8 @@ def build_report(
                 sections.append(ev)
         from vl_lab.scaling import loss_section, scaling_section, sweep_runs
 
-        if study := scaling_section(loaded, sweep_runs(out_dir)):
+        study = scaling_section(loaded, sweep_runs(out_dir))
+        if study:
             sections.append(study)
         if losses := loss_section(loaded):
             sections.append(losses)
@@ -111,7 +112,7 @@ def build_report(
         if dep := deployment_section(loaded):
             sections.append(dep)
         synthetic = (Path(data_dir) / 'noise_labels.json').exists()
-        sections += [next_steps_section(loaded, synthetic), runs_section(loaded)]
+        sections += [next_steps_section(loaded, synthetic, scaled=study is not None), runs_section(loaded)]
     index = out_dir / 'runs' / 'index.json'
     plan = json.loads(index.read_text()) if runs and index.exists() else None  # the runner's record of this plan
     sections.append(provenance_section(provenance(start_time=t0, data_hash=data_hash), runs, plan))
