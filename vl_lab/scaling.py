@@ -255,7 +255,7 @@ def loss_verdicts(rows: list[dict], split: str = 'test') -> list[str]:
         if not r['enough_seeds']:
             out.append(f"{what}: too few seeds to tell a difference from seed noise")
         elif r['significant']:
-            out.append(f"{what}: the {'sigmoid loss' if r['diff'] > 0 else 'InfoNCE'} is better, by more than 2 SE")
+            out.append(f"{what}: {'the sigmoid loss' if r['diff'] > 0 else 'InfoNCE'} is better, by more than 2 SE")
         else:
             out.append(f"{what}: within 2 SE, no difference measured")
     if len(rows) >= 2:
@@ -374,7 +374,11 @@ def scaling_conclusions(res: dict) -> list[str]:
         if broke is None and fit['holds']:
             s += '; the fit of the smaller sizes predicts each larger one: it holds over the whole range'
         elif broke is not None:
-            how = 'above it: the curve flattens (saturation)' if broke['above'] else 'below it: the error falls faster'
+            how = (
+                'above it: the curve flattens (saturation)'
+                if broke['above']
+                else 'below it: the error falls faster than the smaller sizes\' law (no saturation in range)'
+            )
             s += (
                 f"; it stops holding at {broke['x']:,.0f} pairs seen, where the measured error, "
                 f"{broke['measured']:.3f}, is {how} (predicted {broke['predicted']:.3f})"
@@ -424,8 +428,10 @@ def scaling_conclusions(res: dict) -> list[str]:
 def scaling_figure(df: pd.DataFrame, res: dict):
     """Four log-log panels: test error and test loss against pairs seen (each model, mean ± std over seeds, its fitted
     power law dashed), error against parameters (each share), error against training FLOPs (the frontier drawn)."""
+    from matplotlib.ticker import FuncFormatter, NullFormatter
+
     fig, axes = figure(2, 2, figsize=(12, 8))
-    models = list(dict.fromkeys(df.model))
+    models, ladder = list(dict.fromkeys(df.model)), width_ladder(df.model)
     for ax, col, label in ((axes[0, 0], 'error', 'test error (1 - t2i R@1)'), (axes[0, 1], 'loss', 'test loss')):
         for m in models:
             g = df[df.model == m].groupby('pairs_seen')[col].agg(['mean', 'std'])
@@ -441,10 +447,14 @@ def scaling_figure(df: pd.DataFrame, res: dict):
         ax.set(xscale='log', yscale='log', xlabel='pairs seen', ylabel=label, title=f'{label} against data')
         ax.legend(fontsize=7)
     ax = axes[1, 0]
-    for f in sorted(df.fraction.unique()):
+    for f in sorted(df.fraction.unique()):  # the width ladder joined; the other models as open markers
         d = df[np.isclose(df.fraction, f)].groupby('model').agg(params=('params', 'median'), error=('error', 'mean'))
-        d = d.sort_values('params')
-        ax.plot(d.params, d.error, 'o-', lw=0.8, label=f'{_share(f)} of the data')
+        on = d[d.index.isin(ladder)].sort_values('params')
+        line = ax.plot(on.params, on.error, 'o-', lw=0.8, label=f'{_share(f)} of the data')[0]
+        off = d[~d.index.isin(ladder)]
+        ax.plot(off.params, off.error, 'o', mfc='none', color=line.get_color())
+        for m, row in off.iterrows():
+            ax.annotate(m, (row.params, row.error), fontsize=6, xytext=(3, 0), textcoords='offset points')
     ax.set(xscale='log', yscale='log', xlabel='parameters', ylabel='test error', title='error against model size')
     ax.legend(fontsize=7)
     ax = axes[1, 1]
@@ -455,6 +465,10 @@ def scaling_figure(df: pd.DataFrame, res: dict):
     ax.plot([f['flops'] for f in fr], [f['error'] for f in fr], 'k-', lw=0.8, label='frontier')
     ax.set(xscale='log', yscale='log', xlabel='training FLOPs', ylabel='test error', title='error against compute')
     ax.legend(fontsize=7)
+    for ax in axes.flat:  # plain tick labels: the page draws text as it is, never as mathtext
+        for axis in (ax.xaxis, ax.yaxis):
+            axis.set_major_formatter(FuncFormatter(lambda v, _: f'{v:g}'))
+            axis.set_minor_formatter(NullFormatter())
     fig.tight_layout()
     return fig
 
