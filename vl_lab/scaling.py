@@ -299,7 +299,7 @@ def scaling_results(df: pd.DataFrame, ceiling: float | None = None) -> dict:
         if len(err) >= 3:
             data_fits[m] = dict(
                 error=bootstrap_exponent(err),
-                loss=bootstrap_exponent(loss) if all(v == v for vs in loss.values() for v in vs) else None,
+                loss=bootstrap_exponent(loss) if all(pd.notna(v) for vs in loss.values() for v in vs) else None,
                 holds=fit_holds(err),
             )
     param_fits = {}
@@ -445,7 +445,6 @@ def scaling_figure(df: pd.DataFrame, res: dict):
         if col == 'error' and res['ceiling']:
             ax.axhline(1 - res['ceiling'], color='grey', ls=':', lw=1, label="the split's floor")
         ax.set(xscale='log', yscale='log', xlabel='pairs seen', ylabel=label, title=f'{label} against data')
-        ax.legend(fontsize=7)
     ax = axes[1, 0]
     for f in sorted(df.fraction.unique()):  # the width ladder joined; the other models as open markers
         d = df[np.isclose(df.fraction, f)].groupby('model').agg(params=('params', 'median'), error=('error', 'mean'))
@@ -456,7 +455,6 @@ def scaling_figure(df: pd.DataFrame, res: dict):
         for m, row in off.iterrows():
             ax.annotate(m, (row.params, row.error), fontsize=6, xytext=(3, 0), textcoords='offset points')
     ax.set(xscale='log', yscale='log', xlabel='parameters', ylabel='test error', title='error against model size')
-    ax.legend(fontsize=7)
     ax = axes[1, 1]
     for m in models:
         g = df[df.model == m].groupby('share').agg(flops=('flops', 'median'), error=('error', 'mean'))
@@ -464,8 +462,9 @@ def scaling_figure(df: pd.DataFrame, res: dict):
     fr = res['frontier']
     ax.plot([f['flops'] for f in fr], [f['error'] for f in fr], 'k-', lw=0.8, label='frontier')
     ax.set(xscale='log', yscale='log', xlabel='training FLOPs', ylabel='test error', title='error against compute')
-    ax.legend(fontsize=7)
-    for ax in axes.flat:  # plain tick labels: the page draws text as it is, never as mathtext
+    for ax in axes.flat:  # legends where a panel has labelled data; plain tick labels (the page draws no mathtext)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7)
         for axis in (ax.xaxis, ax.yaxis):
             axis.set_major_formatter(FuncFormatter(lambda v, _: f'{v:g}'))
             axis.set_minor_formatter(NullFormatter())
