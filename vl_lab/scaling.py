@@ -341,7 +341,6 @@ def scaling_results(df: pd.DataFrame, ceiling: float | None = None) -> dict:
         frontier=frontier,
         ceiling=ceiling,
         best=(*r1.idxmax(), float(r1.max())),
-        runs=len(df),
         seconds=float(df.seconds.sum()),
         flops=float(df.flops.sum()),
     )
